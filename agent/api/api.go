@@ -1,0 +1,111 @@
+// Package api holds what the front doors and the deploy service share: the
+// exit codes CI relies on, the requests of the command grammar, the events
+// a deploy streams, and the records it keeps.
+package api
+
+import "time"
+
+// Exit codes, as DESIGN.md fixes them.
+const (
+	ExitOK         = 0 // the new release is live and healthy
+	ExitRolledBack = 1 // the deploy failed and the previous release is serving
+	ExitBadRequest = 2 // bad request, config or compose file: nothing changed
+	ExitLocked     = 3 // the project is locked or another deploy is running
+	ExitDenied     = 4 // not authenticated or not allowed
+	ExitBroken     = 5 // the deploy failed and nothing restored it: operator needed
+)
+
+// DeployRequest asks for a new release of a project.
+type DeployRequest struct {
+	Project string            `json:"project"`
+	Images  map[string]string `json:"images,omitempty"` // service -> image reference
+	Message string            `json:"message,omitempty"`
+}
+
+// Event types of a deploy stream.
+const (
+	EventProgress = "progress" // something is happening
+	EventPlan     = "plan"     // the plan, as text
+	EventResult   = "result"   // the last event: carries the exit code
+)
+
+// Event is one line of a deploy's progress stream (NDJSON on the wire).
+type Event struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Project string    `json:"project,omitempty"`
+	Release int       `json:"release,omitempty"`
+	Service string    `json:"service,omitempty"`
+	Message string    `json:"message"`
+	// ExitCode is set on the result event only.
+	ExitCode *int `json:"exit_code,omitempty"`
+}
+
+// Release outcomes.
+const (
+	OutcomeInProgress = "in-progress"
+	OutcomeSucceeded  = "succeeded"
+	OutcomeFailed     = "failed"
+)
+
+// Release is the record of one deploy that changed something.
+type Release struct {
+	Project  string                  `json:"project"`
+	Number   int                     `json:"number"`
+	Previous int                     `json:"previous,omitempty"` // the release it replaced
+	Started  time.Time               `json:"started"`
+	Finished time.Time               `json:"finished,omitzero"`
+	Identity string                  `json:"identity"`
+	Message  string                  `json:"message,omitempty"`
+	Outcome  string                  `json:"outcome"`
+	Error    string                  `json:"error,omitempty"`
+	Services map[string]ServiceImage `json:"services"`
+	Compose  string                  `json:"compose"` // the compose file as deployed (images pinned)
+	Plan     string                  `json:"plan"`
+}
+
+// ServiceImage is the image a service ran in a release.
+type ServiceImage struct {
+	Ref    string `json:"ref"`    // as requested
+	Pinned string `json:"pinned"` // what ran: repository@digest or image ID
+	Digest string `json:"digest"`
+}
+
+// ProjectStatus is what `status` reports for a project.
+type ProjectStatus struct {
+	Project  string          `json:"project"`
+	Current  *Release        `json:"current,omitempty"`
+	Services []ServiceStatus `json:"services"`
+	// Deploying names the holder of the deploy lock, if any.
+	Deploying *Holder `json:"deploying,omitempty"`
+}
+
+// ServiceStatus lists the containers of a service.
+type ServiceStatus struct {
+	Name       string            `json:"name"`
+	Containers []ContainerStatus `json:"containers"`
+}
+
+// ContainerStatus is one container as the engine reports it.
+type ContainerStatus struct {
+	Name    string `json:"name"`
+	ID      string `json:"id"`
+	Image   string `json:"image"`
+	State   string `json:"state"`
+	Status  string `json:"status"` // the engine's words, e.g. "Up 3 minutes (healthy)"
+	Release string `json:"release,omitempty"`
+}
+
+// Holder says who holds a project's deploy lock.
+type Holder struct {
+	Identity string    `json:"identity"`
+	Since    time.Time `json:"since"`
+	Verb     string    `json:"verb"`
+	Message  string    `json:"message,omitempty"`
+}
+
+// Error is the body of a refused request.
+type Error struct {
+	Message  string `json:"error"`
+	ExitCode int    `json:"exit_code"`
+}

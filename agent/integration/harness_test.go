@@ -1,0 +1,256 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+)
+
+// harness runs one agentd with one project against the real engine.
+type harness struct {
+	t        *testing.T
+	docker   *client.Client
+	reg      *testenv.Registry
+	dir      string
+	project  string
+	config   string
+	socket   string
+	agentd   *exec.Cmd
+	agentLog *bytes.Buffer
+	waited   chan error
+}
+
+// newHarness writes compose (with $REGISTRY replaced by the registry's
+// address) and a config for it; socketExtra is added to the socket section.
+func newHarness(t *testing.T, compose, socketExtra string) *harness {
+	t.Helper()
+	h := &harness{
+		t:       t,
+		docker:  testenv.Docker(t),
+		dir:     t.TempDir(),
+		project: testenv.UniqueName("berthit"),
+	}
+	h.reg = testenv.StartRegistry(t)
+	t.Cleanup(func() { testenv.RemoveProject(t, h.docker, h.project) })
+	h.writeCompose(compose)
+	// Unix socket paths are short (108 bytes): keep it out of TempDir.
+	h.socket = filepath.Join(os.TempDir(), h.project+".sock")
+	h.config = filepath.Join(h.dir, "agentd.yaml")
+	cfg := fmt.Sprintf("state_dir: %s\nsocket:\n  path: %s\n%sprojects:\n  %s:\n    compose_file: compose.yaml\n    keep_releases: 5\n",
+		filepath.Join(h.dir, "state"), h.socket, socketExtra, h.project)
+	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func (h *harness) writeCompose(compose string) {
+	h.t.Helper()
+	compose = strings.ReplaceAll(compose, "$REGISTRY", h.reg.Addr)
+	if err := os.WriteFile(filepath.Join(h.dir, "compose.yaml"), []byte(compose), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// image builds and pushes a test image and returns its registry digest.
+func (h *harness) image(name string, img testenv.Image) string {
+	h.t.Helper()
+	return testenv.BuildAndPush(h.t, h.docker, h.reg.Ref(name), img)
+}
+
+func (h *harness) start() {
+	h.t.Helper()
+	bin := testenv.Binary(h.t, "./cmd/agentd")
+	h.agentLog = &bytes.Buffer{}
+	h.agentd = exec.Command(bin, "--config", h.config)
+	h.agentd.Stdout = h.agentLog
+	h.agentd.Stderr = h.agentLog
+	if err := h.agentd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.waited = make(chan error, 1)
+	go func(c *exec.Cmd) { h.waited <- c.Wait() }(h.agentd)
+	h.t.Cleanup(h.stop)
+	// Ready when the socket accepts connections.
+	deadline := time.Now().Add(15 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if c, err := net.Dial("unix", h.socket); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-h.waited:
+			h.t.Fatalf("agentd exited before it was ready: %v\n%s", err, h.agentLog)
+		case <-tick.C:
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("agentd not ready after 15s:\n%s", h.agentLog)
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for agentd to exit.
+func (h *harness) stop() {
+	if h.agentd == nil {
+		return
+	}
+	h.agentd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.waited:
+	case <-time.After(30 * time.Second):
+		h.agentd.Process.Kill()
+		<-h.waited
+		h.t.Errorf("agentd did not stop within 30s of SIGTERM")
+	}
+	h.agentd = nil
+}
+
+// ctl runs agentctl against this harness's agentd and returns its combined
+// output and exit code.
+func (h *harness) ctl(args ...string) (string, int) {
+	h.t.Helper()
+	bin := testenv.Binary(h.t, "./cmd/agentctl")
+	cmd := exec.Command(bin, append([]string{"--socket", h.socket}, args...)...)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &ee):
+		return string(out), ee.ExitCode()
+	default:
+		h.t.Fatalf("agentctl %v: %v", args, err)
+		return "", -1
+	}
+}
+
+// deploy runs agentctl deploy and checks its exit code.
+func (h *harness) deploy(want int, args ...string) string {
+	h.t.Helper()
+	out, code := h.ctl(append([]string{"deploy", h.project}, args...)...)
+	if code != want {
+		h.t.Fatalf("deploy %v: exit %d, want %d\n%s\nagentd log:\n%s", args, code, want, out, h.agentLog)
+	}
+	return out
+}
+
+// deployEvents runs a deploy with --json and returns its events.
+func (h *harness) deployEvents(want int, args ...string) []api.Event {
+	h.t.Helper()
+	out := h.deploy(want, append([]string{"--json"}, args...)...)
+	var evs []api.Event
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var e api.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			h.t.Fatalf("event %q: %v", line, err)
+		}
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+func (h *harness) history() []api.Release {
+	h.t.Helper()
+	out, code := h.ctl("history", h.project, "--json")
+	if code != 0 {
+		h.t.Fatalf("history: exit %d\n%s", code, out)
+	}
+	var rs []api.Release
+	if err := json.Unmarshal([]byte(out), &rs); err != nil {
+		h.t.Fatalf("history: %v\n%s", err, out)
+	}
+	return rs
+}
+
+func (h *harness) status() api.ProjectStatus {
+	h.t.Helper()
+	out, code := h.ctl("status", h.project, "--json")
+	if code != 0 {
+		h.t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	var st []api.ProjectStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 {
+		h.t.Fatalf("status: %v\n%s", err, out)
+	}
+	return st[0]
+}
+
+// containers returns the project's containers as docker ps sees them,
+// name -> summary.
+func (h *harness) containers() map[string]container.Summary {
+	h.t.Helper()
+	list, err := h.docker.ContainerList(h.t.Context(), container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+h.project))})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	out := map[string]container.Summary{}
+	for _, c := range list {
+		out[strings.TrimPrefix(c.Names[0], "/")] = c
+	}
+	return out
+}
+
+// ids returns container name -> ID.
+func (h *harness) ids() map[string]string {
+	out := map[string]string{}
+	for name, c := range h.containers() {
+		out[name] = c.ID
+	}
+	return out
+}
+
+func names(m map[string]string) string {
+	var n []string
+	for k := range m {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return strings.Join(n, " ")
+}
+
+// sameIDs fails unless every container in before still has its ID.
+func (h *harness) sameIDs(before map[string]string, why string) {
+	h.t.Helper()
+	after := h.ids()
+	for name, id := range before {
+		if after[name] != id {
+			h.t.Errorf("%s: container %s changed: %.12s -> %.12s", why, name, id, after[name])
+		}
+	}
+	if len(after) != len(before) {
+		h.t.Errorf("%s: containers were %s, now %s", why, names(before), names(after))
+	}
+}
+
+// hostPort returns the 127.0.0.1 port published for a container's 8080.
+func (h *harness) hostPort(name string) string {
+	h.t.Helper()
+	c, err := h.docker.ContainerInspect(h.t.Context(), name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	b := c.NetworkSettings.Ports["8080/tcp"]
+	if len(b) == 0 {
+		h.t.Fatalf("%s publishes no port 8080", name)
+	}
+	return b[0].HostPort
+}

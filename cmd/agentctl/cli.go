@@ -1,0 +1,338 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/httpapi"
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const defaultSocket = "/run/berth/agentd.sock"
+
+// exitError carries an exit code out of a command.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	root := newRoot(stdout)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return api.ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintln(stderr, "agentctl:", ee.msg)
+		}
+		return ee.code
+	}
+	fmt.Fprintln(stderr, "agentctl:", err)
+	return api.ExitBadRequest
+}
+
+type client struct {
+	socket string
+	http   *http.Client
+}
+
+func newRoot(stdout io.Writer) *cobra.Command {
+	c := &client{}
+	root := &cobra.Command{
+		Use:           "agentctl",
+		Short:         "Operate the Berth deploy agent on this host",
+		Long:          "agentctl talks to agentd over its unix socket. Exit codes: 0 live, 1 failed and rolled back, 2 bad request (nothing changed), 3 locked, 4 not allowed, 5 failed and not restored.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			c.http = &http.Client{Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", c.socket)
+				},
+			}}
+		},
+	}
+	sock := os.Getenv("BERTH_SOCKET")
+	if sock == "" {
+		sock = defaultSocket
+	}
+	root.PersistentFlags().StringVar(&c.socket, "socket", sock, "agentd's unix socket (env BERTH_SOCKET)")
+	root.AddCommand(deployCmd(c), statusCmd(c), historyCmd(c))
+	return root
+}
+
+func deployCmd(c *client) *cobra.Command {
+	var images []string
+	var message string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "deploy PROJECT [--image SERVICE=REF]... [--message M] [--json]",
+		Short: "Deploy a new release of a project",
+		Long:  "Deploy a new release: load the project's compose file, apply the --image overrides, pin every image to its digest, pull, and bring the containers to the new release. Progress streams as it happens; the exit code says how it ended.",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.DeployRequest{Project: args[0], Message: message, Images: map[string]string{}}
+			for _, im := range images {
+				svc, ref, ok := strings.Cut(im, "=")
+				if !ok || svc == "" || ref == "" {
+					return &exitError{api.ExitBadRequest, fmt.Sprintf("--image %q: want SERVICE=REF", im)}
+				}
+				if _, dup := req.Images[svc]; dup {
+					return &exitError{api.ExitBadRequest, fmt.Sprintf("--image: service %s given twice", svc)}
+				}
+				req.Images[svc] = ref
+			}
+			return c.deploy(cmd.Context(), req, cmd.OutOrStdout(), asJSON)
+		},
+	}
+	cmd.Flags().StringArrayVar(&images, "image", nil, "set a service's image: SERVICE=REF (repeatable)")
+	cmd.Flags().StringVarP(&message, "message", "m", "", "why this release (recorded in history)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON event per line instead of text")
+	return cmd
+}
+
+func (c *client) deploy(ctx context.Context, req api.DeployRequest, out io.Writer, asJSON bool) error {
+	body, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+httpapi.PathDeploy, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return refused(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var e api.Event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			return &exitError{api.ExitBroken, fmt.Sprintf("bad event from agentd: %v", err)}
+		}
+		if asJSON {
+			fmt.Fprintf(out, "%s\n", sc.Bytes())
+		} else {
+			printEvent(out, e)
+		}
+		if e.Type == api.EventResult && e.ExitCode != nil {
+			return &exitError{code: *e.ExitCode}
+		}
+	}
+	// The stream ended without a result: agentd went away mid-deploy, so
+	// nobody here knows what is live. Say so, and ask for an operator.
+	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the deploy did (%v); check `agentctl status %s`", sc.Err(), req.Project)}
+}
+
+func printEvent(w io.Writer, e api.Event) {
+	ts := e.Time.Local().Format("15:04:05")
+	switch e.Type {
+	case api.EventPlan:
+		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
+			fmt.Fprintf(w, "%s %s\n", ts, line)
+		}
+	case api.EventResult:
+		word := "ok"
+		if e.ExitCode != nil && *e.ExitCode != 0 {
+			word = fmt.Sprintf("FAILED (exit %d)", *e.ExitCode)
+		}
+		fmt.Fprintf(w, "%s %s: %s\n", ts, word, e.Message)
+	default:
+		if e.Service != "" {
+			fmt.Fprintf(w, "%s [%s] %s\n", ts, e.Service, e.Message)
+		} else {
+			fmt.Fprintf(w, "%s %s\n", ts, e.Message)
+		}
+	}
+}
+
+func refused(resp *http.Response) error {
+	var e api.Error
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.ExitCode == 0 {
+		return &exitError{api.ExitBroken, fmt.Sprintf("agentd answered %s", resp.Status)}
+	}
+	return &exitError{e.ExitCode, e.Message}
+}
+
+func (c *client) get(ctx context.Context, path string, q url.Values, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agentd"+path+"?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return refused(resp)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return &exitError{api.ExitBroken, fmt.Sprintf("decode answer from agentd: %v", err)}
+	}
+	return nil
+}
+
+func statusCmd(c *client) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [PROJECT]",
+		Short: "Show the live release and the containers of one or every project",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := url.Values{}
+			if len(args) == 1 {
+				q.Set("project", args[0])
+			}
+			var st []api.ProjectStatus
+			if err := c.get(cmd.Context(), httpapi.PathStatus, q, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(w io.Writer, all []api.ProjectStatus) {
+	for i, st := range all {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		if st.Current == nil {
+			fmt.Fprintf(w, "project %s: no release deployed yet\n", st.Project)
+		} else {
+			r := st.Current
+			fmt.Fprintf(w, "project %s: release %d live since %s (by %s%s)\n", st.Project, r.Number, r.Finished.Local().Format(time.DateTime), r.Identity, msgSuffix(r.Message))
+		}
+		if st.Deploying != nil {
+			fmt.Fprintf(w, "  %s in progress: %s since %s\n", st.Deploying.Verb, st.Deploying.Identity, st.Deploying.Since.Local().Format(time.DateTime))
+		}
+		if len(st.Services) == 0 {
+			fmt.Fprintln(w, "  no containers")
+			continue
+		}
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SERVICE\tCONTAINER\tSTATE\tSTATUS\tRELEASE\tIMAGE")
+		for _, s := range st.Services {
+			for _, ct := range s.Containers {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.Name, ct.Name, ct.State, ct.Status, dash(ct.Release), ct.Image)
+			}
+		}
+		tw.Flush()
+	}
+}
+
+func historyCmd(c *client) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "history PROJECT",
+		Short: "List a project's releases, newest first, with every image by digest",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var hist []api.Release
+			if err := c.get(cmd.Context(), httpapi.PathHistory, url.Values{"project": {args[0]}}, &hist); err != nil {
+				return err
+			}
+			var st []api.ProjectStatus
+			if err := c.get(cmd.Context(), httpapi.PathStatus, url.Values{"project": {args[0]}}, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), hist)
+			}
+			live := 0
+			if len(st) == 1 && st[0].Current != nil {
+				live = st[0].Current.Number
+			}
+			printHistory(cmd.OutOrStdout(), args[0], hist, live)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printHistory(w io.Writer, project string, hist []api.Release, live int) {
+	if len(hist) == 0 {
+		fmt.Fprintf(w, "project %s: no releases yet\n", project)
+		return
+	}
+	for _, r := range hist {
+		mark := " "
+		if r.Number == live {
+			mark = "*"
+		}
+		fmt.Fprintf(w, "%s release %d  %s  %s  by %s%s\n", mark, r.Number, r.Started.Local().Format(time.DateTime), r.Outcome, r.Identity, msgSuffix(r.Message))
+		if r.Error != "" {
+			fmt.Fprintf(w, "    error: %s\n", r.Error)
+		}
+		svcs := make([]string, 0, len(r.Services))
+		for s := range r.Services {
+			svcs = append(svcs, s)
+		}
+		sort.Strings(svcs)
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		for _, s := range svcs {
+			fmt.Fprintf(tw, "    %s\t%s\n", s, r.Services[s].Pinned)
+		}
+		tw.Flush()
+	}
+	if live != 0 {
+		fmt.Fprintln(w, "(* = live)")
+	}
+}
+
+func msgSuffix(m string) string {
+	if m == "" {
+		return ""
+	}
+	return fmt.Sprintf(": %q", m)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

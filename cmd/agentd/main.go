@@ -1,0 +1,149 @@
+// Command agentd is Berth's deploy agent: it loads its config, opens the
+// release store, connects to the Docker engine and serves deploys on a
+// unix socket until it is told to stop.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/berth-deploy/berth/agent"
+	"github.com/berth-deploy/berth/agent/config"
+	"github.com/berth-deploy/berth/agent/httpapi"
+	"github.com/berth-deploy/berth/agent/store"
+	"github.com/docker/docker/client"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, errReported) {
+			fmt.Fprintln(os.Stderr, "agentd:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// errReported means the problem was already printed.
+var errReported = errors.New("reported")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agentd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "/etc/berth/agentd.yaml", "config file")
+	check := fs.Bool("check", false, "validate the config and every project's compose file, print every problem, and exit")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return errReported
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "agentd", version)
+		return nil
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *check {
+		return runCheck(ctx, cfg, *cfgPath, stdout)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config %s:\n%w", *cfgPath, err)
+	}
+	log := newLogger(cfg.Log, stderr)
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	st, err := store.Open(filepath.Join(cfg.StateDir, "berth.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return fmt.Errorf("docker client: %w", err)
+	}
+	defer docker.Close()
+	if _, err := docker.Ping(ctx); err != nil {
+		return fmt.Errorf("docker engine: %w", err)
+	}
+
+	svc := agent.New(cfg, docker, st, log)
+	ln, err := httpapi.ListenUnix(cfg.Socket.Path, cfg.Socket.ModeBits(), cfg.Socket.Group)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           &httpapi.Handler{Service: svc, Log: log, AllowUsers: cfg.Socket.AllowUsers},
+		ConnContext:       httpapi.ConnContext,
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("agentd ready", "version", version, "socket", cfg.Socket.Path, "projects", cfg.ProjectNames(), "docker_api", docker.ClientVersion())
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("agentd stopping: waiting for deploys in flight")
+	// Shutdown waits for running requests, deploys included, to finish.
+	if err := srv.Shutdown(context.Background()); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	os.Remove(cfg.Socket.Path)
+	log.Info("agentd stopped")
+	return nil
+}
+
+func runCheck(ctx context.Context, cfg *config.Config, path string, stdout io.Writer) error {
+	err := errors.Join(cfg.Validate(), agent.CheckProjects(ctx, cfg))
+	if err == nil {
+		fmt.Fprintf(stdout, "%s: ok (%d projects)\n", path, len(cfg.Projects))
+		return nil
+	}
+	fmt.Fprintf(stdout, "%s: problems found:\n", path)
+	for _, e := range flatten(err) {
+		fmt.Fprintf(stdout, "  - %v\n", e)
+	}
+	return errReported
+}
+
+// flatten lists the leaves of joined errors, one problem each.
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,228 @@
+package compose
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/errdefs"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// fakeEngine is an in-memory Engine: containers, networks and volumes with
+// labels, enough to observe and execute plans in unit tests.
+type fakeEngine struct {
+	mu         sync.Mutex
+	next       int
+	containers map[string]*fakeContainer
+	networks   map[string]network.CreateOptions // by name
+	volumes    map[string]volume.CreateOptions
+	calls      []string
+	failCreate string // container name whose create fails
+}
+
+type fakeContainer struct {
+	id, name string
+	cfg      container.Config
+	running  bool
+	networks []string
+}
+
+func newFakeEngine() *fakeEngine {
+	return &fakeEngine{containers: map[string]*fakeContainer{}, networks: map[string]network.CreateOptions{}, volumes: map[string]volume.CreateOptions{}}
+}
+
+func (f *fakeEngine) record(format string, args ...any) {
+	f.calls = append(f.calls, fmt.Sprintf(format, args...))
+}
+
+func matches(labels map[string]string, filter string) bool {
+	k, v, _ := strings.Cut(filter, "=")
+	return labels[k] == v
+}
+
+func (f *fakeEngine) ContainerList(_ context.Context, o container.ListOptions) ([]container.Summary, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []container.Summary
+	for _, c := range f.containers {
+		if !all(o.Filters.Get("label"), c.cfg.Labels) {
+			continue
+		}
+		state := "exited"
+		if c.running {
+			state = "running"
+		}
+		out = append(out, container.Summary{ID: c.id, Names: []string{"/" + c.name}, Image: c.cfg.Image, Labels: c.cfg.Labels, State: state})
+	}
+	return out, nil
+}
+
+func all(filters []string, labels map[string]string) bool {
+	for _, fl := range filters {
+		if !matches(labels, fl) {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fakeEngine) ContainerCreate(_ context.Context, cfg *container.Config, _ *container.HostConfig, nc *network.NetworkingConfig, _ *ocispec.Platform, name string) (container.CreateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("create %s", name)
+	if name == f.failCreate {
+		return container.CreateResponse{}, fmt.Errorf("fake: create %s refused", name)
+	}
+	for _, c := range f.containers {
+		if c.name == name {
+			return container.CreateResponse{}, errdefs.Conflict(fmt.Errorf("name %s in use", name))
+		}
+	}
+	f.next++
+	c := &fakeContainer{id: fmt.Sprintf("c%03d", f.next), name: name, cfg: *cfg}
+	c.cfg.Labels = maps.Clone(cfg.Labels)
+	if nc != nil {
+		for n := range nc.EndpointsConfig {
+			c.networks = append(c.networks, n)
+		}
+	}
+	f.containers[c.id] = c
+	return container.CreateResponse{ID: c.id}, nil
+}
+
+func (f *fakeEngine) get(id string) (*fakeContainer, error) {
+	c, ok := f.containers[id]
+	if !ok {
+		return nil, errdefs.NotFound(fmt.Errorf("no container %s", id))
+	}
+	return c, nil
+}
+
+func (f *fakeEngine) ContainerStart(_ context.Context, id string, _ container.StartOptions) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return err
+	}
+	f.record("start %s", c.name)
+	c.running = true
+	return nil
+}
+
+func (f *fakeEngine) ContainerStop(_ context.Context, id string, _ container.StopOptions) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return err
+	}
+	f.record("stop %s", c.name)
+	c.running = false
+	return nil
+}
+
+func (f *fakeEngine) ContainerRemove(_ context.Context, id string, o container.RemoveOptions) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return err
+	}
+	if c.running && !o.Force {
+		return errdefs.Conflict(fmt.Errorf("container %s is running", c.name))
+	}
+	f.record("remove %s", c.name)
+	delete(f.containers, id)
+	return nil
+}
+
+func (f *fakeEngine) NetworkList(_ context.Context, o network.ListOptions) ([]network.Summary, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []network.Summary
+	for name, n := range f.networks {
+		if all(o.Filters.Get("label"), n.Labels) {
+			out = append(out, network.Summary{Name: name, ID: "net-" + name, Labels: n.Labels})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeEngine) NetworkCreate(_ context.Context, name string, o network.CreateOptions) (network.CreateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("network create %s", name)
+	f.networks[name] = o
+	return network.CreateResponse{ID: "net-" + name}, nil
+}
+
+func (f *fakeEngine) NetworkConnect(_ context.Context, net, id string, _ *network.EndpointSettings) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return err
+	}
+	c.networks = append(c.networks, net)
+	return nil
+}
+
+func (f *fakeEngine) NetworkRemove(_ context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.containers {
+		if slices.Contains(c.networks, name) {
+			return errdefs.Conflict(fmt.Errorf("network %s has active endpoints", name))
+		}
+	}
+	f.record("network remove %s", name)
+	delete(f.networks, name)
+	return nil
+}
+
+func (f *fakeEngine) VolumeList(_ context.Context, o volume.ListOptions) (volume.ListResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out volume.ListResponse
+	for name, v := range f.volumes {
+		if all(o.Filters.Get("label"), v.Labels) {
+			out.Volumes = append(out.Volumes, &volume.Volume{Name: name, Labels: v.Labels})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeEngine) VolumeCreate(_ context.Context, o volume.CreateOptions) (volume.Volume, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("volume create %s", o.Name)
+	f.volumes[o.Name] = o
+	return volume.Volume{Name: o.Name}, nil
+}
+
+// ids returns container name -> id, to check which containers survived.
+func (f *fakeEngine) ids() map[string]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]string{}
+	for id, c := range f.containers {
+		out[c.name] = id
+	}
+	return out
+}
+
+func (f *fakeEngine) takeCalls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.calls
+	f.calls = nil
+	return c
+}

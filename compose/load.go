@@ -1,0 +1,145 @@
+package compose
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+// ErrInvalid marks a problem with the request or the compose file itself:
+// nothing was changed, and the caller should answer "bad request".
+var ErrInvalid = errors.New("invalid project")
+
+// LoadOptions says which compose project to load and how.
+type LoadOptions struct {
+	Name        string   // project name (the compose -p)
+	ComposeFile string   // path of the compose file
+	EnvFiles    []string // env files used for interpolation, in order
+	Profiles    []string // active profiles
+	// Images overrides the image of a service: service name -> reference.
+	// A service that is not in the project is an error.
+	Images map[string]string
+}
+
+// Load reads and validates the compose project: interpolation from the env
+// files (not from agentd's own environment), profiles, image overrides, and
+// the checks that this engine needs (every service has an image, no option
+// that the executor would silently drop). Every error wraps ErrInvalid.
+func Load(ctx context.Context, o LoadOptions) (*types.Project, error) {
+	opts, err := cli.NewProjectOptions([]string{o.ComposeFile},
+		cli.WithName(o.Name),
+		cli.WithEnvFiles(o.EnvFiles...),
+		cli.WithDotEnv,
+		cli.WithProfiles(o.Profiles),
+		cli.WithResolvedPaths(true),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w: %w", o.ComposeFile, ErrInvalid, err)
+	}
+	p, err := opts.LoadProject(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w: %w", o.ComposeFile, ErrInvalid, err)
+	}
+	if err := overrideImages(p, o.Images); err != nil {
+		return nil, err
+	}
+	if err := check(p); err != nil {
+		return nil, fmt.Errorf("check %s: %w: %w", o.ComposeFile, ErrInvalid, err)
+	}
+	return p, nil
+}
+
+func overrideImages(p *types.Project, images map[string]string) error {
+	var unknown []string
+	for name, ref := range images {
+		s, ok := p.Services[name]
+		if !ok {
+			unknown = append(unknown, name)
+			continue
+		}
+		if strings.TrimSpace(ref) == "" {
+			return fmt.Errorf("override image of %s: %w: empty reference", name, ErrInvalid)
+		}
+		s.Image = ref
+		p.Services[name] = s
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return fmt.Errorf("override images: %w: no service %s in project %s (services: %s)",
+			ErrInvalid, strings.Join(unknown, ", "), p.Name, strings.Join(p.ServiceNames(), ", "))
+	}
+	return nil
+}
+
+// check reports every service option the executor does not carry out, so a
+// deploy never silently runs something other than what the file says.
+func check(p *types.Project) error {
+	var problems []error
+	for _, name := range p.ServiceNames() {
+		s := p.Services[name]
+		bad := func(format string, args ...any) {
+			problems = append(problems, fmt.Errorf("service %s: "+format, append([]any{name}, args...)...))
+		}
+		if s.Image == "" {
+			bad("no image (berth deploys images from a registry; build them in CI)")
+		}
+		if s.ContainerName != "" && replicas(s) > 1 {
+			bad("container_name is set, so it cannot run %d replicas", replicas(s))
+		}
+		if s.Deploy != nil && s.Deploy.Mode != "" && s.Deploy.Mode != "replicated" {
+			bad("deploy.mode %q is not supported on one host", s.Deploy.Mode)
+		}
+		if strings.HasPrefix(s.NetworkMode, "service:") || strings.HasPrefix(s.NetworkMode, "container:") {
+			bad("network_mode %q is not supported", s.NetworkMode)
+		}
+		for _, v := range s.Volumes {
+			switch v.Type {
+			case types.VolumeTypeVolume, types.VolumeTypeBind, types.VolumeTypeTmpfs:
+			default:
+				bad("volume %s of type %q is not supported", v.Target, v.Type)
+			}
+		}
+		unsupported := map[string]bool{
+			"devices":        len(s.Devices) > 0,
+			"gpus":           len(s.Gpus) > 0,
+			"secrets":        len(s.Secrets) > 0,
+			"configs":        len(s.Configs) > 0,
+			"links":          len(s.Links) > 0,
+			"external_links": len(s.ExternalLinks) > 0,
+			"volumes_from":   len(s.VolumesFrom) > 0,
+			"models":         len(s.Models) > 0,
+			"provider":       s.Provider != nil,
+			"pre_start":      len(s.PreStart) > 0,
+			"post_start":     len(s.PostStart) > 0,
+			"pre_stop":       len(s.PreStop) > 0,
+			"use_api_socket": s.UseAPISocket,
+		}
+		keys := make([]string, 0, len(unsupported))
+		for k, set := range unsupported {
+			if set {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			bad("%s is not supported by berth yet", k)
+		}
+	}
+	return errors.Join(problems...)
+}
+
+// replicas is the number of containers a service runs.
+func replicas(s types.ServiceConfig) int {
+	if s.Deploy != nil && s.Deploy.Replicas != nil {
+		return *s.Deploy.Replicas
+	}
+	if s.Scale != nil {
+		return *s.Scale
+	}
+	return 1
+}

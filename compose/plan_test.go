@@ -1,0 +1,251 @@
+package compose
+
+import (
+	"errors"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+func load(t *testing.T, images map[string]string, profiles ...string) *types.Project {
+	t.Helper()
+	p, err := Load(t.Context(), LoadOptions{Name: "shop", ComposeFile: "testdata/stack.yaml", Images: images, Profiles: profiles})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	return p
+}
+
+// pins pins every service to a fake digest derived from its image tag.
+func pins(p *types.Project) map[string]Pin {
+	out := map[string]Pin{}
+	for name, s := range p.Services {
+		repo, tag, _ := strings.Cut(s.Image, ":")
+		d := "sha256:" + strings.Repeat(tag[len(tag)-1:], 64)
+		out[name] = Pin{Ref: s.Image, Pinned: repo + "@" + d, Digest: d}
+	}
+	return out
+}
+
+func desired(t *testing.T, p *types.Project) *Desired {
+	t.Helper()
+	d, err := NewDesired(p, pins(p))
+	if err != nil {
+		t.Fatalf("desired: %v", err)
+	}
+	return d
+}
+
+func plan(t *testing.T, eng *fakeEngine, d *Desired) *Plan {
+	t.Helper()
+	o, err := Observe(t.Context(), eng, d.Project)
+	if err != nil {
+		t.Fatalf("observe: %v", err)
+	}
+	return MakePlan(d, o)
+}
+
+func apply(t *testing.T, eng *fakeEngine, p *Plan) {
+	t.Helper()
+	if err := (&Executor{Engine: eng, Release: "1"}).Apply(t.Context(), p); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+}
+
+func TestLoadProfilesAndOverrides(t *testing.T) {
+	p := load(t, map[string]string{"web": "registry.test/web:v2"})
+	if got := strings.Join(p.ServiceNames(), ","); got != "db,web,worker" {
+		t.Errorf("services = %s, want db,web,worker (admin is behind a profile)", got)
+	}
+	if img := p.Services["web"].Image; img != "registry.test/web:v2" {
+		t.Errorf("web image = %s, want the override", img)
+	}
+	if img := p.Services["worker"].Image; img != "registry.test/worker:v1" {
+		t.Errorf("worker image = %s, want the file's", img)
+	}
+	if env := p.Services["web"].Environment["GREETING"]; env == nil || *env != "hello" {
+		t.Errorf("GREETING not interpolated from its default: %v", env)
+	}
+	if got := strings.Join(load(t, nil, "tools").ServiceNames(), ","); got != "admin,db,web,worker" {
+		t.Errorf("with profile tools: services = %s", got)
+	}
+}
+
+func TestLoadEnvFile(t *testing.T) {
+	dir := t.TempDir()
+	env := filepath.Join(dir, "prod.env")
+	if err := os.WriteFile(env, []byte("GREETING=bonjour\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(t.Context(), LoadOptions{Name: "shop", ComposeFile: "testdata/stack.yaml", EnvFiles: []string{env}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := p.Services["web"].Environment["GREETING"]; v == nil || *v != "bonjour" {
+		t.Errorf("GREETING = %v, want bonjour from the env file", v)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("services:\n  web:\n    image: [oops\n"), 0o600)
+	noImage := filepath.Join(dir, "noimage.yaml")
+	os.WriteFile(noImage, []byte("services:\n  web:\n    build: .\n  db:\n    image: x\n    devices: ['/dev/null:/dev/null']\n"), 0o600)
+	for _, tc := range []struct {
+		name, file string
+		images     map[string]string
+		want       []string
+	}{
+		{"unknown service", "testdata/stack.yaml", map[string]string{"nope": "x:1"}, []string{"no service nope", "db, web, worker"}},
+		{"syntax", bad, nil, []string{"bad.yaml"}},
+		{"missing file", filepath.Join(dir, "absent.yaml"), nil, []string{"absent.yaml"}},
+		{"every problem", noImage, nil, []string{"service web: no image", "service db: devices is not supported"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(t.Context(), LoadOptions{Name: "shop", ComposeFile: tc.file, Images: tc.images})
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("err = %v, want ErrInvalid", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestPlanLifecycle(t *testing.T) {
+	eng := newFakeEngine()
+	d1 := desired(t, load(t, nil))
+	first := plan(t, eng, d1)
+	want := `plan for shop:
+  network shop_default: create
+  volume shop_dbdata: create
+  service db: create shop-db-1 (new replica)
+  service web: create shop-web-1 (new replica)
+  service web: create shop-web-2 (new replica)
+  service worker: create shop-worker-1 (new replica)
+`
+	if got := first.String(); got != want {
+		t.Fatalf("first plan:\n%s\nwant:\n%s", got, want)
+	}
+	apply(t, eng, first)
+	before := eng.ids()
+	eng.takeCalls()
+
+	// The same release again: nothing to do, nothing touched.
+	again := plan(t, eng, d1)
+	if !again.Empty() {
+		t.Fatalf("redeploy of the same release is not empty:\n%s", again)
+	}
+	apply(t, eng, again)
+	if calls := eng.takeCalls(); len(calls) != 0 {
+		t.Fatalf("empty plan made engine calls: %v", calls)
+	}
+	if !strings.Contains(again.String(), "service web: unchanged (2 running)") {
+		t.Errorf("empty plan text:\n%s", again)
+	}
+
+	// Only web's image changes: only web's containers are replaced.
+	d2 := desired(t, load(t, map[string]string{"web": "registry.test/web:v2"}))
+	second := plan(t, eng, d2)
+	want = `plan for shop:
+  service db: unchanged (1 running)
+  service web: recreate shop-web-1 (image sha256:111111111111 -> sha256:222222222222)
+  service web: recreate shop-web-2 (image sha256:111111111111 -> sha256:222222222222)
+  service worker: unchanged (1 running)
+`
+	if got := second.String(); got != want {
+		t.Fatalf("second plan:\n%s\nwant:\n%s", got, want)
+	}
+	if got := strings.Join(second.ChangedServices(), ","); got != "web" {
+		t.Errorf("changed services = %s, want web", got)
+	}
+	apply(t, eng, second)
+	after := eng.ids()
+	for _, name := range []string{"shop-db-1", "shop-worker-1"} {
+		if before[name] != after[name] {
+			t.Errorf("%s was recreated (%s -> %s)", name, before[name], after[name])
+		}
+	}
+	for _, name := range []string{"shop-web-1", "shop-web-2"} {
+		if before[name] == after[name] {
+			t.Errorf("%s kept its old container", name)
+		}
+	}
+	if _, ok := eng.volumes["shop_dbdata"]; !ok {
+		t.Error("volume disappeared")
+	}
+}
+
+func TestPlanScaleRemoveAndRestart(t *testing.T) {
+	eng := newFakeEngine()
+	p := load(t, nil)
+	apply(t, eng, plan(t, eng, desired(t, p)))
+
+	// web down to one replica, worker removed from the file, db stopped by hand.
+	web := p.Services["web"]
+	one := 1
+	web.Deploy.Replicas = &one
+	p.Services["web"] = web
+	delete(p.Services, "worker")
+	for _, c := range eng.containers {
+		if c.name == "shop-db-1" {
+			c.running = false
+		}
+	}
+	got := plan(t, eng, desired(t, p)).String()
+	want := `plan for shop:
+  service db: start shop-db-1 (container is exited)
+  service web: remove shop-web-2 (scaled to 1)
+  service worker: remove shop-worker-1 (no longer in the compose file)
+`
+	if got != want {
+		t.Fatalf("plan:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestConfigHash(t *testing.T) {
+	p := load(t, nil)
+	a := desired(t, p)
+	b := desired(t, load(t, nil))
+	for i := range a.Services {
+		if a.Services[i].Hash != b.Services[i].Hash {
+			t.Errorf("%s: hash not stable across loads", a.Services[i].Name)
+		}
+	}
+	// Replicas are not part of a container's config.
+	web := p.Services["web"]
+	five := 5
+	web.Deploy.Replicas = &five
+	p.Services["web"] = web
+	if h := desired(t, p).Services[1].Hash; h != a.Services[1].Hash {
+		t.Error("changing replicas changed web's hash")
+	}
+	// An environment change is.
+	v := "changed"
+	web.Environment = maps.Clone(web.Environment)
+	web.Environment["GREETING"] = &v
+	p.Services["web"] = web
+	if h := desired(t, p).Services[1].Hash; h == a.Services[1].Hash {
+		t.Error("changing the environment did not change web's hash")
+	}
+}
+
+func TestApplyCleansUpFailedCreate(t *testing.T) {
+	eng := newFakeEngine()
+	eng.failCreate = "shop-web-2"
+	err := (&Executor{Engine: eng}).Apply(t.Context(), plan(t, eng, desired(t, load(t, nil))))
+	if err == nil || !strings.Contains(err.Error(), "service web: create") {
+		t.Fatalf("err = %v, want a web create error", err)
+	}
+	if _, ok := eng.ids()["shop-web-2"]; ok {
+		t.Error("half-created container left behind")
+	}
+}

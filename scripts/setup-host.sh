@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# setup-host.sh: make this Debian machine ready to run Berth's demo and tests.
+# Installs what is missing from Debian's packages (Docker Engine, the
+# registry, docker-compose for compatibility checks, rsync), starts dockerd
+# if no engine answers, and waits until it does. Safe to run again.
+# Usage: sudo scripts/setup-host.sh
+set -euo pipefail
+
+log() { echo "setup-host: $*" >&2; }
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    log "missing packages: ${need[*]}; run me as root (sudo) to install them"
+    exit 2
+  fi
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    log "no Docker engine answers and I am not root: start dockerd (sudo systemctl start docker)"
+    exit 2
+  fi
+  if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+    log "starting docker.service"
+    systemctl start docker
+  else
+    log "starting dockerd (log: /var/log/berth-dockerd.log)"
+    nohup dockerd >/var/log/berth-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+fi
+docker info >/dev/null 2>&1 || { log "the Docker engine did not come up"; exit 1; }
+log "Docker Engine $(docker info --format '{{.ServerVersion}}') is ready"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# test.sh: run every Berth test on this machine: unit tests, and integration
+# tests against the real Docker engine and a real registry on 127.0.0.1.
+# The integration tests are required here (BERTH_REQUIRE_DOCKER=1): a missing
+# engine fails them instead of skipping them.
+# Usage: sudo scripts/test.sh [go test flags, e.g. -run TestDeploy]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$PATH"
+
+scripts/setup-host.sh
+export BERTH_REQUIRE_DOCKER=1
+
+echo "== gofmt, go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+go vet ./...
+
+echo "== go test"
+go test -count=1 -timeout 40m "$@" ./...
