@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -322,12 +323,16 @@ func (s *Service) History(_ context.Context, name string) ([]api.Release, error)
 }
 
 // CheckProjects loads every configured compose project and returns every
-// problem found.
+// problem found. A compose file that cannot be opened is left to
+// config.Validate, which reports it.
 func CheckProjects(ctx context.Context, cfg *config.Config) error {
 	var errs []error
 	for _, name := range cfg.ProjectNames() {
+		if _, err := os.Stat(cfg.Projects[name].ComposeFile); err != nil {
+			continue
+		}
 		if _, err := compose.Load(ctx, loadOptions(name, cfg.Projects[name], nil)); err != nil {
-			errs = append(errs, fmt.Errorf("project %s: %w", name, err))
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -13,7 +13,7 @@ import (
 
 // ErrInvalid marks a problem with the request or the compose file itself:
 // nothing was changed, and the caller should answer "bad request".
-var ErrInvalid = errors.New("invalid project")
+var ErrInvalid = errors.New("invalid")
 
 // LoadOptions says which compose project to load and how.
 type LoadOptions struct {
@@ -39,17 +39,21 @@ func Load(ctx context.Context, o LoadOptions) (*types.Project, error) {
 		cli.WithResolvedPaths(true),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("load %s: %w: %w", o.ComposeFile, ErrInvalid, err)
+		return nil, fmt.Errorf("project %s (%s): %w: %w", o.Name, o.ComposeFile, ErrInvalid, err)
 	}
 	p, err := opts.LoadProject(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("load %s: %w: %w", o.ComposeFile, ErrInvalid, err)
+		return nil, fmt.Errorf("project %s (%s): %w: %w", o.Name, o.ComposeFile, ErrInvalid, err)
 	}
 	if err := overrideImages(p, o.Images); err != nil {
 		return nil, err
 	}
-	if err := check(p); err != nil {
-		return nil, fmt.Errorf("check %s: %w: %w", o.ComposeFile, ErrInvalid, err)
+	if problems := check(p); len(problems) > 0 {
+		errs := make([]error, len(problems))
+		for i, e := range problems {
+			errs[i] = fmt.Errorf("project %s (%s): %w: %w", o.Name, o.ComposeFile, ErrInvalid, e)
+		}
+		return nil, errors.Join(errs...)
 	}
 	return p, nil
 }
@@ -63,22 +67,22 @@ func overrideImages(p *types.Project, images map[string]string) error {
 			continue
 		}
 		if strings.TrimSpace(ref) == "" {
-			return fmt.Errorf("override image of %s: %w: empty reference", name, ErrInvalid)
+			return fmt.Errorf("project %s: %w image override: service %s: empty reference", p.Name, ErrInvalid, name)
 		}
 		s.Image = ref
 		p.Services[name] = s
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return fmt.Errorf("override images: %w: no service %s in project %s (services: %s)",
-			ErrInvalid, strings.Join(unknown, ", "), p.Name, strings.Join(p.ServiceNames(), ", "))
+		return fmt.Errorf("project %s: %w image override: no service %s (services: %s)",
+			p.Name, ErrInvalid, strings.Join(unknown, ", "), strings.Join(p.ServiceNames(), ", "))
 	}
 	return nil
 }
 
-// check reports every service option the executor does not carry out, so a
+// check lists every service option the executor does not carry out, so a
 // deploy never silently runs something other than what the file says.
-func check(p *types.Project) error {
+func check(p *types.Project) []error {
 	var problems []error
 	for _, name := range p.ServiceNames() {
 		s := p.Services[name]
@@ -130,7 +134,7 @@ func check(p *types.Project) error {
 			bad("%s is not supported by berth yet", k)
 		}
 	}
-	return errors.Join(problems...)
+	return problems
 }
 
 // replicas is the number of containers a service runs.

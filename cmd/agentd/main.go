@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -126,16 +127,27 @@ func runCheck(ctx context.Context, cfg *config.Config, path string, stdout io.Wr
 	return errReported
 }
 
-// flatten lists the leaves of joined errors, one problem each.
+// flatten lists the problems inside errors.Join results, one each. Only
+// joins are split (their text is their parts' text, a line each): an error
+// wrapping several causes with fmt.Errorf is one problem.
 func flatten(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
 	}
-	return []error{err}
+	parts := j.Unwrap()
+	msgs := make([]string, len(parts))
+	for i, e := range parts {
+		msgs[i] = e.Error()
+	}
+	if strings.Join(msgs, "\n") != err.Error() {
+		return []error{err}
+	}
+	var out []error
+	for _, e := range parts {
+		out = append(out, flatten(e)...)
+	}
+	return out
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

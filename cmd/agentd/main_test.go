@@ -1,0 +1,61 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheckPrintsEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "good.yaml"), []byte("services:\n  web:\n    image: registry.test/web:v1\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("services:\n  web:\n    build: .\n"), 0o600)
+	cfg := filepath.Join(dir, "agentd.yaml")
+	os.WriteFile(cfg, []byte(`
+log:
+  format: xml
+projects:
+  shop:
+    compose_file: good.yaml
+  blog:
+    compose_file: bad.yaml
+  wiki:
+    compose_file: missing.yaml
+`), 0o600)
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"--config", cfg, "--check"}, &out, &out)
+	if !errors.Is(err, errReported) {
+		t.Fatalf("err = %v, want a reported failure", err)
+	}
+	for _, want := range []string{
+		"problems found",
+		`log.format "xml"`,
+		"project wiki: compose_file: open",
+		"project blog (",
+		"service web: no image",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--check output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "project shop") {
+		t.Errorf("the good project is reported:\n%s", out.String())
+	}
+}
+
+func TestCheckPassesAGoodConfig(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "compose.yaml"), []byte("services:\n  web:\n    image: registry.test/web:v1\n"), 0o600)
+	cfg := filepath.Join(dir, "agentd.yaml")
+	os.WriteFile(cfg, []byte("projects:\n  shop:\n    compose_file: compose.yaml\n"), 0o600)
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"--config", cfg, "--check"}, &out, &out); err != nil {
+		t.Fatalf("check of a good config: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "ok (1 projects)") {
+		t.Errorf("output: %s", out.String())
+	}
+}
