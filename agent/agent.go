@@ -175,7 +175,11 @@ func (d *deploy) run(ctx context.Context) (int, error) {
 	if err != nil {
 		return api.ExitBroken, err
 	}
-	d.progress("", "release %d replaces release %d: changing %s", d.release.Number, prev.Number, strings.Join(plan.ChangedServices(), ", "))
+	if prev.Number == 0 {
+		d.progress("", "release %d is the first of %s: starting %s", d.release.Number, d.req.Project, strings.Join(plan.ChangedServices(), ", "))
+	} else {
+		d.progress("", "release %d replaces release %d: changing %s", d.release.Number, prev.Number, strings.Join(plan.ChangedServices(), ", "))
+	}
 	exec := &compose.Executor{Engine: d.svc.engine, Release: strconv.Itoa(d.release.Number), Progress: func(svc, msg string) { d.progress(svc, "%s", msg) }}
 	applyErr := exec.Apply(ctx, plan)
 	d.release.Finished = d.svc.now()

@@ -426,11 +426,25 @@ func restartPolicy(s types.ServiceConfig) container.RestartPolicy {
 
 func resources(s types.ServiceConfig) container.Resources {
 	r := container.Resources{
-		Memory:            int64(s.MemLimit),
-		MemoryReservation: int64(s.MemReservation),
-		NanoCPUs:          int64(s.CPUS * 1e9),
-		CPUShares:         s.CPUShares,
-		CpusetCpus:        s.CPUSet,
+		Memory:             int64(s.MemLimit),
+		MemoryReservation:  int64(s.MemReservation),
+		MemorySwap:         int64(s.MemSwapLimit),
+		NanoCPUs:           int64(s.CPUS * 1e9),
+		CPUShares:          s.CPUShares,
+		CPUPeriod:          s.CPUPeriod,
+		CPUQuota:           s.CPUQuota,
+		CPURealtimePeriod:  s.CPURTPeriod,
+		CPURealtimeRuntime: s.CPURTRuntime,
+		CpusetCpus:         s.CPUSet,
+		CgroupParent:       s.CgroupParent,
+	}
+	if s.OomKillDisable {
+		t := true
+		r.OomKillDisable = &t
+	}
+	if s.MemSwappiness != 0 {
+		v := int64(s.MemSwappiness)
+		r.MemorySwappiness = &v
 	}
 	if s.PidsLimit != 0 {
 		pl := s.PidsLimit

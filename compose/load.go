@@ -101,6 +101,13 @@ func check(p *types.Project) []error {
 		if strings.HasPrefix(s.NetworkMode, "service:") || strings.HasPrefix(s.NetworkMode, "container:") {
 			bad("network_mode %q is not supported", s.NetworkMode)
 		}
+		for _, key := range sortedKeys(s.Networks) {
+			n := s.Networks[key]
+			if n != nil && (n.Ipv4Address != "" || n.Ipv6Address != "" || len(n.LinkLocalIPs) > 0 || n.MacAddress != "" ||
+				len(n.DriverOpts) > 0 || n.InterfaceName != "" || n.GatewayPriority != 0) {
+				bad("network %s: only aliases and priority are supported (no fixed addresses, driver_opts, interface_name or gw_priority)", key)
+			}
+		}
 		for _, v := range s.Volumes {
 			switch v.Type {
 			case types.VolumeTypeVolume, types.VolumeTypeBind, types.VolumeTypeTmpfs:
@@ -109,19 +116,35 @@ func check(p *types.Project) []error {
 			}
 		}
 		unsupported := map[string]bool{
-			"devices":        len(s.Devices) > 0,
-			"gpus":           len(s.Gpus) > 0,
-			"secrets":        len(s.Secrets) > 0,
-			"configs":        len(s.Configs) > 0,
-			"links":          len(s.Links) > 0,
-			"external_links": len(s.ExternalLinks) > 0,
-			"volumes_from":   len(s.VolumesFrom) > 0,
-			"models":         len(s.Models) > 0,
-			"provider":       s.Provider != nil,
-			"pre_start":      len(s.PreStart) > 0,
-			"post_start":     len(s.PostStart) > 0,
-			"pre_stop":       len(s.PreStop) > 0,
-			"use_api_socket": s.UseAPISocket,
+			"devices":             len(s.Devices) > 0,
+			"gpus":                len(s.Gpus) > 0,
+			"secrets":             len(s.Secrets) > 0,
+			"configs":             len(s.Configs) > 0,
+			"links":               len(s.Links) > 0,
+			"external_links":      len(s.ExternalLinks) > 0,
+			"volumes_from":        len(s.VolumesFrom) > 0,
+			"models":              len(s.Models) > 0,
+			"provider":            s.Provider != nil,
+			"pre_start":           len(s.PreStart) > 0,
+			"post_start":          len(s.PostStart) > 0,
+			"pre_stop":            len(s.PreStop) > 0,
+			"use_api_socket":      s.UseAPISocket,
+			"annotations":         len(s.Annotations) > 0,
+			"blkio_config":        s.BlkioConfig != nil,
+			"cpu_count":           s.CPUCount != 0,
+			"cpu_percent":         s.CPUPercent != 0,
+			"cgroup":              s.Cgroup != "",
+			"credential_spec":     s.CredentialSpec != nil,
+			"device_cgroup_rules": len(s.DeviceCgroupRules) > 0,
+			"isolation":           s.Isolation != "",
+			"mac_address":         s.MacAddress != "",
+			"platform":            s.Platform != "",
+			"storage_opt":         len(s.StorageOpt) > 0,
+			"volume_driver":       s.VolumeDriver != "",
+			"log_driver":          s.LogDriver != "",
+			"log_opt":             len(s.LogOpt) > 0,
+			"umask":               s.Umask != nil,
+			"pull_refresh_after":  s.PullRefreshAfter != "",
 		}
 		keys := make([]string, 0, len(unsupported))
 		for k, set := range unsupported {
