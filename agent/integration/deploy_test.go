@@ -69,7 +69,7 @@ type statusError struct{ status, body string }
 func (e *statusError) Error() string { return e.status + ": " + e.body }
 
 func TestDeployLifecycle(t *testing.T) {
-	h := newHarness(t, stack, "")
+	h := newHarness(t, stack, options{})
 	webV1 := h.image("web:v1", testenv.Image{Env: map[string]string{"VERSION": "web-v1"}})
 	webV2 := h.image("web:v2", testenv.Image{Env: map[string]string{"VERSION": "web-v2"}})
 	h.image("worker:v1", testenv.Image{Env: map[string]string{"VERSION": "worker-v1"}})
@@ -229,7 +229,7 @@ func composePS(t *testing.T, h *harness) {
 }
 
 func TestBadRequestsChangeNothing(t *testing.T) {
-	h := newHarness(t, stack, "")
+	h := newHarness(t, stack, options{})
 	h.image("web:v1", testenv.Image{})
 	h.image("worker:v1", testenv.Image{})
 	h.image("db:v1", testenv.Image{})
@@ -279,7 +279,7 @@ services:
     image: $REGISTRY/web:v1
     environment:
       STOP_DELAY: 3s
-`, "")
+`, options{})
 	h.image("web:v1", testenv.Image{})
 	h.image("web:v2", testenv.Image{Env: map[string]string{"VERSION": "v2"}})
 	h.start()
@@ -321,7 +321,7 @@ services:
 	}
 
 	// A local user outside socket.allow_users gets 4 and changes nothing.
-	d := newHarness(t, "services:\n  web:\n    image: $REGISTRY/web:v1\n", "  allow_users: [nobody]\n")
+	d := newHarness(t, "services:\n  web:\n    image: $REGISTRY/web:v1\n", options{socket: "  allow_users: [nobody]\n"})
 	d.image("web:v1", testenv.Image{})
 	d.start()
 	out, code = d.ctl("deploy", d.project)

@@ -36,24 +36,34 @@ type harness struct {
 	waited   chan error
 }
 
+// options adjust a harness.
+type options struct {
+	socket  string            // added to the config's socket section
+	project string            // added to the project's section
+	reg     *testenv.Registry // the registry to use instead of a fresh one
+}
+
 // newHarness writes compose (with $REGISTRY replaced by the registry's
-// address) and a config for it; socketExtra is added to the socket section.
-func newHarness(t *testing.T, compose, socketExtra string) *harness {
+// address) and an agentd config for it.
+func newHarness(t *testing.T, compose string, opt options) *harness {
 	t.Helper()
 	h := &harness{
 		t:       t,
 		docker:  testenv.Docker(t),
 		dir:     t.TempDir(),
 		project: testenv.UniqueName("berthit"),
+		reg:     opt.reg,
 	}
-	h.reg = testenv.StartRegistry(t)
+	if h.reg == nil {
+		h.reg = testenv.StartRegistry(t)
+	}
 	t.Cleanup(func() { testenv.RemoveProject(t, h.docker, h.project) })
 	h.writeCompose(compose)
 	// Unix socket paths are short (108 bytes): keep it out of TempDir.
 	h.socket = filepath.Join(os.TempDir(), h.project+".sock")
 	h.config = filepath.Join(h.dir, "agentd.yaml")
-	cfg := fmt.Sprintf("state_dir: %s\nsocket:\n  path: %s\n%sprojects:\n  %s:\n    compose_file: compose.yaml\n    keep_releases: 5\n",
-		filepath.Join(h.dir, "state"), h.socket, socketExtra, h.project)
+	cfg := fmt.Sprintf("state_dir: %s\nsocket:\n  path: %s\n%sprojects:\n  %s:\n    compose_file: compose.yaml\n    keep_releases: 5\n%s",
+		filepath.Join(h.dir, "state"), h.socket, opt.socket, h.project, opt.project)
 	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -180,9 +180,15 @@ func digestInStatus(transcript string) string {
 // ("sha256:..."). An error in the push output fails the test.
 func Push(t testing.TB, cli *client.Client, ref string) string {
 	t.Helper()
+	return push(t, cli, ref, emptyAuth)
+}
+
+// push pushes with the given encoded X-Registry-Auth.
+func push(t testing.TB, cli *client.Client, ref, auth string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	body, err := cli.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: emptyAuth})
+	body, err := cli.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: auth})
 	if err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}

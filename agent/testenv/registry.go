@@ -14,6 +14,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/client"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // debianRegistry is where Debian's docker-registry package installs the
@@ -30,6 +34,8 @@ type Registry struct {
 	bin  string
 	dir  string        // holds config.yml, registry.log and storage/
 	proc *registryProc // nil while stopped
+	// user and password, when set, are required by the registry (htpasswd).
+	user, password string
 }
 
 // registryProc is one run of the registry process.
@@ -45,6 +51,32 @@ type registryProc struct {
 // the test is skipped, or fails when CI is set.
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
+	return startRegistry(t, "", "")
+}
+
+// StartAuthRegistry starts a registry like StartRegistry that requires
+// HTTP basic authentication as user with password (an htpasswd file with a
+// bcrypt hash). Push images to it with its Push method.
+func StartAuthRegistry(t testing.TB, user, password string) *Registry {
+	t.Helper()
+	return startRegistry(t, user, password)
+}
+
+// Push pushes ref with this registry's credentials and returns the digest.
+func (r *Registry) Push(t testing.TB, cli *client.Client, ref string) string {
+	t.Helper()
+	if r.user == "" {
+		return push(t, cli, ref, emptyAuth)
+	}
+	auth, err := registry.EncodeAuthConfig(registry.AuthConfig{Username: r.user, Password: r.password, ServerAddress: r.Addr})
+	if err != nil {
+		t.Fatalf("encode credentials: %v", err)
+	}
+	return push(t, cli, ref, auth)
+}
+
+func startRegistry(t testing.TB, user, password string) *Registry {
+	t.Helper()
 	bin := debianRegistry
 	if _, err := os.Stat(bin); err != nil {
 		found, lookErr := exec.LookPath("docker-registry")
@@ -53,7 +85,7 @@ func StartRegistry(t testing.TB) *Registry {
 		}
 		bin = found
 	}
-	r := &Registry{bin: bin, dir: t.TempDir()}
+	r := &Registry{bin: bin, dir: t.TempDir(), user: user, password: password}
 	t.Cleanup(func() {
 		if err := r.stop(); err != nil {
 			t.Errorf("registry %s: %v", r.Addr, err)
@@ -125,6 +157,17 @@ http:
   addr: %s
   secret: berth-testenv
 `, filepath.Join(r.dir, "storage"), r.Addr)
+	if r.user != "" {
+		hash, err := bcrypt.GenerateFromPassword([]byte(r.password), bcrypt.MinCost)
+		if err != nil {
+			return fmt.Errorf("hash password: %w", err)
+		}
+		htpasswd := filepath.Join(r.dir, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(r.user+":"+string(hash)+"\n"), 0o600); err != nil {
+			return fmt.Errorf("write htpasswd: %w", err)
+		}
+		config += fmt.Sprintf("auth:\n  htpasswd:\n    realm: berth-testenv\n    path: %s\n", htpasswd)
+	}
 	if err := os.WriteFile(filepath.Join(r.dir, "config.yml"), []byte(config), 0o644); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
@@ -175,7 +218,7 @@ func (r *Registry) waitReady(ctx context.Context, timeout time.Duration) error {
 	url := "http://" + r.Addr + "/v2/"
 	var last error
 	for {
-		if last = probe(ctx, url); last == nil {
+		if last = probe(ctx, url, r.user, r.password); last == nil {
 			return nil
 		}
 		select {
@@ -188,13 +231,16 @@ func (r *Registry) waitReady(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// probe GETs url once and succeeds on 200.
-func probe(ctx context.Context, url string) error {
+// probe GETs url once, with basic auth when user is set, and succeeds on 200.
+func probe(ctx context.Context, url, user, password string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
+	}
+	if user != "" {
+		req.SetBasicAuth(user, password)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

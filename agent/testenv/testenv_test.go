@@ -147,7 +147,7 @@ func TestHarness(t *testing.T) {
 
 	// Registry down: a pull fails. Up again: it answers and kept its storage.
 	reg.Stop(t)
-	if err := probe(ctx, "http://"+reg.Addr+"/v2/"); err == nil {
+	if err := probe(ctx, "http://"+reg.Addr+"/v2/", "", ""); err == nil {
 		t.Error("registry answers after Stop")
 	}
 	if err := pull(ctx, cli, ref); err == nil {
@@ -156,7 +156,7 @@ func TestHarness(t *testing.T) {
 		t.Logf("pull with the registry stopped failed as expected: %v", err)
 	}
 	reg.Start(t)
-	if err := probe(ctx, "http://"+reg.Addr+"/v2/"); err != nil {
+	if err := probe(ctx, "http://"+reg.Addr+"/v2/", "", ""); err != nil {
 		t.Errorf("registry after Start: %v", err)
 	}
 	if err := pull(ctx, cli, ref); err != nil {
