@@ -1,17 +1,18 @@
 // Package agent is the deploy service: it takes requests from the front
 // doors, holds one deploy per project at a time, and carries a release
 // through its life: load the compose project, pin and pull every image,
-// plan, apply, record.
+// journal the intent, plan, roll out with health gates, watch the monitor
+// window, and commit, or roll the whole release back.
 package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/berth-deploy/berth/agent/config"
 	"github.com/berth-deploy/berth/agent/registry"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/healthcheck"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -31,6 +33,7 @@ var ErrUnknownProject = errors.New("unknown project")
 type Engine interface {
 	compose.Engine
 	registry.Engine
+	healthcheck.Engine
 }
 
 // Store is the release history the service needs.
@@ -38,169 +41,413 @@ type Store interface {
 	Begin(r api.Release) (api.Release, error)
 	Save(r api.Release, live bool) error
 	Current(project string) (api.Release, bool, error)
+	Get(project string, number int) (api.Release, error)
 	History(project string) ([]api.Release, error)
 	Prune(project string, keep int) (int, error)
+	Unfinished(project string) (api.Release, bool, error)
+	SetHold(project string, h *api.Holder) error
+	Hold(project string) (*api.Holder, error)
 }
 
 // Service deploys the configured projects.
 type Service struct {
-	cfg    *config.Config
-	engine Engine
-	store  Store
-	log    *slog.Logger
-	locks  locks
-	now    func() time.Time
+	cfg     *config.Config
+	engine  Engine
+	store   Store
+	log     *slog.Logger
+	checker *healthcheck.Checker
+	locks   locks
+	now     func() time.Time
 }
 
 // New returns a service for the projects in cfg.
 func New(cfg *config.Config, engine Engine, store Store, log *slog.Logger) *Service {
-	return &Service{cfg: cfg, engine: engine, store: store, log: log, now: time.Now}
+	return &Service{cfg: cfg, engine: engine, store: store, log: log, now: time.Now,
+		checker: &healthcheck.Checker{Engine: engine}}
 }
 
 // Emit receives a deploy's events as they happen.
 type Emit func(api.Event)
 
-// Deploy runs one deploy request for identity and returns its exit code.
-// The last event emitted is the result, with the same code.
-func (s *Service) Deploy(ctx context.Context, identity string, req api.DeployRequest, emit Emit) int {
-	d := &deploy{svc: s, req: req, identity: identity, emit: emit, started: s.now()}
-	d.log = s.log.With("project", req.Project, "identity", identity)
-	code, err := d.run(ctx)
-	var msg string
-	switch {
-	case err != nil:
-		msg = err.Error()
-	case d.noop:
-		msg = "nothing to change: the running containers already match this release"
-	default:
-		msg = fmt.Sprintf("release %d is live", d.release.Number)
-	}
-	d.log.Info("deploy finished", "release", d.release.Number, "exit_code", code, "result", msg)
-	d.event(api.Event{Type: api.EventResult, Message: msg, ExitCode: &code})
-	return code
+// outcome is how a request ended: its exit code and what to say.
+type outcome struct {
+	code int
+	err  error
+	msg  string
 }
 
-type deploy struct {
+// run is one request that may change a project: a deploy or a rollback.
+type run struct {
 	svc      *Service
-	req      api.DeployRequest
+	project  string
+	pc       config.Project
 	identity string
 	emit     Emit
 	log      *slog.Logger
 	started  time.Time
 	release  api.Release
-	noop     bool
 }
 
-func (d *deploy) event(e api.Event) {
-	e.Time = d.svc.now()
-	e.Project = d.req.Project
-	e.Release = d.release.Number
-	if d.emit != nil {
-		d.emit(e)
+func (s *Service) newRun(project, identity string, emit Emit) *run {
+	return &run{svc: s, project: project, identity: identity, emit: emit, started: s.now(),
+		log: s.log.With("project", project, "identity", identity)}
+}
+
+func (r *run) event(e api.Event) {
+	e.Time = r.svc.now()
+	e.Project = r.project
+	e.Release = r.release.Number
+	if r.emit != nil {
+		r.emit(e)
 	}
 }
 
-func (d *deploy) progress(service, format string, args ...any) {
+func (r *run) progress(service, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	d.log.Info(msg, "service", service, "release", d.release.Number)
-	d.event(api.Event{Type: api.EventProgress, Service: service, Message: msg})
+	r.log.Info(msg, "service", service, "release", r.release.Number)
+	r.event(api.Event{Type: api.EventProgress, Service: service, Message: msg})
 }
 
-func (d *deploy) run(ctx context.Context) (int, error) {
-	pc, ok := d.svc.cfg.Projects[d.req.Project]
-	if !ok {
-		return api.ExitBadRequest, fmt.Errorf("deploy %q: %w (configured: %s)", d.req.Project, ErrUnknownProject, strings.Join(d.svc.cfg.ProjectNames(), ", "))
+// finish emits the result event and returns the exit code.
+func (r *run) finish(o outcome) int {
+	msg := o.msg
+	if o.err != nil {
+		msg = o.err.Error()
 	}
-	unlock, holder := d.svc.locks.tryLock(d.req.Project, api.Holder{Identity: d.identity, Since: d.started, Verb: "deploy", Message: d.req.Message})
-	if holder != nil {
-		return api.ExitLocked, fmt.Errorf("deploy %s: locked: %s has been running %s since %s%s",
-			d.req.Project, holder.Identity, holder.Verb, holder.Since.Format(time.RFC3339), quoted(holder.Message))
+	r.log.Info("finished", "release", r.release.Number, "exit_code", o.code, "result", msg)
+	code := o.code
+	r.event(api.Event{Type: api.EventResult, Message: msg, ExitCode: &code})
+	return code
+}
+
+// begin checks the project and takes its lock.
+func (r *run) begin(ctx context.Context, verb, message string, wait time.Duration) (unlock func(), o *outcome) {
+	pc, ok := r.svc.cfg.Projects[r.project]
+	if !ok {
+		return nil, &outcome{code: api.ExitBadRequest, err: fmt.Errorf("%s %q: %w (configured: %s)", verb, r.project, ErrUnknownProject, strings.Join(r.svc.cfg.ProjectNames(), ", "))}
+	}
+	r.pc = pc
+	if wait > 0 {
+		r.progress("", "waiting up to %s for the lock", wait)
+	}
+	unlock, holder, err := r.svc.locks.acquire(ctx, r.svc.store, r.project, api.Holder{Identity: r.identity, Since: r.started, Verb: verb, Message: message}, wait)
+	switch {
+	case err != nil:
+		return nil, &outcome{code: api.ExitLocked, err: err}
+	case holder != nil:
+		return nil, &outcome{code: api.ExitLocked, err: errors.New(refusal(r.project, holder))}
+	}
+	return unlock, nil
+}
+
+// Deploy runs one deploy request for identity and returns its exit code.
+// The last event emitted is the result, with the same code.
+func (s *Service) Deploy(ctx context.Context, identity string, req api.DeployRequest, emit Emit) int {
+	r := s.newRun(req.Project, identity, emit)
+	unlock, refused := r.begin(ctx, "deploy", req.Message, req.Wait)
+	if refused != nil {
+		return r.finish(*refused)
 	}
 	defer unlock()
+	return r.finish(r.deploy(ctx, req))
+}
 
-	d.progress("", "loading %s", pc.ComposeFile)
-	project, err := compose.Load(ctx, loadOptions(d.req.Project, pc, d.req.Images))
+func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
+	r.progress("", "loading %s", r.pc.ComposeFile)
+	project, err := compose.Load(ctx, loadOptions(r.project, r.pc, req.Images))
 	if err != nil {
-		return api.ExitBadRequest, err
+		return outcome{code: api.ExitBadRequest, err: err}
 	}
-	reg := &registry.Client{Engine: d.svc.engine, ConfigDir: firstNonEmpty(pc.DockerConfig, d.svc.cfg.DockerConfig)}
-	d.progress("", "resolving %d images", len(project.Services))
+	reg := r.registry()
+	r.progress("", "resolving %d images", len(project.Services))
 	pins, err := reg.Resolve(ctx, imageRequests(project))
 	if err != nil {
-		return api.ExitBadRequest, fmt.Errorf("resolve images: %w", err)
+		return outcome{code: api.ExitBadRequest, err: fmt.Errorf("resolve images: %w", err)}
 	}
 	for _, name := range project.ServiceNames() {
-		d.progress(name, "%s is %s", pins[name].Ref, pins[name].Digest)
+		r.progress(name, "%s is %s", pins[name].Ref, pins[name].Digest)
 	}
-	if err := reg.Pull(ctx, pins, func(svc, msg string) { d.progress(svc, "%s", msg) }); err != nil {
-		return api.ExitBadRequest, fmt.Errorf("pull images: %w", err)
+	if err := reg.Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
+		return outcome{code: api.ExitBadRequest, err: fmt.Errorf("pull images: %w", err)}
 	}
 	desired, err := compose.NewDesired(project, pins)
 	if err != nil {
-		return api.ExitBadRequest, err
-	}
-	observed, err := compose.Observe(ctx, d.svc.engine, d.req.Project)
-	if err != nil {
-		return api.ExitBroken, err
-	}
-	plan := compose.MakePlan(desired, observed)
-	d.event(api.Event{Type: api.EventPlan, Message: plan.String()})
-	if plan.Empty() {
-		d.noop = true
-		return api.ExitOK, nil
+		return outcome{code: api.ExitBadRequest, err: err}
 	}
 	composeYAML, err := pinnedYAML(project, pins)
 	if err != nil {
-		return api.ExitBadRequest, err
+		return outcome{code: api.ExitBadRequest, err: err}
+	}
+	return r.roll(ctx, desired, api.Release{
+		Kind:     api.KindDeploy,
+		Message:  req.Message,
+		Services: serviceImages(pins),
+		Compose:  string(composeYAML),
+	}, req.Timeout)
+}
+
+// Rollback redeploys a recorded release, by digest, with the same gating.
+func (s *Service) Rollback(ctx context.Context, identity string, req api.RollbackRequest, emit Emit) int {
+	r := s.newRun(req.Project, identity, emit)
+	unlock, refused := r.begin(ctx, "rollback", req.Message, req.Wait)
+	if refused != nil {
+		return r.finish(*refused)
+	}
+	defer unlock()
+	return r.finish(r.rollback(ctx, req))
+}
+
+func (r *run) rollback(ctx context.Context, req api.RollbackRequest) outcome {
+	target, err := r.rollbackTarget(req.To)
+	if err != nil {
+		return outcome{code: api.ExitBadRequest, err: err}
+	}
+	desired, err := decodeState(target)
+	if err != nil {
+		return outcome{code: api.ExitBadRequest, err: err}
+	}
+	r.progress("", "rolling back to release %d (%s, by %s%s)", target.Number, target.Started.Format(time.DateTime), target.Identity, quoted(target.Message))
+	pins := map[string]compose.Pin{}
+	for _, s := range desired.Services {
+		pins[s.Name] = s.Image
+	}
+	if err := r.registry().Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
+		return outcome{code: api.ExitBadRequest, err: fmt.Errorf("release %d's images are not all on this host, and pulling them failed: %w", target.Number, err)}
+	}
+	msg := fmt.Sprintf("rollback to release %d", target.Number)
+	if req.Message != "" {
+		msg += ": " + req.Message
+	}
+	return r.roll(ctx, desired, api.Release{
+		Kind:       api.KindRollback,
+		RollbackOf: target.Number,
+		Message:    msg,
+		Services:   target.Services,
+		Compose:    target.Compose,
+	}, req.Timeout)
+}
+
+// rollbackTarget finds the release to go back to: the one asked for, or
+// the newest good release before the live one.
+func (r *run) rollbackTarget(to int) (api.Release, error) {
+	cur, ok, err := r.svc.store.Current(r.project)
+	if err != nil {
+		return api.Release{}, err
+	}
+	if to != 0 {
+		t, err := r.svc.store.Get(r.project, to)
+		if err != nil {
+			return t, fmt.Errorf("rollback: %w", err)
+		}
+		if t.Outcome != api.OutcomeSucceeded {
+			return t, fmt.Errorf("rollback: release %d %s: it was never live; choose a release that succeeded", to, t.Outcome)
+		}
+		return t, nil
+	}
+	if !ok {
+		return api.Release{}, fmt.Errorf("rollback: %s has no live release yet", r.project)
+	}
+	hist, err := r.svc.store.History(r.project)
+	if err != nil {
+		return api.Release{}, err
+	}
+	for _, h := range hist {
+		if h.Number < cur.Number && h.Outcome == api.OutcomeSucceeded {
+			return h, nil
+		}
+	}
+	return api.Release{}, fmt.Errorf("rollback: no good release before the live release %d is recorded", cur.Number)
+}
+
+// roll takes the project to desired as a new release: journal, plan,
+// rollout, monitor, commit; or, on failure, the whole release back to the
+// previous one.
+func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Release, timeout time.Duration) outcome {
+	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
+	if err != nil {
+		return outcome{code: api.ExitBroken, err: err}
+	}
+	plan := compose.MakePlan(desired, observed)
+	r.event(api.Event{Type: api.EventPlan, Message: plan.String()})
+	if plan.Empty() {
+		return outcome{code: api.ExitOK, msg: "nothing to change: the running containers already match this release"}
+	}
+	state, err := json.Marshal(desired)
+	if err != nil {
+		return outcome{code: api.ExitBroken, err: fmt.Errorf("encode desired state: %w", err)}
+	}
+	prev, _, err := r.svc.store.Current(r.project)
+	if err != nil {
+		return outcome{code: api.ExitBroken, err: err}
+	}
+	// The journal: the intent is on disk before the first change, so a
+	// restarted agentd knows what was under way.
+	rec.Project, rec.Previous, rec.Started, rec.Identity = r.project, prev.Number, r.started, r.identity
+	rec.Outcome, rec.Plan, rec.State = api.OutcomeInProgress, plan.String(), state
+	r.release, err = r.svc.store.Begin(rec)
+	if err != nil {
+		return outcome{code: api.ExitBroken, err: err}
+	}
+	if prev.Number == 0 {
+		r.progress("", "release %d is the first of %s: starting %s", r.release.Number, r.project, strings.Join(plan.ChangedServices(), ", "))
+	} else {
+		r.progress("", "release %d replaces release %d: changing %s", r.release.Number, prev.Number, strings.Join(plan.ChangedServices(), ", "))
 	}
 
 	// From here on the engine changes: finish what was started even if the
 	// caller goes away, so a cancelled CI job cannot leave half a release.
 	ctx = context.WithoutCancel(ctx)
-	prev, _, err := d.svc.store.Current(d.req.Project)
+	rollCtx, cancel := ctx, context.CancelFunc(func() {})
+	if timeout > 0 {
+		rollCtx, cancel = context.WithTimeout(ctx, timeout)
+	}
+	err = r.apply(rollCtx, plan, false)
+	cancel()
 	if err != nil {
-		return api.ExitBroken, err
+		return r.fail(ctx, prev, err)
 	}
-	d.release, err = d.svc.store.Begin(api.Release{
-		Project:  d.req.Project,
-		Previous: prev.Number,
-		Started:  d.started,
-		Identity: d.identity,
-		Message:  d.req.Message,
-		Outcome:  api.OutcomeInProgress,
-		Services: serviceImages(pins),
-		Compose:  string(composeYAML),
-		Plan:     plan.String(),
-	})
-	if err != nil {
-		return api.ExitBroken, err
+	return r.commit(ctx, desired, plan)
+}
+
+// apply rolls a plan out and watches its monitor window.
+func (r *run) apply(ctx context.Context, plan *compose.Plan, rollback bool) error {
+	exec := &compose.Executor{
+		Engine:      r.svc.engine,
+		Health:      r.svc.checker,
+		Release:     fmt.Sprint(r.release.Number),
+		Progress:    func(svc, msg string) { r.progress(svc, "%s", msg) },
+		KeepRetired: !rollback,
+		Rollback:    rollback,
 	}
-	if prev.Number == 0 {
-		d.progress("", "release %d is the first of %s: starting %s", d.release.Number, d.req.Project, strings.Join(plan.ChangedServices(), ", "))
-	} else {
-		d.progress("", "release %d replaces release %d: changing %s", d.release.Number, prev.Number, strings.Join(plan.ChangedServices(), ", "))
-	}
-	exec := &compose.Executor{Engine: d.svc.engine, Release: strconv.Itoa(d.release.Number), Progress: func(svc, msg string) { d.progress(svc, "%s", msg) }}
-	applyErr := exec.Apply(ctx, plan)
-	d.release.Finished = d.svc.now()
-	if applyErr != nil {
-		d.release.Outcome = api.OutcomeFailed
-		d.release.Error = applyErr.Error()
-		if err := d.svc.store.Save(d.release, false); err != nil {
-			applyErr = errors.Join(applyErr, err)
+	if err := exec.Apply(ctx, plan); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("the rollout timed out: %w", err)
 		}
-		return api.ExitBroken, fmt.Errorf("release %d failed part-way and was not restored: %w", d.release.Number, applyErr)
+		return err
 	}
-	d.release.Outcome = api.OutcomeSucceeded
-	if err := d.svc.store.Save(d.release, true); err != nil {
-		return api.ExitBroken, err
+	started := exec.Started()
+	var window time.Duration
+	var ids []string
+	for _, s := range started {
+		window = max(window, s.Monitor)
+		ids = append(ids, s.ID)
 	}
-	if n, err := d.svc.store.Prune(d.req.Project, pc.KeepReleases); err != nil {
-		d.log.Warn("prune history", "err", err)
+	if len(ids) == 0 || window <= 0 {
+		return nil
+	}
+	r.progress("", "monitoring %d new container(s) for %s", len(ids), window)
+	if err := r.svc.checker.Monitor(ctx, ids, window); err != nil {
+		return fmt.Errorf("monitor window: %w", err)
+	}
+	return nil
+}
+
+// fail rolls the whole release back to prev after err, and records it.
+func (r *run) fail(ctx context.Context, prev api.Release, cause error) outcome {
+	r.progress("", "release %d failed: %v", r.release.Number, cause)
+	r.release.Finished = r.svc.now()
+	if errors.Is(cause, compose.ErrPaused) {
+		r.release.Outcome, r.release.Error = api.OutcomeFailed, cause.Error()
+		r.save(false)
+		return outcome{code: api.ExitBroken, err: fmt.Errorf("release %d failed and was left as it is for an operator (failure_action: pause): %w", r.release.Number, cause)}
+	}
+	if err := r.restore(ctx, prev); err != nil {
+		r.release.Finished = r.svc.now()
+		r.release.Outcome = api.OutcomeFailed
+		r.release.Error = fmt.Sprintf("%v; rolling back to release %d failed too: %v", cause, prev.Number, err)
+		r.save(false)
+		return outcome{code: api.ExitBroken, err: fmt.Errorf("release %d failed (%w) and rolling back to release %d failed too: %w", r.release.Number, cause, prev.Number, err)}
+	}
+	r.release.Finished = r.svc.now()
+	r.release.Outcome, r.release.Error, r.release.RestoredTo = api.OutcomeRolledBack, cause.Error(), prev.Number
+	r.save(false)
+	if prev.Number == 0 {
+		return outcome{code: api.ExitRolledBack, err: fmt.Errorf("release %d failed and was removed (there was no earlier release): %w", r.release.Number, cause)}
+	}
+	return outcome{code: api.ExitRolledBack, err: fmt.Errorf("release %d failed; release %d is serving again: %w", r.release.Number, prev.Number, cause)}
+}
+
+// restore brings the project back to release prev (or to nothing, before
+// the first release) with the same gating, using the images on disk.
+func (r *run) restore(ctx context.Context, prev api.Release) error {
+	desired := &compose.Desired{Project: r.project}
+	if prev.Number != 0 {
+		var err error
+		if desired, err = decodeState(prev); err != nil {
+			return err
+		}
+	}
+	r.progress("", "rolling back to release %d", prev.Number)
+	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
+	if err != nil {
+		return err
+	}
+	plan := compose.MakePlan(desired, observed)
+	r.event(api.Event{Type: api.EventPlan, Message: plan.String()})
+	return r.apply(ctx, plan, true)
+}
+
+// commit makes the release live, then removes what it retired and runs
+// the post-deploy hooks; neither can fail the release any more.
+func (r *run) commit(ctx context.Context, desired *compose.Desired, plan *compose.Plan) outcome {
+	r.release.Finished = r.svc.now()
+	r.release.Outcome = api.OutcomeSucceeded
+	if err := r.svc.store.Save(r.release, true); err != nil {
+		return outcome{code: api.ExitBroken, err: err}
+	}
+	if err := r.svc.cleanup(ctx, r.project, desired, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
+		r.progress("", "warning: cleaning up after the release: %v", err)
+	}
+	exec := &compose.Executor{Engine: r.svc.engine, Release: fmt.Sprint(r.release.Number), Progress: func(svc, msg string) { r.progress(svc, "%s", msg) }}
+	changed := map[string]bool{}
+	for _, s := range plan.ChangedServices() {
+		changed[s] = true
+	}
+	for i := range desired.Services {
+		spec := &desired.Services[i]
+		if changed[spec.Name] && len(spec.Policy.PostDeploy) > 0 {
+			if err := exec.RunHooks(ctx, r.project, spec, "post-deploy", spec.Policy.PostDeploy); err != nil {
+				r.progress(spec.Name, "warning: %v", err)
+			}
+		}
+	}
+	if n, err := r.svc.store.Prune(r.project, r.pc.KeepReleases); err != nil {
+		r.log.Warn("prune history", "err", err)
 	} else if n > 0 {
-		d.progress("", "pruned %d old release records (keeping %d)", n, pc.KeepReleases)
+		r.progress("", "pruned %d old release records (keeping %d)", n, r.pc.KeepReleases)
 	}
-	return api.ExitOK, nil
+	return outcome{code: api.ExitOK, msg: fmt.Sprintf("release %d is live", r.release.Number)}
+}
+
+// cleanup removes the containers a committed release retired.
+func (s *Service) cleanup(ctx context.Context, project string, desired *compose.Desired, progress compose.Progress) error {
+	observed, err := compose.Observe(ctx, s.engine, project)
+	if err != nil {
+		return err
+	}
+	exec := &compose.Executor{Engine: s.engine, Progress: progress}
+	return exec.Apply(ctx, compose.MakePlan(desired, observed).Cleanup())
+}
+
+func (r *run) save(live bool) {
+	if err := r.svc.store.Save(r.release, live); err != nil {
+		r.progress("", "error: recording release %d: %v", r.release.Number, err)
+	}
+}
+
+func (r *run) registry() *registry.Client {
+	return &registry.Client{Engine: r.svc.engine, ConfigDir: firstNonEmpty(r.pc.DockerConfig, r.svc.cfg.DockerConfig)}
+}
+
+func decodeState(rel api.Release) (*compose.Desired, error) {
+	if len(rel.State) == 0 {
+		return nil, fmt.Errorf("release %d has no recorded state to redeploy", rel.Number)
+	}
+	var d compose.Desired
+	if err := json.Unmarshal(rel.State, &d); err != nil {
+		return nil, fmt.Errorf("release %d: decode recorded state: %w", rel.Number, err)
+	}
+	return &d, nil
 }
 
 func quoted(msg string) string {
@@ -261,6 +508,33 @@ func pinnedYAML(p *types.Project, pins map[string]compose.Pin) ([]byte, error) {
 	return b, nil
 }
 
+// Lock holds a project's deploys for identity (or, with req.Unlock,
+// releases the hold). A held project refuses deploys and rollbacks with
+// exit code 3, naming who holds it, since when and why.
+func (s *Service) Lock(_ context.Context, identity string, req api.LockRequest) (*api.Holder, error) {
+	if _, ok := s.cfg.Projects[req.Project]; !ok {
+		return nil, fmt.Errorf("lock %q: %w", req.Project, ErrUnknownProject)
+	}
+	if req.Unlock {
+		h, err := s.store.Hold(req.Project)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.store.SetHold(req.Project, nil); err != nil {
+			return nil, err
+		}
+		s.locks.released()
+		s.log.Info("project unlocked", "project", req.Project, "identity", identity)
+		return h, nil
+	}
+	h := &api.Holder{Identity: identity, Since: s.now(), Verb: "lock", Message: req.Message}
+	if err := s.store.SetHold(req.Project, h); err != nil {
+		return nil, err
+	}
+	s.log.Info("project locked", "project", req.Project, "identity", identity, "message", req.Message)
+	return h, nil
+}
+
 // Status reports the current release and containers of one project, or of
 // every project when name is empty.
 func (s *Service) Status(ctx context.Context, name string) ([]api.ProjectStatus, error) {
@@ -274,11 +548,17 @@ func (s *Service) Status(ctx context.Context, name string) ([]api.ProjectStatus,
 	var out []api.ProjectStatus
 	for _, n := range names {
 		st := api.ProjectStatus{Project: n, Deploying: s.locks.holder(n)}
+		hold, err := s.store.Hold(n)
+		if err != nil {
+			return nil, err
+		}
+		st.Locked = hold
 		cur, ok, err := s.store.Current(n)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
+			cur.State = nil
 			st.Current = &cur
 		}
 		list, err := s.engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", compose.LabelProject+"="+n))})
@@ -318,12 +598,17 @@ func firstOf(s []string) string {
 	return s[0]
 }
 
-// History returns the recorded releases of a project, newest first.
+// History returns the recorded releases of a project, newest first,
+// without their recorded state.
 func (s *Service) History(_ context.Context, name string) ([]api.Release, error) {
 	if _, ok := s.cfg.Projects[name]; !ok {
 		return nil, fmt.Errorf("history %q: %w", name, ErrUnknownProject)
 	}
-	return s.store.History(name)
+	hist, err := s.store.History(name)
+	for i := range hist {
+		hist[i].State = nil
+	}
+	return hist, err
 }
 
 // CheckProjects loads every configured compose project and returns every

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -63,10 +64,11 @@ type ServiceSpec struct {
 	// ContainerName is set when the compose file fixes it (one replica).
 	ContainerName string
 
-	Config     container.Config
-	Host       container.HostConfig
-	Networks   []EndpointSpec // the first one is attached at create time
-	projectDir string
+	Config   container.Config
+	Host     container.HostConfig
+	Networks []EndpointSpec // the first one is attached at create time
+	// Policy is how the service rolls out; it is not part of the hash.
+	Policy Policy
 }
 
 // EndpointSpec is the attachment of a service to one network.
@@ -195,8 +197,12 @@ func serviceSpec(p *types.Project, s types.ServiceConfig, pin Pin) (ServiceSpec,
 		DependsOn:     sortedKeys(s.DependsOn),
 		StopTimeout:   10 * time.Second,
 		ContainerName: s.ContainerName,
-		projectDir:    p.WorkingDir,
 	}
+	pol, errs := policyOf(p, s)
+	if len(errs) > 0 {
+		return spec, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	spec.Policy = pol
 	if s.StopGracePeriod != nil {
 		spec.StopTimeout = time.Duration(*s.StopGracePeriod)
 	}
@@ -226,7 +232,7 @@ func serviceSpec(p *types.Project, s types.ServiceConfig, pin Pin) (ServiceSpec,
 		StopSignal:  s.StopSignal,
 		StopTimeout: &stopSeconds,
 		Labels:      labels,
-		Healthcheck: healthcheck(s.HealthCheck),
+		Healthcheck: healthConfig(s.HealthCheck),
 	}
 	exposed, bindings, err := ports(s)
 	if err != nil {
@@ -300,7 +306,7 @@ func environment(env types.MappingWithEquals) []string {
 	return out
 }
 
-func healthcheck(h *types.HealthCheckConfig) *container.HealthConfig {
+func healthConfig(h *types.HealthCheckConfig) *container.HealthConfig {
 	if h == nil {
 		return nil
 	}

@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/berth-deploy/berth/healthcheck"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/errdefs"
@@ -17,13 +21,46 @@ import (
 // Progress receives one human-readable line per thing the executor does.
 type Progress func(service, message string)
 
+// ErrHook marks a pre-deploy hook that failed: nothing of its service was
+// switched.
+var ErrHook = errors.New("pre-deploy hook failed")
+
+// ErrPaused marks a failure in a service whose failure_action is pause:
+// the release stops where it is, for an operator.
+var ErrPaused = errors.New("rollout paused by failure_action")
+
 // Executor applies plans to one engine.
 type Executor struct {
 	Engine Engine
+	// Health gates every container started; nil starts without waiting.
+	Health Gater
 	// Release labels every container created (LabelRelease); may be empty.
 	Release string
 	// Progress may be nil.
 	Progress Progress
+	// KeepRetired stops the containers a release replaces but keeps them,
+	// renamed, so the release can still be rolled back; they are removed
+	// by the cleanup after it commits. Project networks are not removed.
+	KeepRetired bool
+	// Rollback rolls out with each service's rollback policy and runs no
+	// hooks.
+	Rollback bool
+
+	mu      sync.Mutex
+	started []Started
+}
+
+// Started is a container an Apply started, with its service's monitor.
+type Started struct {
+	ID, Name, Service string
+	Monitor           time.Duration
+}
+
+// Started returns the containers started so far, for the monitor window.
+func (e *Executor) Started() []Started {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]Started(nil), e.started...)
 }
 
 func (e *Executor) say(service, format string, args ...any) {
@@ -33,9 +70,9 @@ func (e *Executor) say(service, format string, args ...any) {
 }
 
 // Apply carries out the plan: networks and volumes first, then services in
-// dependency order, then the removal of services and networks that are no
-// longer in the file. Volumes are never removed. It stops at the first
-// error, which names the step that failed.
+// dependency order (each rolled out by its policy and gated on health),
+// then the services no longer in the file. Volumes are never removed. It
+// stops at the first failure, which names the step.
 func (e *Executor) Apply(ctx context.Context, p *Plan) error {
 	for _, n := range p.CreateNetworks {
 		e.say("", "creating network %s", n.Name)
@@ -50,14 +87,29 @@ func (e *Executor) Apply(ctx context.Context, p *Plan) error {
 		}
 	}
 	for _, s := range p.Services {
-		if err := e.applyService(ctx, p.Project, s); err != nil {
-			return err
+		if !s.changed(p.Project) {
+			continue
+		}
+		if err := e.rollOut(ctx, p, s); err != nil {
+			if s.Spec.Policy.FailureAction == FailContinue && !errors.Is(err, ErrHook) && ctx.Err() == nil {
+				e.say(s.Name, "failed, going on (failure_action: continue): %v", err)
+				continue
+			}
+			if s.Spec.Policy.FailureAction == FailPause && !e.Rollback {
+				return fmt.Errorf("service %s: %w: %w", s.Name, ErrPaused, err)
+			}
+			return fmt.Errorf("service %s: %w", s.Name, err)
 		}
 	}
 	for _, s := range p.RemoveServices {
-		if err := e.applyService(ctx, p.Project, s); err != nil {
-			return err
+		for _, sl := range s.Slots {
+			if err := e.retire(ctx, p, s, retirees([]Slot{sl})); err != nil {
+				return fmt.Errorf("service %s: %w", s.Name, err)
+			}
 		}
+	}
+	if e.KeepRetired {
+		return nil
 	}
 	for _, n := range p.RemoveNetworks {
 		e.say("", "removing network %s", n)
@@ -70,40 +122,334 @@ func (e *Executor) Apply(ctx context.Context, p *Plan) error {
 	return nil
 }
 
-func (e *Executor) applyService(ctx context.Context, project string, s ServicePlan) error {
-	for _, st := range s.Steps {
+// policy is the rollout shape used: the update's, or the rollback's.
+func (e *Executor) policy(spec *ServiceSpec) (order string, parallelism int, delay time.Duration, monitor time.Duration) {
+	pol := spec.Policy
+	if e.Rollback {
+		return pol.Rollback.Order, pol.Rollback.Parallelism, pol.Rollback.Delay, pol.Rollback.Monitor
+	}
+	return pol.Order, pol.Parallelism, pol.Delay, pol.Monitor
+}
+
+// rollOut brings one service to its desired state, batch by batch.
+func (e *Executor) rollOut(ctx context.Context, p *Plan, s ServicePlan) error {
+	spec := s.Spec
+	order, parallelism, delay, _ := e.policy(spec)
+	var work, retireOnly []Slot
+	for _, sl := range s.Slots {
+		switch {
+		case !sl.Changed(s.canonical(p.Project, sl.Number)):
+		case sl.Create || sl.Keep != nil:
+			work = append(work, sl)
+		default:
+			retireOnly = append(retireOnly, sl)
+		}
+	}
+	if !e.Rollback && len(spec.Policy.PreDeploy) > 0 && creates(work) {
+		for i, h := range spec.Policy.PreDeploy {
+			if err := e.runHook(ctx, p.Project, spec, "pre-deploy", i, h); err != nil {
+				return fmt.Errorf("%w: %w", ErrHook, err)
+			}
+		}
+	}
+	if parallelism <= 0 || parallelism > len(work) {
+		parallelism = max(len(work), 1)
+	}
+	e.say(s.Name, "rolling out %s, %d at a time", order, parallelism)
+	for i := 0; i < len(work); i += parallelism {
+		if i > 0 && delay > 0 {
+			if err := wait(ctx, delay); err != nil {
+				return err
+			}
+		}
+		batch := work[i:min(i+parallelism, len(work))]
 		var err error
-		switch st.Op {
-		case OpCreate:
-			e.say(s.Name, "creating %s", s.Spec.containerName(project, st.Number))
-			err = e.createAndStart(ctx, project, s.Spec, st.Number)
-		case OpRecreate:
-			e.say(s.Name, "recreating %s (%s)", st.Old.Name, st.Reason)
-			err = e.stopAndRemove(ctx, st.Old, s.Spec.StopTimeout)
-			if err == nil {
-				err = e.createAndStart(ctx, project, s.Spec, st.Number)
-			}
-		case OpStart:
-			e.say(s.Name, "starting %s (%s)", st.Old.Name, st.Reason)
-			err = e.Engine.ContainerStart(ctx, st.Old.ID, container.StartOptions{})
-		case OpRemove:
-			e.say(s.Name, "removing %s (%s)", st.Old.Name, st.Reason)
-			timeout := 10 * time.Second
-			if s.Spec != nil {
-				timeout = s.Spec.StopTimeout
-			}
-			err = e.stopAndRemove(ctx, st.Old, timeout)
+		if order == StopFirst {
+			err = e.stopFirst(ctx, p, s, batch)
+		} else {
+			err = e.startFirst(ctx, p, s, batch)
 		}
 		if err != nil {
-			return fmt.Errorf("service %s: %s: %w", s.Name, st.Op, err)
+			return err
+		}
+	}
+	for _, sl := range retireOnly {
+		if err := e.retire(ctx, p, s, retirees([]Slot{sl})); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+func creates(slots []Slot) bool {
+	for _, sl := range slots {
+		if sl.Create {
+			return true
+		}
+	}
+	return false
+}
+
+// startFirst: new containers up beside the old, gated; then the proxies
+// switch, and the old ones are retired.
+func (e *Executor) startFirst(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
+	var up []string
+	for _, sl := range batch {
+		id, err := e.bringUp(ctx, p, s, sl)
+		if err != nil {
+			return err
+		}
+		if id != "" {
+			up = append(up, id)
+		}
+	}
+	if err := e.gate(ctx, s, up); err != nil {
+		return err
+	}
+	if len(up) > 0 {
+		if err := e.reloadProxies(ctx, p, s.Name); err != nil {
+			return err
+		}
+	}
+	if err := e.retire(ctx, p, s, retirees(batch)); err != nil {
+		return err
+	}
+	return e.restoreNames(ctx, p, s, batch)
+}
+
+// stopFirst: the old containers stop first, then the new ones start and
+// are gated.
+func (e *Executor) stopFirst(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
+	if err := e.retire(ctx, p, s, retirees(batch)); err != nil {
+		return err
+	}
+	if err := e.restoreNames(ctx, p, s, batch); err != nil {
+		return err
+	}
+	var up []string
+	for _, sl := range batch {
+		id, err := e.bringUp(ctx, p, s, sl)
+		if err != nil {
+			return err
+		}
+		if id != "" {
+			up = append(up, id)
+		}
+	}
+	if err := e.gate(ctx, s, up); err != nil {
+		return err
+	}
+	if len(up) > 0 {
+		return e.reloadProxies(ctx, p, s.Name)
+	}
+	return nil
+}
+
+// bringUp creates (or starts again) the container of a slot and returns
+// its ID, or "" when nothing had to start.
+func (e *Executor) bringUp(ctx context.Context, p *Plan, s ServicePlan, sl Slot) (string, error) {
+	name := s.canonical(p.Project, sl.Number)
+	switch {
+	case sl.Create:
+		if sl.Replace != nil && sl.Replace.State != stateRemoved && sl.Replace.Name == name {
+			if err := e.rename(ctx, sl.Replace, retiredName(*sl.Replace)); err != nil {
+				return "", err
+			}
+		}
+		if sl.Replace != nil {
+			e.say(s.Name, "creating %s to replace %s (%s)", name, sl.Replace.Name, sl.Reason)
+		} else {
+			e.say(s.Name, "creating %s (%s)", name, sl.Reason)
+		}
+		id, err := e.createAndStart(ctx, p.Project, s.Spec, sl.Number)
+		if err != nil {
+			return "", err
+		}
+		e.track(id, name, s)
+		return id, nil
+	case sl.Keep != nil && !sl.Keep.Running():
+		e.say(s.Name, "starting %s (%s)", sl.Keep.Name, sl.Reason)
+		if err := e.Engine.ContainerStart(ctx, sl.Keep.ID, container.StartOptions{}); err != nil {
+			return "", fmt.Errorf("start %s: %w", sl.Keep.Name, err)
+		}
+		e.track(sl.Keep.ID, sl.Keep.Name, s)
+		return sl.Keep.ID, nil
+	}
+	return "", nil
+}
+
+func (e *Executor) track(id, name string, s ServicePlan) {
+	_, _, _, monitor := e.policy(s.Spec)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.started = append(e.started, Started{ID: id, Name: name, Service: s.Name, Monitor: monitor})
+}
+
+// restoreNames gives kept containers their proper names back, once the
+// containers that held those names are out of the way.
+func (e *Executor) restoreNames(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
+	for _, sl := range batch {
+		name := s.canonical(p.Project, sl.Number)
+		if sl.Keep != nil && sl.Keep.Name != name {
+			if err := e.rename(ctx, sl.Keep, name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// gate waits, in parallel, until every container is ready.
+func (e *Executor) gate(ctx context.Context, s ServicePlan, ids []string) error {
+	if e.Health == nil || len(ids) == 0 {
+		return nil
+	}
+	e.say(s.Name, "waiting for %d container(s) to be ready", len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = e.Health.Gate(ctx, id, s.Spec.Policy.Health)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	e.say(s.Name, "ready")
+	return nil
+}
+
+// retire stops containers with their grace period and signal, then
+// reloads the proxies (so they forget the old addresses), then removes
+// them, or renames them aside and keeps them while a release may still be
+// rolled back.
+func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Container) error {
+	if len(old) == 0 {
+		return nil
+	}
+	grace := 10 * time.Second
+	if s.Spec != nil {
+		grace = s.Spec.StopTimeout
+	}
+	wasRunning := false
+	for _, c := range old {
+		if c.State == "exited" || c.State == "dead" {
+			continue
+		}
+		// Everything else is stopped, "created" included: a start may
+		// still be on its way to the engine (agentd died after sending it).
+		wasRunning = true
+		e.say(s.Name, "stopping %s (grace %s)", c.Name, grace)
+		secs := int(grace / time.Second)
+		if err := e.Engine.ContainerStop(ctx, c.ID, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("stop %s: %w", c.Name, err)
+		}
+	}
+	if wasRunning {
+		if err := e.reloadProxies(ctx, p, s.Name); err != nil {
+			return err
+		}
+	}
+	for _, c := range old {
+		if e.KeepRetired {
+			if !strings.Contains(c.Name, retiredMark) {
+				if err := e.rename(ctx, c, retiredName(*c)); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		e.say(s.Name, "removing %s", c.Name)
+		// Force: it was stopped above; force only settles a race with a
+		// start that was still under way.
+		if err := e.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove %s: %w", c.Name, err)
+		}
+		c.State = stateRemoved
+	}
+	return nil
+}
+
+// stateRemoved marks, in a plan being applied, a container that is gone.
+const stateRemoved = "removed"
+
+// retirees lists the containers a batch retires.
+func retirees(batch []Slot) []*Container {
+	var old []*Container
+	for _, sl := range batch {
+		if sl.Replace != nil {
+			old = append(old, sl.Replace)
+		}
+		for i := range sl.Retire {
+			old = append(old, &sl.Retire[i])
+		}
+	}
+	return old
+}
+
+// retiredMark is in the name of every container kept aside by a release.
+const retiredMark = "-retired-"
+
+func retiredName(c Container) string {
+	return c.Name + retiredMark + c.ID[:min(8, len(c.ID))]
+}
+
+func (e *Executor) rename(ctx context.Context, c *Container, name string) error {
+	if err := e.Engine.ContainerRename(ctx, c.ID, name); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", c.Name, name, err)
+	}
+	c.Name = name
+	return nil
+}
+
+// reloadProxies validates and reloads, inside every running container of
+// each proxy service that fronts service, the proxy's configuration.
+func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string) error {
+	for _, proxy := range p.proxies[service] {
+		var spec *ServiceSpec
+		for i := range p.Services {
+			if p.Services[i].Name == proxy {
+				spec = p.Services[i].Spec
+			}
+		}
+		list, err := e.Engine.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(
+			filters.Arg("label", LabelProject+"="+p.Project),
+			filters.Arg("label", LabelService+"="+proxy),
+			filters.Arg("status", "running"),
+		)})
+		if err != nil {
+			return fmt.Errorf("reload proxy %s: list containers: %w", proxy, err)
+		}
+		for _, c := range list {
+			name := strings.TrimPrefix(firstName(c.Names), "/")
+			for _, step := range [][]string{spec.Policy.Proxy.Validate, spec.Policy.Proxy.Reload} {
+				code, out, err := healthcheck.Exec(ctx, e.Engine, c.ID, step)
+				if err != nil {
+					return fmt.Errorf("reload proxy %s: %s: %w", name, strings.Join(step, " "), err)
+				}
+				if code != 0 {
+					return fmt.Errorf("reload proxy %s: %s exited %d: %s", name, strings.Join(step, " "), code, strings.TrimSpace(out))
+				}
+			}
+			e.say(proxy, "reloaded %s (for %s)", name, service)
+		}
+	}
+	return nil
+}
+
+func firstName(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
+}
+
 // createAndStart creates replica n of a service, joins its other networks
 // and starts it. On failure the half-made container is removed.
-func (e *Executor) createAndStart(ctx context.Context, project string, spec *ServiceSpec, n int) (err error) {
+func (e *Executor) createAndStart(ctx context.Context, project string, spec *ServiceSpec, n int) (id string, err error) {
 	name := spec.containerName(project, n)
 	cfg := spec.Config
 	cfg.Labels = maps.Clone(spec.Config.Labels)
@@ -112,17 +458,19 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 	if e.Release != "" {
 		cfg.Labels[LabelRelease] = e.Release
 	}
-	host := spec.Host
+	return e.create(ctx, name, &cfg, spec.Host, spec.Networks)
+}
+
+func (e *Executor) create(ctx context.Context, name string, cfg *container.Config, host container.HostConfig, nets []EndpointSpec) (id string, err error) {
 	var netCfg *network.NetworkingConfig
-	if len(spec.Networks) > 0 {
-		first := spec.Networks[0]
+	if len(nets) > 0 {
 		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
-			first.Network: {Aliases: first.Aliases},
+			nets[0].Network: {Aliases: nets[0].Aliases},
 		}}
 	}
-	created, err := e.Engine.ContainerCreate(ctx, &cfg, &host, netCfg, nil, name)
+	created, err := e.Engine.ContainerCreate(ctx, cfg, &host, netCfg, nil, name)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", name, err)
+		return "", fmt.Errorf("create %s: %w", name, err)
 	}
 	defer func() {
 		if err != nil {
@@ -133,26 +481,26 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 			err = errors.Join(err, rmErr)
 		}
 	}()
-	for _, ep := range spec.Networks[min(1, len(spec.Networks)):] {
+	for _, ep := range nets[min(1, len(nets)):] {
 		if err := e.Engine.NetworkConnect(ctx, ep.Network, created.ID, &network.EndpointSettings{Aliases: ep.Aliases}); err != nil {
-			return fmt.Errorf("connect %s to %s: %w", name, ep.Network, err)
+			return "", fmt.Errorf("connect %s to %s: %w", name, ep.Network, err)
 		}
 	}
 	if err := e.Engine.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
-		return fmt.Errorf("start %s: %w", name, err)
+		return "", fmt.Errorf("start %s: %w", name, err)
 	}
-	return nil
+	return created.ID, nil
 }
 
-// stopAndRemove stops a container with its grace period (the engine sends
-// the container's own stop signal) and removes it, keeping its volumes.
-func (e *Executor) stopAndRemove(ctx context.Context, c *Container, grace time.Duration) error {
-	secs := int(grace / time.Second)
-	if err := e.Engine.ContainerStop(ctx, c.ID, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("stop %s: %w", c.Name, err)
+// wait sleeps for d or until ctx ends: the update_config delay between
+// batches, which is a wait for time itself.
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
-	if err := e.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{}); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("remove %s: %w", c.Name, err)
-	}
-	return nil
 }

@@ -3,11 +3,15 @@ package compose
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/berth-deploy/berth/healthcheck"
+	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
@@ -25,6 +29,7 @@ type fakeEngine struct {
 	volumes    map[string]volume.CreateOptions
 	calls      []string
 	failCreate string // container name whose create fails
+	hookExit   int64  // exit code of every hook container
 }
 
 type fakeContainer struct {
@@ -52,7 +57,7 @@ func (f *fakeEngine) ContainerList(_ context.Context, o container.ListOptions) (
 	defer f.mu.Unlock()
 	var out []container.Summary
 	for _, c := range f.containers {
-		if !all(o.Filters.Get("label"), c.cfg.Labels) {
+		if !all(o.Filters.Get("label"), c.cfg.Labels) || (!c.running && (!o.All || len(o.Filters.Get("status")) > 0)) {
 			continue
 		}
 		state := "exited"
@@ -144,6 +149,67 @@ func (f *fakeEngine) ContainerRemove(_ context.Context, id string, o container.R
 	return nil
 }
 
+func (f *fakeEngine) ContainerRename(_ context.Context, id, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return err
+	}
+	for _, o := range f.containers {
+		if o.name == name {
+			return errdefs.Conflict(fmt.Errorf("name %s in use", name))
+		}
+	}
+	f.record("rename %s %s", c.name, name)
+	c.name = name
+	return nil
+}
+
+// ContainerWait reports hooks as exiting with hookExit at once.
+func (f *fakeEngine) ContainerWait(_ context.Context, id string, _ container.WaitCondition) (<-chan container.WaitResponse, <-chan error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	waitc := make(chan container.WaitResponse, 1)
+	if c, ok := f.containers[id]; ok {
+		f.record("hook %s %s", c.name, strings.Join(c.cfg.Cmd, " "))
+		c.running = false
+	}
+	waitc <- container.WaitResponse{StatusCode: f.hookExit}
+	return waitc, make(chan error)
+}
+
+func (f *fakeEngine) ContainerLogs(context.Context, string, container.LogsOptions) (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader("")), nil
+}
+
+func (f *fakeEngine) ContainerExecCreate(_ context.Context, id string, o container.ExecOptions) (container.ExecCreateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return container.ExecCreateResponse{}, err
+	}
+	f.record("exec %s %s", c.name, strings.Join(o.Cmd, " "))
+	return container.ExecCreateResponse{ID: "exec-" + id}, nil
+}
+
+func (f *fakeEngine) ContainerExecAttach(context.Context, string, container.ExecAttachOptions) (types.HijackedResponse, error) {
+	return types.NewHijackedResponse(nopConn{}, ""), nil
+}
+
+func (f *fakeEngine) ContainerExecInspect(context.Context, string) (container.ExecInspect, error) {
+	return container.ExecInspect{ExitCode: 0}, nil
+}
+
+// nopConn is a connection that reads EOF, for exec attachments.
+type nopConn struct{ net.Conn }
+
+func (nopConn) Read([]byte) (int, error)    { return 0, io.EOF }
+func (nopConn) Write(b []byte) (int, error) { return len(b), nil }
+func (nopConn) Close() error                { return nil }
+func (nopConn) CloseWrite() error           { return nil }
+
 func (f *fakeEngine) NetworkList(_ context.Context, o network.ListOptions) ([]network.Summary, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -225,4 +291,18 @@ func (f *fakeEngine) takeCalls() []string {
 	c := f.calls
 	f.calls = nil
 	return c
+}
+
+// fakeGater records the containers it gates and fails those named in fail.
+type fakeGater struct {
+	eng  *fakeEngine
+	fail map[string]error
+}
+
+func (g *fakeGater) Gate(_ context.Context, id string, _ healthcheck.Spec) error {
+	g.eng.mu.Lock()
+	defer g.eng.mu.Unlock()
+	c := g.eng.containers[id]
+	g.eng.record("gate %s", c.name)
+	return g.fail[c.name]
 }

@@ -101,6 +101,11 @@ func check(p *types.Project) []error {
 		if strings.HasPrefix(s.NetworkMode, "service:") || strings.HasPrefix(s.NetworkMode, "container:") {
 			bad("network_mode %q is not supported", s.NetworkMode)
 		}
+		if _, errs := policyOf(p, s); len(errs) > 0 {
+			for _, e := range errs {
+				bad("%v", e)
+			}
+		}
 		for _, key := range sortedKeys(s.Networks) {
 			n := s.Networks[key]
 			if n != nil && (n.Ipv4Address != "" || n.Ipv6Address != "" || len(n.LinkLocalIPs) > 0 || n.MacAddress != "" ||

@@ -6,35 +6,55 @@ import (
 	"strings"
 )
 
-// Op is one thing to do to one container.
-type Op string
-
-// The container operations a plan is made of.
-const (
-	OpCreate   Op = "create"   // a new container for a replica number
-	OpRecreate Op = "recreate" // replace Old by a new container with the same number
-	OpStart    Op = "start"    // Old is up to date but not running
-	OpRemove   Op = "remove"   // Old is no longer wanted
-)
-
-// Step is one container operation of a service.
-type Step struct {
-	Op     Op
-	Number int        // replica number of the new container (create, recreate)
-	Old    *Container // the existing container (recreate, start, remove)
+// Slot is what happens to one replica number of a service.
+type Slot struct {
+	Number int
+	// Keep is the container whose config matches, which stays or comes
+	// back: started if stopped, renamed to its proper name if it was
+	// retired under another.
+	Keep *Container
+	// Create asks for a new container; Replace is the one it takes over
+	// from (nil for a new replica).
+	Create  bool
+	Replace *Container
+	// Retire lists the other containers of this number: stopped, then
+	// removed (or kept, stopped, until the release commits).
+	Retire []Container
 	Reason string
+}
+
+// Changed reports whether the slot changes anything.
+func (s Slot) Changed(canonical string) bool {
+	if s.Create || s.Replace != nil || len(s.Retire) > 0 {
+		return true
+	}
+	return s.Keep != nil && (!s.Keep.Running() || s.Keep.Name != canonical)
 }
 
 // ServicePlan is what happens to one service.
 type ServicePlan struct {
 	Name  string
-	Spec  *ServiceSpec // nil when the service is being removed
-	Keep  []Container  // containers left as they are
-	Steps []Step
+	Spec  *ServiceSpec // nil when the service is no longer in the file
+	Slots []Slot       // by replica number; retire-only slots last
 }
 
-// Changed reports whether the service is touched at all.
-func (s ServicePlan) Changed() bool { return len(s.Steps) > 0 }
+// canonical is the proper name of replica n ("" for removed services).
+func (s ServicePlan) canonical(project string, n int) string {
+	if s.Spec == nil {
+		return ""
+	}
+	return s.Spec.containerName(project, n)
+}
+
+// changed reports whether the service is touched at all.
+func (s ServicePlan) changed(project string) bool {
+	for _, sl := range s.Slots {
+		if sl.Changed(s.canonical(project, sl.Number)) {
+			return true
+		}
+	}
+	return false
+}
 
 // Plan takes the observed state of a project to the desired one. It is
 // computed without side effects and prints as text.
@@ -43,8 +63,10 @@ type Plan struct {
 	CreateNetworks []NetworkSpec
 	CreateVolumes  []VolumeSpec
 	Services       []ServicePlan // desired services, dependencies first
-	RemoveServices []ServicePlan // services no longer in the file, dependents first
+	RemoveServices []ServicePlan // services no longer in the file
 	RemoveNetworks []string      // project networks no longer in the file
+	// proxies maps a service to the proxy services fronting it.
+	proxies map[string][]string
 }
 
 // Empty reports whether applying the plan would change nothing.
@@ -53,7 +75,7 @@ func (p *Plan) Empty() bool {
 		return false
 	}
 	for _, s := range p.Services {
-		if s.Changed() {
+		if s.changed(p.Project) {
 			return false
 		}
 	}
@@ -63,13 +85,10 @@ func (p *Plan) Empty() bool {
 // ChangedServices lists the services the plan touches, in plan order.
 func (p *Plan) ChangedServices() []string {
 	var out []string
-	for _, s := range p.Services {
-		if s.Changed() {
+	for _, s := range append(slices.Clone(p.Services), p.RemoveServices...) {
+		if s.changed(p.Project) {
 			out = append(out, s.Name)
 		}
-	}
-	for _, s := range p.RemoveServices {
-		out = append(out, s.Name)
 	}
 	return out
 }
@@ -77,7 +96,7 @@ func (p *Plan) ChangedServices() []string {
 // MakePlan compares desired and observed state. It is pure: the same
 // inputs always give the same plan.
 func MakePlan(d *Desired, o *Observed) *Plan {
-	p := &Plan{Project: d.Project}
+	p := &Plan{Project: d.Project, proxies: map[string][]string{}}
 	wantNet := map[string]bool{}
 	for _, n := range d.Networks {
 		wantNet[n.Name] = true
@@ -94,7 +113,12 @@ func MakePlan(d *Desired, o *Observed) *Plan {
 	for i := range d.Services {
 		spec := &d.Services[i]
 		wantSvc[spec.Name] = true
-		p.Services = append(p.Services, planService(spec, o.Service(spec.Name)))
+		p.Services = append(p.Services, planService(d.Project, spec, o.Service(spec.Name)))
+		if px := spec.Policy.Proxy; px != nil {
+			for _, f := range px.Fronts {
+				p.proxies[f] = append(p.proxies[f], spec.Name)
+			}
+		}
 	}
 	var gone []string
 	for _, c := range o.Containers {
@@ -107,7 +131,7 @@ func MakePlan(d *Desired, o *Observed) *Plan {
 	for _, name := range gone {
 		sp := ServicePlan{Name: name}
 		for _, c := range o.Service(name) {
-			sp.Steps = append(sp.Steps, Step{Op: OpRemove, Old: ptr(c), Reason: "no longer in the compose file"})
+			sp.Slots = append(sp.Slots, Slot{Number: c.Number, Retire: []Container{c}, Reason: "no longer in the compose file"})
 		}
 		p.RemoveServices = append(p.RemoveServices, sp)
 	}
@@ -120,48 +144,67 @@ func MakePlan(d *Desired, o *Observed) *Plan {
 	return p
 }
 
-func planService(spec *ServiceSpec, existing []Container) ServicePlan {
+func planService(project string, spec *ServiceSpec, existing []Container) ServicePlan {
 	sp := ServicePlan{Name: spec.Name, Spec: spec}
-	byNumber := map[int]Container{}
+	byNumber := map[int][]Container{}
+	var extra []Container
 	for _, c := range existing {
-		prev, dup := byNumber[c.Number]
-		switch {
-		case c.Number < 1 || c.Number > spec.Replicas:
-			sp.Steps = append(sp.Steps, Step{Op: OpRemove, Old: ptr(c), Reason: fmt.Sprintf("scaled to %d", spec.Replicas)})
-		case dup:
-			// Two containers claim one number: keep the better one.
-			keep, drop := prev, c
-			if better(c, prev, spec.Hash) {
-				keep, drop = c, prev
-			}
-			byNumber[c.Number] = keep
-			sp.Steps = append(sp.Steps, Step{Op: OpRemove, Old: ptr(drop), Reason: "duplicate replica number"})
-		default:
-			byNumber[c.Number] = c
+		if c.Number < 1 || c.Number > spec.Replicas {
+			extra = append(extra, c)
+			continue
 		}
+		byNumber[c.Number] = append(byNumber[c.Number], c)
 	}
 	for n := 1; n <= spec.Replicas; n++ {
-		c, ok := byNumber[n]
-		switch {
-		case !ok:
-			sp.Steps = append(sp.Steps, Step{Op: OpCreate, Number: n, Reason: "new replica"})
-		case c.Hash != spec.Hash:
-			sp.Steps = append(sp.Steps, Step{Op: OpRecreate, Number: n, Old: ptr(c), Reason: recreateReason(c, spec)})
-		case !c.Running():
-			sp.Steps = append(sp.Steps, Step{Op: OpStart, Number: n, Old: ptr(c), Reason: "container is " + c.State})
-		default:
-			sp.Keep = append(sp.Keep, c)
-		}
+		sp.Slots = append(sp.Slots, planSlot(n, spec.containerName(project, n), spec, byNumber[n]))
+	}
+	for _, c := range extra {
+		sp.Slots = append(sp.Slots, Slot{Number: c.Number, Retire: []Container{c}, Reason: fmt.Sprintf("scaled to %d", spec.Replicas)})
 	}
 	return sp
 }
 
-// better prefers a container with the wanted hash, then a running one.
-func better(a, b Container, hash string) bool {
-	if (a.Hash == hash) != (b.Hash == hash) {
-		return a.Hash == hash
+func planSlot(n int, canonical string, spec *ServiceSpec, cs []Container) Slot {
+	sl := Slot{Number: n}
+	// The best candidate to keep: matching config, then running, then
+	// already under its proper name.
+	slices.SortStableFunc(cs, func(a, b Container) int {
+		return rank(b, spec.Hash, canonical) - rank(a, spec.Hash, canonical)
+	})
+	switch {
+	case len(cs) == 0:
+		sl.Create, sl.Reason = true, "new replica"
+		return sl
+	case cs[0].Hash == spec.Hash:
+		sl.Keep = ptr(cs[0])
+		switch {
+		case !cs[0].Running():
+			sl.Reason = "container is " + cs[0].State
+		case cs[0].Name != canonical:
+			sl.Reason = "restore its name"
+		}
+	default:
+		sl.Create, sl.Replace, sl.Reason = true, ptr(cs[0]), recreateReason(cs[0], spec)
 	}
-	return a.Running() && !b.Running()
+	sl.Retire = cs[1:]
+	if len(sl.Retire) > 0 && sl.Reason == "" {
+		sl.Reason = "remove the containers it replaced"
+	}
+	return sl
+}
+
+func rank(c Container, hash, canonical string) int {
+	r := 0
+	if c.Hash == hash {
+		r += 4
+	}
+	if c.Running() {
+		r += 2
+	}
+	if c.Name == canonical {
+		r++
+	}
+	return r
 }
 
 func recreateReason(c Container, spec *ServiceSpec) string {
@@ -186,6 +229,34 @@ func shortDigest(ref string) string {
 
 func ptr[T any](v T) *T { return &v }
 
+// Cleanup returns the part of the plan that only removes: containers
+// retired by a committed release and networks no longer in the file.
+// Nothing is started or created.
+func (p *Plan) Cleanup() *Plan {
+	c := &Plan{Project: p.Project, RemoveNetworks: p.RemoveNetworks, proxies: p.proxies}
+	keepRetired := func(s ServicePlan) ServicePlan {
+		out := ServicePlan{Name: s.Name, Spec: s.Spec}
+		for _, sl := range s.Slots {
+			if sl.Create || (sl.Keep != nil && !sl.Keep.Running()) {
+				continue // a slot that is not done: cleanup does not mend it
+			}
+			if len(sl.Retire) > 0 {
+				out.Slots = append(out.Slots, Slot{Number: sl.Number, Retire: sl.Retire, Reason: "retired by the release"})
+			}
+		}
+		return out
+	}
+	for _, s := range p.Services {
+		if s2 := keepRetired(s); len(s2.Slots) > 0 {
+			c.Services = append(c.Services, s2)
+		}
+	}
+	for _, s := range p.RemoveServices {
+		c.RemoveServices = append(c.RemoveServices, keepRetired(s))
+	}
+	return c
+}
+
 // String prints the plan, one line per change; unchanged services say so.
 func (p *Plan) String() string {
 	var b strings.Builder
@@ -197,16 +268,33 @@ func (p *Plan) String() string {
 		fmt.Fprintf(&b, "  volume %s: create\n", v.Name)
 	}
 	for _, s := range append(slices.Clone(p.Services), p.RemoveServices...) {
-		if !s.Changed() {
-			fmt.Fprintf(&b, "  service %s: unchanged (%d running)\n", s.Name, len(s.Keep))
+		if !s.changed(p.Project) {
+			fmt.Fprintf(&b, "  service %s: unchanged (%d running)\n", s.Name, len(s.Slots))
 			continue
 		}
-		for _, st := range s.Steps {
-			switch st.Op {
-			case OpCreate:
-				fmt.Fprintf(&b, "  service %s: create %s (%s)\n", s.Name, s.Spec.containerName(p.Project, st.Number), st.Reason)
-			default:
-				fmt.Fprintf(&b, "  service %s: %s %s (%s)\n", s.Name, st.Op, st.Old.Name, st.Reason)
+		head := "service " + s.Name
+		if s.Spec != nil && s.hasStarts() {
+			head += " (" + s.Spec.Policy.Order + ")"
+		}
+		for _, sl := range s.Slots {
+			name := s.canonical(p.Project, sl.Number)
+			if !sl.Changed(name) {
+				continue
+			}
+			switch {
+			case sl.Create && sl.Replace != nil:
+				fmt.Fprintf(&b, "  %s: recreate %s (%s)\n", head, sl.Replace.Name, sl.Reason)
+			case sl.Create:
+				fmt.Fprintf(&b, "  %s: create %s (%s)\n", head, name, sl.Reason)
+			case sl.Keep != nil && (!sl.Keep.Running() || sl.Keep.Name != name):
+				verb := "start"
+				if sl.Keep.Running() {
+					verb = "rename"
+				}
+				fmt.Fprintf(&b, "  %s: %s %s (%s)\n", head, verb, sl.Keep.Name, sl.Reason)
+			}
+			for _, r := range sl.Retire {
+				fmt.Fprintf(&b, "  %s: remove %s (%s)\n", head, r.Name, sl.Reason)
 			}
 		}
 	}
@@ -217,4 +305,14 @@ func (p *Plan) String() string {
 		b.WriteString("  nothing to change\n")
 	}
 	return b.String()
+}
+
+// hasStarts reports whether any slot starts a container.
+func (s ServicePlan) hasStarts() bool {
+	for _, sl := range s.Slots {
+		if sl.Create || (sl.Keep != nil && !sl.Keep.Running()) {
+			return true
+		}
+	}
+	return false
 }

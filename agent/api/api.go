@@ -3,7 +3,10 @@
 // a deploy streams, and the records it keeps.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Exit codes, as DESIGN.md fixes them.
 const (
@@ -20,6 +23,26 @@ type DeployRequest struct {
 	Project string            `json:"project"`
 	Images  map[string]string `json:"images,omitempty"` // service -> image reference
 	Message string            `json:"message,omitempty"`
+	// Wait is how long to wait for the project's lock (0: refuse at once).
+	Wait time.Duration `json:"wait,omitempty"`
+	// Timeout bounds the rollout; when it passes the release is rolled back.
+	Timeout time.Duration `json:"timeout,omitempty"`
+}
+
+// RollbackRequest asks to redeploy a recorded release.
+type RollbackRequest struct {
+	Project string        `json:"project"`
+	To      int           `json:"to,omitempty"` // 0: the previous good release
+	Message string        `json:"message,omitempty"`
+	Wait    time.Duration `json:"wait,omitempty"`
+	Timeout time.Duration `json:"timeout,omitempty"`
+}
+
+// LockRequest holds (or, with Unlock, releases) a project's deploys.
+type LockRequest struct {
+	Project string `json:"project"`
+	Message string `json:"message,omitempty"`
+	Unlock  bool   `json:"unlock,omitempty"`
 }
 
 // Event types of a deploy stream.
@@ -43,9 +66,16 @@ type Event struct {
 
 // Release outcomes.
 const (
-	OutcomeInProgress = "in-progress"
-	OutcomeSucceeded  = "succeeded"
-	OutcomeFailed     = "failed"
+	OutcomeInProgress = "in-progress" // under way (or agentd died: recovery decides)
+	OutcomeSucceeded  = "succeeded"   // live and healthy, committed
+	OutcomeRolledBack = "rolled-back" // failed; the previous release was restored
+	OutcomeFailed     = "failed"      // failed and not restored: operator needed
+)
+
+// Release kinds.
+const (
+	KindDeploy   = "deploy"
+	KindRollback = "rollback"
 )
 
 // Release is the record of one deploy that changed something.
@@ -62,6 +92,14 @@ type Release struct {
 	Services map[string]ServiceImage `json:"services"`
 	Compose  string                  `json:"compose"` // the compose file as deployed (images pinned)
 	Plan     string                  `json:"plan"`
+	Kind     string                  `json:"kind"`
+	// RollbackOf is the release a rollback redeployed.
+	RollbackOf int `json:"rollback_of,omitempty"`
+	// RestoredTo is the release that was put back when this one failed.
+	RestoredTo int `json:"restored_to,omitempty"`
+	// State is the desired state the release deployed, exactly as sent to
+	// the engine: what a rollback to it redeploys. Not sent by history.
+	State json.RawMessage `json:"state,omitempty"`
 }
 
 // ServiceImage is the image a service ran in a release.
@@ -78,6 +116,8 @@ type ProjectStatus struct {
 	Services []ServiceStatus `json:"services"`
 	// Deploying names the holder of the deploy lock, if any.
 	Deploying *Holder `json:"deploying,omitempty"`
+	// Locked names the operator who holds the project's deploys, if any.
+	Locked *Holder `json:"locked,omitempty"`
 }
 
 // ServiceStatus lists the containers of a service.

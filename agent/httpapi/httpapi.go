@@ -25,15 +25,19 @@ import (
 // Deployer is the part of the deploy service the API exposes.
 type Deployer interface {
 	Deploy(ctx context.Context, identity string, req api.DeployRequest, emit agent.Emit) int
+	Rollback(ctx context.Context, identity string, req api.RollbackRequest, emit agent.Emit) int
+	Lock(ctx context.Context, identity string, req api.LockRequest) (*api.Holder, error)
 	Status(ctx context.Context, project string) ([]api.ProjectStatus, error)
 	History(ctx context.Context, project string) ([]api.Release, error)
 }
 
 // Paths of the API.
 const (
-	PathDeploy  = "/v1/deploy"
-	PathStatus  = "/v1/status"
-	PathHistory = "/v1/history"
+	PathDeploy   = "/v1/deploy"
+	PathRollback = "/v1/rollback"
+	PathLock     = "/v1/lock"
+	PathStatus   = "/v1/status"
+	PathHistory  = "/v1/history"
 )
 
 type ctxKey struct{}
@@ -83,6 +87,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.once.Do(func() {
 		h.mux = http.NewServeMux()
 		h.mux.HandleFunc("POST "+PathDeploy, h.deploy)
+		h.mux.HandleFunc("POST "+PathRollback, h.rollback)
+		h.mux.HandleFunc("POST "+PathLock, h.lock)
 		h.mux.HandleFunc("GET "+PathStatus, h.status)
 		h.mux.HandleFunc("GET "+PathHistory, h.history)
 	})
@@ -117,18 +123,52 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 func (h *Handler) deploy(w http.ResponseWriter, r *http.Request) {
 	var req api.DeployRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, api.ExitBadRequest, "decode deploy request: "+err.Error())
+	if !decode(w, r, &req) {
 		return
 	}
+	stream(w, func(emit agent.Emit) { h.Service.Deploy(r.Context(), identity(r), req, emit) })
+}
+
+func (h *Handler) rollback(w http.ResponseWriter, r *http.Request) {
+	var req api.RollbackRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	stream(w, func(emit agent.Emit) { h.Service.Rollback(r.Context(), identity(r), req, emit) })
+}
+
+func (h *Handler) lock(w http.ResponseWriter, r *http.Request) {
+	var req api.LockRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	holder, err := h.Service.Lock(r.Context(), identity(r), req)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, holder)
+}
+
+// decode reads a JSON request body, answering 400 when it is not one.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, api.ExitBadRequest, "decode request: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// stream answers with the NDJSON events that run emits.
+func stream(w http.ResponseWriter, run func(agent.Emit)) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
 	enc := json.NewEncoder(w)
 	var mu sync.Mutex
-	emit := func(e api.Event) {
+	run(func(e api.Event) {
 		mu.Lock()
 		defer mu.Unlock()
 		// A client that went away does not stop the deploy: errors writing
@@ -136,8 +176,7 @@ func (h *Handler) deploy(w http.ResponseWriter, r *http.Request) {
 		if enc.Encode(e) == nil && flusher != nil {
 			flusher.Flush()
 		}
-	}
-	h.Service.Deploy(r.Context(), identity(r), req, emit)
+	})
 }
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {

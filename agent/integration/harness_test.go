@@ -41,6 +41,9 @@ type options struct {
 	socket  string            // added to the config's socket section
 	project string            // added to the project's section
 	reg     *testenv.Registry // the registry to use instead of a fresh one
+	// second, when set, is the compose file of a second project, named
+	// h.project+"b", served by the same agentd.
+	second string
 }
 
 // newHarness writes compose (with $REGISTRY replaced by the registry's
@@ -64,6 +67,14 @@ func newHarness(t *testing.T, compose string, opt options) *harness {
 	h.config = filepath.Join(h.dir, "agentd.yaml")
 	cfg := fmt.Sprintf("state_dir: %s\nsocket:\n  path: %s\n%sprojects:\n  %s:\n    compose_file: compose.yaml\n    keep_releases: 5\n%s",
 		filepath.Join(h.dir, "state"), h.socket, opt.socket, h.project, opt.project)
+	if opt.second != "" {
+		second := strings.ReplaceAll(opt.second, "$REGISTRY", h.reg.Addr)
+		if err := os.WriteFile(filepath.Join(h.dir, "second.yaml"), []byte(second), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg += fmt.Sprintf("  %sb:\n    compose_file: second.yaml\n", h.project)
+		t.Cleanup(func() { testenv.RemoveProject(t, h.docker, h.project+"b") })
+	}
 	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ var (
 	bucketReleases = []byte("releases")
 	keyCurrent     = []byte("current")
 	keyLast        = []byte("last")
+	keyHold        = []byte("hold")
 )
 
 // Store is the release database. It is safe for concurrent use.
@@ -241,4 +242,72 @@ func (s *Store) Prune(projectName string, keep int) (int, error) {
 		return 0, fmt.Errorf("prune history of %s: %w", projectName, err)
 	}
 	return deleted, nil
+}
+
+// SetHold records an operator's hold on a project's deploys, or clears it
+// when h is nil. Holds survive restarts.
+func (s *Store) SetHold(projectName string, h *api.Holder) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := project(tx, projectName, true)
+		if err != nil {
+			return err
+		}
+		if h == nil {
+			return b.Delete(keyHold)
+		}
+		data, err := json.Marshal(h)
+		if err != nil {
+			return err
+		}
+		return b.Put(keyHold, data)
+	})
+	if err != nil {
+		return fmt.Errorf("set hold on %s: %w", projectName, err)
+	}
+	return nil
+}
+
+// Hold returns the operator's hold on a project, or nil.
+func (s *Store) Hold(projectName string) (*api.Holder, error) {
+	var h *api.Holder
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b, _ := project(tx, projectName, false)
+		if b == nil {
+			return nil
+		}
+		data := b.Get(keyHold)
+		if data == nil {
+			return nil
+		}
+		h = &api.Holder{}
+		return json.Unmarshal(data, h)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hold on %s: %w", projectName, err)
+	}
+	return h, nil
+}
+
+// Unfinished returns the newest release of a project if it is still in
+// progress: the journal entry of a release agentd did not finish.
+func (s *Store) Unfinished(projectName string) (r api.Release, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b, _ := project(tx, projectName, false)
+		if b == nil {
+			return nil
+		}
+		_, v := b.Bucket(bucketReleases).Cursor().Last()
+		if v == nil {
+			return nil
+		}
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		ok = r.Outcome == api.OutcomeInProgress
+		return nil
+	})
+	if err != nil {
+		return r, false, fmt.Errorf("unfinished release of %s: %w", projectName, err)
+	}
+	return r, ok, nil
 }

@@ -87,3 +87,42 @@ func TestPruneKeepsCurrentAndNumbers(t *testing.T) {
 		t.Errorf("next number after prune = %d, want 7", r.Number)
 	}
 }
+
+func TestHoldAndUnfinished(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := s.Hold("shop"); err != nil || h != nil {
+		t.Fatalf("hold on a new project = %v, %v", h, err)
+	}
+	if err := s.SetHold("shop", &api.Holder{Identity: "local:alice", Message: "db migration"}); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := s.Begin(api.Release{Project: "shop", Outcome: api.OutcomeInProgress})
+	s.Close()
+
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if h, _ := s.Hold("shop"); h == nil || h.Message != "db migration" {
+		t.Errorf("hold after reopen = %+v", h)
+	}
+	if u, ok, err := s.Unfinished("shop"); err != nil || !ok || u.Number != r.Number {
+		t.Errorf("unfinished = %+v %v %v", u, ok, err)
+	}
+	r.Outcome = api.OutcomeRolledBack
+	s.Save(r, false)
+	if _, ok, _ := s.Unfinished("shop"); ok {
+		t.Error("a finished release is reported unfinished")
+	}
+	if err := s.SetHold("shop", nil); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := s.Hold("shop"); h != nil {
+		t.Errorf("hold after unlock = %+v", h)
+	}
+}

@@ -84,7 +84,7 @@ func newRoot(stdout io.Writer) *cobra.Command {
 		sock = defaultSocket
 	}
 	root.PersistentFlags().StringVar(&c.socket, "socket", sock, "agentd's unix socket (env BERTH_SOCKET)")
-	root.AddCommand(deployCmd(c), statusCmd(c), historyCmd(c))
+	root.AddCommand(deployCmd(c), rollbackCmd(c), statusCmd(c), historyCmd(c), lockCmd(c, false), lockCmd(c, true))
 	return root
 }
 
@@ -92,13 +92,18 @@ func deployCmd(c *client) *cobra.Command {
 	var images []string
 	var message string
 	var asJSON bool
+	var wait, timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "deploy PROJECT [--image SERVICE=REF]... [--message M] [--json]",
+		Use:   "deploy PROJECT [--image SERVICE=REF]... [--message M] [--wait D] [--timeout D] [--json]",
 		Short: "Deploy a new release of a project",
-		Long:  "Deploy a new release: load the project's compose file, apply the --image overrides, pin every image to its digest, pull, and bring the containers to the new release. Progress streams as it happens; the exit code says how it ended.",
-		Args:  cobra.ExactArgs(1),
+		Long: `Deploy a new release: load the project's compose file, apply the --image
+overrides, pin every image to its digest, pull, journal the release, roll it
+out service by service with health gates, watch the monitor window, and
+commit; or roll the whole release back. Progress streams as it happens; the
+exit code says how it ended.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.DeployRequest{Project: args[0], Message: message, Images: map[string]string{}}
+			req := api.DeployRequest{Project: args[0], Message: message, Images: map[string]string{}, Wait: wait, Timeout: timeout}
 			for _, im := range images {
 				svc, ref, ok := strings.Cut(im, "=")
 				if !ok || svc == "" || ref == "" {
@@ -109,18 +114,104 @@ func deployCmd(c *client) *cobra.Command {
 				}
 				req.Images[svc] = ref
 			}
-			return c.deploy(cmd.Context(), req, cmd.OutOrStdout(), asJSON)
+			return c.stream(cmd.Context(), httpapi.PathDeploy, req, args[0], cmd.OutOrStdout(), asJSON)
 		},
 	}
 	cmd.Flags().StringArrayVar(&images, "image", nil, "set a service's image: SERVICE=REF (repeatable)")
 	cmd.Flags().StringVarP(&message, "message", "m", "", "why this release (recorded in history)")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the project's lock instead of exiting 3")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "roll the release back if it is not live within this long (0: each service's health timeout applies)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON event per line instead of text")
 	return cmd
 }
 
-func (c *client) deploy(ctx context.Context, req api.DeployRequest, out io.Writer, asJSON bool) error {
+func rollbackCmd(c *client) *cobra.Command {
+	var req api.RollbackRequest
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "rollback PROJECT [--to RELEASE] [--message M] [--wait D] [--timeout D] [--json]",
+		Short: "Redeploy an earlier release, by digest, with the same gating",
+		Long: `Redeploy a recorded release exactly as it ran: the same images by digest and
+the same container configuration, rolled out with the same health gates. By
+default the release before the live one that succeeded. The images must be
+on this host or pullable; the registry is not needed when they are on disk.
+If the rollback itself fails, the release that was live is restored (exit 1).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Project = args[0]
+			return c.stream(cmd.Context(), httpapi.PathRollback, req, args[0], cmd.OutOrStdout(), asJSON)
+		},
+	}
+	cmd.Flags().IntVar(&req.To, "to", 0, "the release number to go back to (default: the previous good release)")
+	cmd.Flags().StringVarP(&req.Message, "message", "m", "", "why (recorded in history)")
+	cmd.Flags().DurationVar(&req.Wait, "wait", 0, "wait up to this long for the project's lock instead of exiting 3")
+	cmd.Flags().DurationVar(&req.Timeout, "timeout", 0, "give up and restore the live release if the rollback is not done within this long")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON event per line instead of text")
+	return cmd
+}
+
+func lockCmd(c *client, unlock bool) *cobra.Command {
+	var message string
+	use, short := "lock PROJECT --message M", "Hold a project's deploys and rollbacks until unlock"
+	if unlock {
+		use, short = "unlock PROJECT", "Lift the hold on a project's deploys"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !unlock && strings.TrimSpace(message) == "" {
+				return &exitError{api.ExitBadRequest, "lock: --message is required: say why, it is shown to everyone refused"}
+			}
+			var h *api.Holder
+			if err := c.call(cmd.Context(), httpapi.PathLock, api.LockRequest{Project: args[0], Message: message, Unlock: unlock}, &h); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch {
+			case unlock && h == nil:
+				fmt.Fprintf(out, "%s was not locked\n", args[0])
+			case unlock:
+				fmt.Fprintf(out, "%s unlocked (it was locked by %s since %s%s)\n", args[0], h.Identity, h.Since.Local().Format(time.DateTime), msgSuffix(h.Message))
+			default:
+				fmt.Fprintf(out, "%s locked by %s%s: deploys and rollbacks exit 3 until `agentctl unlock %s`\n", args[0], h.Identity, msgSuffix(h.Message), args[0])
+			}
+			return nil
+		},
+	}
+	if !unlock {
+		cmd.Flags().StringVarP(&message, "message", "m", "", "why (required; shown to anyone refused)")
+	}
+	return cmd
+}
+
+// call POSTs a JSON request and decodes the JSON answer into v.
+func (c *client) call(ctx context.Context, path string, req, v any) error {
 	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+httpapi.PathDeploy, bytes.NewReader(body))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return refused(resp)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return &exitError{api.ExitBroken, fmt.Sprintf("decode answer from agentd: %v", err)}
+	}
+	return nil
+}
+
+// stream POSTs a request whose answer is a stream of events, prints them,
+// and returns the exit code of the result event.
+func (c *client) stream(ctx context.Context, path string, req any, project string, out io.Writer, asJSON bool) error {
+	body, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -150,7 +241,7 @@ func (c *client) deploy(ctx context.Context, req api.DeployRequest, out io.Write
 	}
 	// The stream ended without a result: agentd went away mid-deploy, so
 	// nobody here knows what is live. Say so, and ask for an operator.
-	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the deploy did (%v); check `agentctl status %s`", sc.Err(), req.Project)}
+	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the deploy did (%v); check `agentctl status %s`", sc.Err(), project)}
 }
 
 func printEvent(w io.Writer, e api.Event) {
@@ -239,6 +330,9 @@ func printStatus(w io.Writer, all []api.ProjectStatus) {
 			r := st.Current
 			fmt.Fprintf(w, "project %s: release %d live since %s (by %s%s)\n", st.Project, r.Number, r.Finished.Local().Format(time.DateTime), r.Identity, msgSuffix(r.Message))
 		}
+		if st.Locked != nil {
+			fmt.Fprintf(w, "  LOCKED by %s since %s%s\n", st.Locked.Identity, st.Locked.Since.Local().Format(time.DateTime), msgSuffix(st.Locked.Message))
+		}
 		if st.Deploying != nil {
 			fmt.Fprintf(w, "  %s in progress: %s since %s\n", st.Deploying.Verb, st.Deploying.Identity, st.Deploying.Since.Local().Format(time.DateTime))
 		}
@@ -297,9 +391,12 @@ func printHistory(w io.Writer, project string, hist []api.Release, live int) {
 		if r.Number == live {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "%s release %d  %s  %s  by %s%s\n", mark, r.Number, r.Started.Local().Format(time.DateTime), r.Outcome, r.Identity, msgSuffix(r.Message))
+		fmt.Fprintf(w, "%s release %d  %s  %s %s  by %s%s\n", mark, r.Number, r.Started.Local().Format(time.DateTime), r.Kind, r.Outcome, r.Identity, msgSuffix(r.Message))
 		if r.Error != "" {
 			fmt.Fprintf(w, "    error: %s\n", r.Error)
+		}
+		if r.Outcome == api.OutcomeRolledBack {
+			fmt.Fprintf(w, "    restored release %d\n", r.RestoredTo)
 		}
 		svcs := make([]string, 0, len(r.Services))
 		for s := range r.Services {

@@ -86,6 +86,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	svc := agent.New(cfg, docker, st, log)
+	// One consistent release per project before any request is taken.
+	if err := svc.Recover(ctx); err != nil {
+		log.Error("recovery left a project needing an operator", "err", err)
+	}
 	ln, err := httpapi.ListenUnix(cfg.Socket.Path, cfg.Socket.ModeBits(), cfg.Socket.Group)
 	if err != nil {
 		return err

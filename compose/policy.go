@@ -1,0 +1,350 @@
+package compose
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/berth-deploy/berth/healthcheck"
+	"github.com/compose-spec/compose-go/v2/types"
+	"gopkg.in/yaml.v3"
+)
+
+// ExtensionKey is the compose extension, on a service, that holds what
+// compose has no word for: probes, hooks, the proxy declaration.
+const ExtensionKey = "x-berth"
+
+// Rollout orders.
+const (
+	StartFirst = "start-first" // new containers up beside the old, then the old retired
+	StopFirst  = "stop-first"  // the old container stopped before the new one starts
+)
+
+// Failure actions (deploy.update_config.failure_action).
+const (
+	FailRollback = "rollback" // the whole release goes back to the previous one
+	FailPause    = "pause"    // stop where it failed and leave it for an operator
+	FailContinue = "continue" // report the failure and go on with the release
+)
+
+// Policy is how one service is rolled out, from deploy.update_config,
+// deploy.rollback_config, stop_grace_period and the x-berth extension.
+type Policy struct {
+	Order         string        `json:"order"`
+	OrderReason   string        `json:"order_reason"`
+	FailureAction string        `json:"failure_action"`
+	Monitor       time.Duration `json:"monitor"`
+	Parallelism   int           `json:"parallelism"` // replicas replaced at once; 0 means all
+	Delay         time.Duration `json:"delay"`       // between batches
+	// Rollback is how the service goes back when the release fails.
+	Rollback   RollbackPolicy   `json:"rollback"`
+	Health     healthcheck.Spec `json:"health"`
+	Singleton  bool             `json:"singleton,omitempty"`
+	PreDeploy  []Hook           `json:"pre_deploy,omitempty"`
+	PostDeploy []Hook           `json:"post_deploy,omitempty"`
+	Proxy      *Proxy           `json:"proxy,omitempty"`
+}
+
+// RollbackPolicy is deploy.rollback_config, with the update's values where
+// it says nothing.
+type RollbackPolicy struct {
+	Order       string        `json:"order"`
+	Parallelism int           `json:"parallelism"`
+	Delay       time.Duration `json:"delay"`
+	Monitor     time.Duration `json:"monitor"`
+}
+
+// Hook is a one-off container run from the service's new image with the
+// service's config and another command.
+type Hook struct {
+	Command []string      `json:"command"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+// Proxy declares that a service fronts others: after their containers
+// change, the proxy's config is validated and reloaded inside it.
+type Proxy struct {
+	Fronts   []string `json:"fronts"`
+	Validate []string `json:"validate"`
+	Reload   []string `json:"reload"`
+}
+
+// Defaults where the compose file says nothing.
+const (
+	DefaultMonitor       = 5 * time.Second
+	DefaultHookTimeout   = 10 * time.Minute
+	DefaultHealthTimeout = 2 * time.Minute
+)
+
+// extension is the x-berth block as written.
+type extension struct {
+	Singleton bool `yaml:"singleton"`
+	Health    *struct {
+		HTTP *struct {
+			Path   string `yaml:"path"`
+			Port   int    `yaml:"port"`
+			Status int    `yaml:"status"`
+			Host   string `yaml:"host"`
+		} `yaml:"http"`
+		TCP *struct {
+			Port int `yaml:"port"`
+		} `yaml:"tcp"`
+		Exec     stringOrList `yaml:"exec"`
+		Interval duration     `yaml:"interval"`
+		Timeout  duration     `yaml:"timeout"`
+	} `yaml:"health"`
+	PreDeploy  []hookExt `yaml:"pre_deploy"`
+	PostDeploy []hookExt `yaml:"post_deploy"`
+	Proxy      *struct {
+		Fronts   []string     `yaml:"fronts"`
+		Validate stringOrList `yaml:"validate"`
+		Reload   stringOrList `yaml:"reload"`
+	} `yaml:"proxy"`
+}
+
+type hookExt struct {
+	Command stringOrList `yaml:"command"`
+	Timeout duration     `yaml:"timeout"`
+}
+
+// duration reads "30s", "2m" and the like.
+type duration time.Duration
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (like 30s or 2m)", n.Line, n.Value)
+	}
+	*d = duration(v)
+	return nil
+}
+
+// stringOrList reads a command as a list, or a string split on spaces.
+type stringOrList []string
+
+func (s *stringOrList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*s = strings.Fields(n.Value)
+		return nil
+	}
+	var l []string
+	if err := n.Decode(&l); err != nil {
+		return err
+	}
+	*s = l
+	return nil
+}
+
+func parseExtension(s types.ServiceConfig) (extension, error) {
+	var ext extension
+	raw, ok := s.Extensions[ExtensionKey]
+	if !ok {
+		return ext, nil
+	}
+	b, err := yaml.Marshal(raw)
+	if err != nil {
+		return ext, fmt.Errorf("%s: %w", ExtensionKey, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&ext); err != nil {
+		return ext, fmt.Errorf("%s: %w", ExtensionKey, err)
+	}
+	return ext, nil
+}
+
+// policyOf works out a service's rollout policy and reports every problem
+// with what the file asks for.
+func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	ext, err := parseExtension(s)
+	if err != nil {
+		return Policy{}, []error{err}
+	}
+	pol := Policy{FailureAction: FailRollback, Monitor: DefaultMonitor, Parallelism: 1, Singleton: ext.Singleton}
+
+	// The default order: start-first unless two containers of the service
+	// cannot or must not run at once.
+	pol.Order, pol.OrderReason = StartFirst, "default for a stateless service"
+	switch {
+	case ext.Singleton:
+		pol.Order, pol.OrderReason = StopFirst, "singleton"
+	case publishesHostPort(s):
+		pol.Order, pol.OrderReason = StopFirst, "publishes a host port"
+	case hasNamedVolume(s):
+		pol.Order, pol.OrderReason = StopFirst, "has a named volume"
+	}
+	var uc, rc *types.UpdateConfig
+	if s.Deploy != nil {
+		uc, rc = s.Deploy.UpdateConfig, s.Deploy.RollbackConfig
+	}
+	if uc != nil {
+		switch uc.Order {
+		case "":
+		case StartFirst, StopFirst:
+			pol.Order, pol.OrderReason = uc.Order, "deploy.update_config.order"
+		default:
+			bad("deploy.update_config.order %q: want start-first or stop-first", uc.Order)
+		}
+		switch uc.FailureAction {
+		case "":
+		case FailRollback, FailPause, FailContinue:
+			pol.FailureAction = uc.FailureAction
+		default:
+			bad("deploy.update_config.failure_action %q: want rollback, pause or continue", uc.FailureAction)
+		}
+		if uc.Monitor != 0 {
+			pol.Monitor = time.Duration(uc.Monitor)
+		}
+		if uc.Parallelism != nil {
+			pol.Parallelism = int(*uc.Parallelism)
+		}
+		pol.Delay = time.Duration(uc.Delay)
+		if uc.MaxFailureRatio != 0 {
+			bad("deploy.update_config.max_failure_ratio is not supported: any failed container fails the release")
+		}
+	}
+	if pol.Order == StartFirst && publishesHostPort(s) {
+		bad("start-first is impossible: the service publishes a host port that two containers cannot share (use stop-first, or put a proxy in front)")
+	}
+	if pol.Order == StartFirst && ext.Singleton {
+		bad("start-first contradicts x-berth.singleton: a singleton never runs twice")
+	}
+	pol.Rollback = RollbackPolicy{Order: pol.Order, Parallelism: pol.Parallelism, Delay: pol.Delay, Monitor: pol.Monitor}
+	if rc != nil {
+		switch rc.Order {
+		case "":
+		case StartFirst, StopFirst:
+			pol.Rollback.Order = rc.Order
+		default:
+			bad("deploy.rollback_config.order %q: want start-first or stop-first", rc.Order)
+		}
+		if rc.Parallelism != nil {
+			pol.Rollback.Parallelism = int(*rc.Parallelism)
+		}
+		pol.Rollback.Delay = time.Duration(rc.Delay)
+		if rc.Monitor != 0 {
+			pol.Rollback.Monitor = time.Duration(rc.Monitor)
+		}
+		if rc.FailureAction != "" && rc.FailureAction != "pause" && rc.FailureAction != "continue" {
+			bad("deploy.rollback_config.failure_action %q: want pause or continue", rc.FailureAction)
+		}
+	}
+	if pol.Rollback.Order == StartFirst && (publishesHostPort(s) || ext.Singleton) {
+		bad("deploy.rollback_config.order start-first is impossible for this service (host port or singleton)")
+	}
+
+	pol.Health = healthcheck.Spec{MinUp: pol.Monitor, Timeout: DefaultHealthTimeout}
+	if h := ext.Health; h != nil {
+		n := 0
+		if h.HTTP != nil {
+			n++
+			pol.Health.HTTP = &healthcheck.HTTPProbe{Path: h.HTTP.Path, Port: h.HTTP.Port, Status: h.HTTP.Status, Host: h.HTTP.Host}
+			if h.HTTP.Port <= 0 {
+				bad("%s.health.http.port is required", ExtensionKey)
+			}
+		}
+		if h.TCP != nil {
+			n++
+			pol.Health.TCP = &healthcheck.TCPProbe{Port: h.TCP.Port}
+			if h.TCP.Port <= 0 {
+				bad("%s.health.tcp.port is required", ExtensionKey)
+			}
+		}
+		if len(h.Exec) > 0 {
+			n++
+			pol.Health.Exec = h.Exec
+		}
+		if n > 1 {
+			bad("%s.health: give one of http, tcp or exec", ExtensionKey)
+		}
+		pol.Health.Interval = time.Duration(h.Interval)
+		if h.Timeout != 0 {
+			pol.Health.Timeout = time.Duration(h.Timeout)
+		}
+	}
+	for i, h := range ext.PreDeploy {
+		pol.PreDeploy = append(pol.PreDeploy, hookOf(h))
+		if len(h.Command) == 0 {
+			bad("%s.pre_deploy[%d]: command is required", ExtensionKey, i)
+		}
+	}
+	for i, h := range ext.PostDeploy {
+		pol.PostDeploy = append(pol.PostDeploy, hookOf(h))
+		if len(h.Command) == 0 {
+			bad("%s.post_deploy[%d]: command is required", ExtensionKey, i)
+		}
+	}
+	if px := ext.Proxy; px != nil {
+		pol.Proxy = &Proxy{Fronts: px.Fronts, Validate: px.Validate, Reload: px.Reload}
+		if len(pol.Proxy.Validate) == 0 {
+			pol.Proxy.Validate = []string{"nginx", "-t"}
+		}
+		if len(pol.Proxy.Reload) == 0 {
+			pol.Proxy.Reload = []string{"nginx", "-s", "reload"}
+		}
+		if len(px.Fronts) == 0 {
+			bad("%s.proxy.fronts: name the services this proxy sends traffic to", ExtensionKey)
+		}
+		for _, f := range px.Fronts {
+			if _, ok := p.Services[f]; !ok {
+				bad("%s.proxy.fronts: no service %s", ExtensionKey, f)
+			}
+		}
+	}
+	for dep, d := range s.DependsOn {
+		switch d.Condition {
+		case "", types.ServiceConditionStarted, types.ServiceConditionHealthy:
+		default:
+			bad("depends_on %s: condition %s is not supported (service_started and service_healthy are)", dep, d.Condition)
+		}
+		if d.Restart {
+			bad("depends_on %s: restart: true is not supported", dep)
+		}
+		if d.Condition == types.ServiceConditionHealthy {
+			if other, ok := p.Services[dep]; ok && !hasCheck(other) {
+				bad("depends_on %s: condition service_healthy, but %s has no healthcheck or %s.health", dep, dep, ExtensionKey)
+			}
+		}
+	}
+	return pol, errs
+}
+
+func hookOf(h hookExt) Hook {
+	t := time.Duration(h.Timeout)
+	if t == 0 {
+		t = DefaultHookTimeout
+	}
+	return Hook{Command: h.Command, Timeout: t}
+}
+
+func publishesHostPort(s types.ServiceConfig) bool {
+	for _, p := range s.Ports {
+		if p.Published != "" {
+			return true
+		}
+	}
+	return s.NetworkMode == "host"
+}
+
+func hasNamedVolume(s types.ServiceConfig) bool {
+	for _, v := range s.Volumes {
+		if v.Type == types.VolumeTypeVolume && v.Source != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// hasCheck reports whether a service declares any health check: compose's
+// healthcheck or a probe in the extension. (An image's own HEALTHCHECK is
+// not known before the image is inspected.)
+func hasCheck(s types.ServiceConfig) bool {
+	if s.HealthCheck != nil && !s.HealthCheck.Disable {
+		return true
+	}
+	ext, err := parseExtension(s)
+	return err == nil && ext.Health != nil
+}
