@@ -155,7 +155,9 @@ func (e *Executor) rollOut(ctx context.Context, p *Plan, s ServicePlan) error {
 	if parallelism <= 0 || parallelism > len(work) {
 		parallelism = max(len(work), 1)
 	}
-	e.say(s.Name, "rolling out %s, %d at a time", order, parallelism)
+	if len(work) > 0 {
+		e.say(s.Name, "rolling out %s, %d at a time", order, parallelism)
+	}
 	for i := 0; i < len(work); i += parallelism {
 		if i > 0 && delay > 0 {
 			if err := wait(ctx, delay); err != nil {

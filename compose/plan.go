@@ -294,7 +294,11 @@ func (p *Plan) String() string {
 				fmt.Fprintf(&b, "  %s: %s %s (%s)\n", head, verb, sl.Keep.Name, sl.Reason)
 			}
 			for _, r := range sl.Retire {
-				fmt.Fprintf(&b, "  %s: remove %s (%s)\n", head, r.Name, sl.Reason)
+				why := sl.Reason
+				if sl.Keep != nil || sl.Create {
+					why = "superseded"
+				}
+				fmt.Fprintf(&b, "  %s: remove %s (%s)\n", head, r.Name, why)
 			}
 		}
 	}

@@ -259,7 +259,7 @@ func TestRollbackOfAFailedGate(t *testing.T) {
 
 	back := plan(t, eng, d1)
 	text := back.String()
-	for _, want := range []string{"service web: rename shop-web-1-retired-", "remove shop-web-1 (restore its name)"} {
+	for _, want := range []string{"service web: rename shop-web-1-retired-", "remove shop-web-1 (superseded)"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("rollback plan lacks %q:\n%s", want, text)
 		}

@@ -51,15 +51,16 @@ docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 50); do curl -fs "http://$registry/v2/" >/dev/null && break; sleep 0.1; done
 
-step "build and push web:v1, web:v2 and db:v1"
-push() { # push NAME:TAG VERSION: build, push, then drop the local copy so agentd pulls it
-  docker build -q --build-arg VERSION="$2" -t "$registry/berth-demo/$1" "$work/image" >/dev/null 2>"$work/build.log" ||
+step "build and push web:v1, web:v2, a broken web:v3, and db:v1"
+push() { # push NAME:TAG VERSION [HEALTH]: build, push, then drop the local copy so agentd pulls it
+  docker build -q --build-arg VERSION="$2" --build-arg HEALTH="${3:-ok}" -t "$registry/berth-demo/$1" "$work/image" >/dev/null 2>"$work/build.log" ||
     { cat "$work/build.log" >&2; exit 1; }
   docker push -q "$registry/berth-demo/$1"
   docker rmi -f "$registry/berth-demo/$1" >/dev/null
 }
 push web:v1 web-v1
 push web:v2 web-v2
+push web:v3 web-v3 fail   # its health check never passes
 push db:v1 db-v1
 
 step "start agentd"
@@ -94,6 +95,12 @@ step "deploy the same release again (nothing to change)"
 ctl deploy "$project" --image "web=$registry/berth-demo/web:v2"
 step "a bad request changes nothing (exit 2)"
 ctl deploy "$project" --image "web=$registry/berth-demo/web:v9" || echo "(exit code $?)"
+step "a broken release (web:v3 never turns healthy) is rolled back (exit 1); v2 keeps serving"
+ctl deploy "$project" --image "web=$registry/berth-demo/web:v3" --message "v3" || echo "(exit code $?)"
+curl -fs "http://127.0.0.1:${BERTH_DEMO_PORT:-8088}/"
+step "agentctl rollback: back to release 1, by digest"
+ctl rollback "$project" --message "v2 is not what we wanted"
+curl -fs "http://127.0.0.1:${BERTH_DEMO_PORT:-8088}/"
 
 step "status and history"
 ctl status "$project"

@@ -162,9 +162,12 @@ func TestDeployLifecycle(t *testing.T) {
 	// 5. A config change recreates the stop-first db; its volume's data stays.
 	h.writeCompose(strings.Replace(stack, `TUNING: "1"`, `TUNING: "2"`, 1))
 	before = h.ids()
-	h.deploy(0, "--image", "web="+h.reg.Ref("web:v2"))
+	out = h.deploy(0, "--image", "web="+h.reg.Ref("web:v2"))
 	if h.ids()[h.project+"-db-1"] == before[h.project+"-db-1"] {
 		t.Error("db was not recreated for its config change")
+	}
+	if !strings.Contains(out, "service db (stop-first): recreate") || strings.Contains(out, "service web (") {
+		t.Errorf("the plan should recreate only db, stop-first (it has a named volume):\n%s", out)
 	}
 	if got := httpDo(t, http.MethodGet, dbURL(), ""); got != "42 apples" {
 		t.Errorf("data after db recreate = %q, want 42 apples", got)
