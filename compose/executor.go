@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -209,7 +210,7 @@ func (e *Executor) startFirst(ctx context.Context, p *Plan, s ServicePlan, batch
 		return err
 	}
 	if len(up) > 0 {
-		if err := e.reloadProxies(ctx, p, s.Name); err != nil {
+		if err := e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil); err != nil {
 			return err
 		}
 	}
@@ -242,7 +243,7 @@ func (e *Executor) stopFirst(ctx context.Context, p *Plan, s ServicePlan, batch 
 		return err
 	}
 	if len(up) > 0 {
-		return e.reloadProxies(ctx, p, s.Name)
+		return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil)
 	}
 	return nil
 }
@@ -336,22 +337,24 @@ func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Co
 	if s.Spec != nil {
 		grace = s.Spec.StopTimeout
 	}
-	wasRunning := false
+	gone := addrs{}
 	for _, c := range old {
 		if c.State == "exited" || c.State == "dead" {
 			continue
 		}
 		// Everything else is stopped, "created" included: a start may
 		// still be on its way to the engine (agentd died after sending it).
-		wasRunning = true
+		for net, ips := range e.addresses(ctx, []string{c.ID}) {
+			gone[net] = append(gone[net], ips...)
+		}
 		e.say(s.Name, "stopping %s (grace %s)", c.Name, grace)
 		secs := int(grace / time.Second)
 		if err := e.Engine.ContainerStop(ctx, c.ID, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("stop %s: %w", c.Name, err)
 		}
 	}
-	if wasRunning {
-		if err := e.reloadProxies(ctx, p, s.Name); err != nil {
+	if len(gone) > 0 {
+		if err := e.reloadProxies(ctx, p, s.Name, nil, gone); err != nil {
 			return err
 		}
 	}
@@ -408,8 +411,11 @@ func (e *Executor) rename(ctx context.Context, c *Container, name string) error 
 }
 
 // reloadProxies validates and reloads, inside every running container of
-// each proxy service that fronts service, the proxy's configuration.
-func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string) error {
+// each proxy service that fronts service, the proxy's configuration. It
+// first waits until the proxy resolves the service's name to the addresses
+// in want and none of those in gone, since the proxy learns its upstreams
+// from that name when it reloads.
+func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string, want, gone addrs) error {
 	for _, proxy := range p.proxies[service] {
 		var spec *ServiceSpec
 		for i := range p.Services {
@@ -427,6 +433,9 @@ func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string) e
 		}
 		for _, c := range list {
 			name := strings.TrimPrefix(firstName(c.Names), "/")
+			if err := e.awaitResolver(ctx, c.ID, name, service, want.on(c), gone.on(c)); err != nil {
+				return fmt.Errorf("reload proxy %s: %w", name, err)
+			}
 			for _, step := range [][]string{spec.Policy.Proxy.Validate, spec.Policy.Proxy.Reload} {
 				code, out, err := healthcheck.Exec(ctx, e.Engine, c.ID, step)
 				if err != nil {
@@ -440,6 +449,114 @@ func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string) e
 		}
 	}
 	return nil
+}
+
+// resolverWait bounds how long a proxy's view of a service name may lag.
+const resolverWait = 10 * time.Second
+
+// awaitResolver polls, with getent inside the proxy container, the
+// addresses the service's name resolves to there (Docker's embedded DNS
+// updates them shortly after a container starts or stops) until every
+// address of want is among them and none of gone. A proxy image without
+// getent cannot be asked: the reload then goes ahead, and that is said. If
+// a new container is still missing at the deadline, that is an error (the
+// proxy would not send it traffic); an old one still listed is only
+// reported.
+func (e *Executor) awaitResolver(ctx context.Context, id, name, service string, want, gone []string) error {
+	if len(want)+len(gone) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolverWait)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var got []string
+	for {
+		code, out, err := healthcheck.Exec(ctx, e.Engine, id, []string{"getent", "ahostsv4", service})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			e.say(service, "cannot ask %s how it resolves %s (%v): reloading it anyway", name, service, err)
+			return nil
+		case code == 126 || code == 127:
+			e.say(service, "%s has no getent to check how it resolves %s: reloading it anyway", name, service)
+			return nil
+		}
+		got = resolved(out)
+		if containsAll(got, want) && !containsAny(got, gone) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if !containsAll(got, want) {
+				return fmt.Errorf("after %s, %s still resolves %s to %v, without the new %v", resolverWait, name, service, got, want)
+			}
+			e.say(service, "after %s %s still resolves %s to %v, including the stopped %v: reloading it anyway", resolverWait, name, service, got, gone)
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// resolved reads the addresses out of getent ahostsv4 output.
+func resolved(out string) []string {
+	var ips []string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && !slices.Contains(ips, f[0]) {
+			ips = append(ips, f[0])
+		}
+	}
+	return ips
+}
+
+func containsAll(have, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
+
+func containsAny(have, any []string) bool {
+	for _, a := range any {
+		if slices.Contains(have, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// addrs are container addresses by network name.
+type addrs map[string][]string
+
+// on returns the addresses on the networks a container is attached to.
+func (a addrs) on(c container.Summary) []string {
+	var out []string
+	if c.NetworkSettings == nil {
+		return nil
+	}
+	for net := range c.NetworkSettings.Networks {
+		out = append(out, a[net]...)
+	}
+	return out
+}
+
+// addresses returns the IPv4 addresses of containers, by network; a
+// container that cannot be inspected adds none.
+func (e *Executor) addresses(ctx context.Context, ids []string) addrs {
+	out := addrs{}
+	for _, id := range ids {
+		in, err := e.Engine.ContainerInspect(ctx, id)
+		if err != nil || in.NetworkSettings == nil {
+			continue
+		}
+		for net, n := range in.NetworkSettings.Networks {
+			if n != nil && n.IPAddress != "" {
+				out[net] = append(out[net], n.IPAddress)
+			}
+		}
+	}
+	return out
 }
 
 func firstName(names []string) string {

@@ -1,6 +1,7 @@
 package compose
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -30,10 +32,12 @@ type fakeEngine struct {
 	calls      []string
 	failCreate string // container name whose create fails
 	hookExit   int64  // exit code of every hook container
+	execs      map[string][]string
 }
 
 type fakeContainer struct {
 	id, name string
+	ip       string // its address on every network, while it runs
 	cfg      container.Config
 	running  bool
 	networks []string
@@ -64,7 +68,12 @@ func (f *fakeEngine) ContainerList(_ context.Context, o container.ListOptions) (
 		if c.running {
 			state = "running"
 		}
-		out = append(out, container.Summary{ID: c.id, Names: []string{"/" + c.name}, Image: c.cfg.Image, Labels: c.cfg.Labels, State: state})
+		nets := map[string]*network.EndpointSettings{}
+		for _, n := range c.networks {
+			nets[n] = &network.EndpointSettings{IPAddress: c.ip}
+		}
+		out = append(out, container.Summary{ID: c.id, Names: []string{"/" + c.name}, Image: c.cfg.Image, Labels: c.cfg.Labels, State: state,
+			NetworkSettings: &container.NetworkSettingsSummary{Networks: nets}})
 	}
 	return out, nil
 }
@@ -91,7 +100,7 @@ func (f *fakeEngine) ContainerCreate(_ context.Context, cfg *container.Config, _
 		}
 	}
 	f.next++
-	c := &fakeContainer{id: fmt.Sprintf("c%03d", f.next), name: name, cfg: *cfg}
+	c := &fakeContainer{id: fmt.Sprintf("c%03d", f.next), name: name, cfg: *cfg, ip: fmt.Sprintf("10.0.0.%d", f.next)}
 	c.cfg.Labels = maps.Clone(cfg.Labels)
 	if nc != nil {
 		for n := range nc.EndpointsConfig {
@@ -190,25 +199,62 @@ func (f *fakeEngine) ContainerExecCreate(_ context.Context, id string, o contain
 	if err != nil {
 		return container.ExecCreateResponse{}, err
 	}
-	f.record("exec %s %s", c.name, strings.Join(o.Cmd, " "))
-	return container.ExecCreateResponse{ID: "exec-" + id}, nil
+	if f.execs == nil {
+		f.execs = map[string][]string{}
+	}
+	execID := fmt.Sprintf("exec-%d", len(f.execs))
+	f.execs[execID] = o.Cmd
+	if o.Cmd[0] != "getent" {
+		f.record("exec %s %s", c.name, strings.Join(o.Cmd, " "))
+	}
+	return container.ExecCreateResponse{ID: execID}, nil
 }
 
-func (f *fakeEngine) ContainerExecAttach(context.Context, string, container.ExecAttachOptions) (types.HijackedResponse, error) {
-	return types.NewHijackedResponse(nopConn{}, ""), nil
+// ContainerExecAttach answers getent ahostsv4 SERVICE the way Docker's
+// embedded DNS does: the addresses of the service's running containers.
+func (f *fakeEngine) ContainerExecAttach(_ context.Context, execID string, _ container.ExecAttachOptions) (types.HijackedResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out bytes.Buffer
+	if cmd := f.execs[execID]; cmd[0] == "getent" {
+		w := stdcopy.NewStdWriter(&out, stdcopy.Stdout)
+		for _, c := range f.containers {
+			if c.running && c.cfg.Labels[LabelService] == cmd[2] {
+				fmt.Fprintf(w, "%s       STREAM %s\n", c.ip, cmd[2])
+			}
+		}
+	}
+	return types.NewHijackedResponse(&bufConn{r: &out}, ""), nil
 }
+
+func (f *fakeEngine) ContainerInspect(_ context.Context, id string) (container.InspectResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return container.InspectResponse{}, err
+	}
+	nets := map[string]*network.EndpointSettings{}
+	for _, n := range c.networks {
+		nets[n] = &network.EndpointSettings{IPAddress: c.ip}
+	}
+	return container.InspectResponse{NetworkSettings: &container.NetworkSettings{Networks: nets}}, nil
+}
+
+// bufConn is a connection that reads a buffer, for exec attachments.
+type bufConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error)  { return b.r.Read(p) }
+func (b *bufConn) Write(p []byte) (int, error) { return len(p), nil }
+func (b *bufConn) Close() error                { return nil }
+func (b *bufConn) CloseWrite() error           { return nil }
 
 func (f *fakeEngine) ContainerExecInspect(context.Context, string) (container.ExecInspect, error) {
 	return container.ExecInspect{ExitCode: 0}, nil
 }
-
-// nopConn is a connection that reads EOF, for exec attachments.
-type nopConn struct{ net.Conn }
-
-func (nopConn) Read([]byte) (int, error)    { return 0, io.EOF }
-func (nopConn) Write(b []byte) (int, error) { return len(b), nil }
-func (nopConn) Close() error                { return nil }
-func (nopConn) CloseWrite() error           { return nil }
 
 func (f *fakeEngine) NetworkList(_ context.Context, o network.ListOptions) ([]network.Summary, error) {
 	f.mu.Lock()

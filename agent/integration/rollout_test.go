@@ -25,6 +25,7 @@ import (
 // poller sends GET requests to url until stopped, counting answers.
 type poller struct {
 	ok, failed atomic.Int64
+	slowest    atomic.Int64 // nanoseconds
 	mu         sync.Mutex
 	bodies     map[string]int
 	lastErr    string
@@ -49,7 +50,11 @@ func poll(t *testing.T, url string, workers int) *poller {
 					return
 				case <-tick.C:
 				}
+				start := time.Now()
 				resp, err := client.Get(url)
+				if d := int64(time.Since(start)); d > p.slowest.Load() {
+					p.slowest.Store(d)
+				}
 				if err != nil {
 					p.fail(err.Error())
 					continue
@@ -94,7 +99,7 @@ func (p *poller) report(t *testing.T, what string) {
 	p.end()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	t.Logf("%s: %d requests answered, %d failed, answers by body: %v", what, p.ok.Load(), p.failed.Load(), p.bodies)
+	t.Logf("%s: %d requests answered, %d failed, slowest %v, answers by body: %v", what, p.ok.Load(), p.failed.Load(), time.Duration(p.slowest.Load()).Round(time.Millisecond), p.bodies)
 	if p.failed.Load() != 0 {
 		t.Errorf("%s: %d requests failed (last: %s)", what, p.failed.Load(), p.lastErr)
 	}
@@ -508,6 +513,10 @@ services:
 		return p.bodies["v2"] > 50
 	})
 	p.report(t, "through nginx during a start-first rollout")
+	if t.Failed() {
+		logs, _ := exec.Command("docker", "logs", "--timestamps", h.project+"-nginx-1").CombinedOutput()
+		t.Logf("deploy:\n%s\nnginx log:\n%s", out, logs)
+	}
 	if !strings.Contains(out, "reloaded") {
 		t.Errorf("nginx was never reloaded:\n%s", out)
 	}
@@ -557,6 +566,10 @@ http {
         listen 80;
         location / {
             proxy_pass http://web:8080;
+            # The one setting Berth asks of a proxy: upstreams are on this
+            # host, so a connection that is not answered in 2s is to a
+            # container that has just stopped; go to the next one.
+            proxy_connect_timeout 2s;
         }
     }
 }
