@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/auth"
 	"github.com/berth-deploy/berth/agent/config"
 	"github.com/berth-deploy/berth/agent/registry"
 	"github.com/berth-deploy/berth/compose"
@@ -56,15 +57,24 @@ type Service struct {
 	store   Store
 	log     *slog.Logger
 	checker *healthcheck.Checker
+	ids     *auth.Identities
 	locks   locks
 	now     func() time.Time
 }
 
-// New returns a service for the projects in cfg.
-func New(cfg *config.Config, engine Engine, store Store, log *slog.Logger) *Service {
-	return &Service{cfg: cfg, engine: engine, store: store, log: log, now: time.Now,
-		checker: &healthcheck.Checker{Engine: engine}}
+// New returns a service for the projects and identities in cfg.
+func New(cfg *config.Config, engine Engine, store Store, log *slog.Logger) (*Service, error) {
+	ids, err := auth.New(cfg.Identities)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, engine: engine, store: store, log: log, now: time.Now, ids: ids,
+		checker: &healthcheck.Checker{Engine: engine}}, nil
 }
+
+// Identities returns the identities that may reach the service from
+// outside the host.
+func (s *Service) Identities() *auth.Identities { return s.ids }
 
 // Emit receives a deploy's events as they happen.
 type Emit func(api.Event)
@@ -154,11 +164,16 @@ func (s *Service) Deploy(ctx context.Context, identity string, req api.DeployReq
 
 func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	r.progress("", "loading %s", r.pc.ComposeFile)
-	project, err := compose.Load(ctx, loadOptions(r.project, r.pc, req.Images))
+	opts := loadOptions(r.project, r.pc, req.Images)
+	opts.Env = req.Env
+	project, err := compose.Load(ctx, opts)
 	if err != nil {
-		return outcome{code: api.ExitBadRequest, err: err}
+		return outcome{code: api.ExitBadRequest, err: redact(err, req.Env)}
 	}
 	reg := r.registry()
+	if a := req.Registry; a != nil {
+		reg.Override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}
+	}
 	r.progress("", "resolving %d images", len(project.Services))
 	pins, err := reg.Resolve(ctx, imageRequests(project))
 	if err != nil {
@@ -182,7 +197,7 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 		Kind:     api.KindDeploy,
 		Message:  req.Message,
 		Services: serviceImages(pins),
-		Compose:  string(composeYAML),
+		Compose:  redactText(string(composeYAML), req.Env),
 	}, req.Timeout)
 }
 
@@ -448,6 +463,27 @@ func decodeState(rel api.Release) (*compose.Desired, error) {
 		return nil, fmt.Errorf("release %d: decode recorded state: %w", rel.Number, err)
 	}
 	return &d, nil
+}
+
+// redactText replaces the values of request-supplied variables, which are
+// secrets, in text that is recorded or shown.
+func redactText(text string, env map[string]string) string {
+	for _, v := range env {
+		if len(v) >= 3 {
+			text = strings.ReplaceAll(text, v, "[redacted]")
+		}
+	}
+	return text
+}
+
+func redact(err error, env map[string]string) error {
+	if err == nil || len(env) == 0 {
+		return err
+	}
+	if msg := redactText(err.Error(), env); msg != err.Error() {
+		return fmt.Errorf("%s", msg)
+	}
+	return err
 }
 
 func quoted(msg string) string {

@@ -24,6 +24,8 @@ type LoadOptions struct {
 	// Images overrides the image of a service: service name -> reference.
 	// A service that is not in the project is an error.
 	Images map[string]string
+	// Env adds variables for interpolation, over the env files.
+	Env map[string]string
 }
 
 // Load reads and validates the compose project: interpolation from the env
@@ -35,6 +37,7 @@ func Load(ctx context.Context, o LoadOptions) (*types.Project, error) {
 		cli.WithName(o.Name),
 		cli.WithEnvFiles(o.EnvFiles...),
 		cli.WithDotEnv,
+		cli.WithEnv(envList(o.Env)),
 		cli.WithProfiles(o.Profiles),
 		cli.WithResolvedPaths(true),
 	)
@@ -56,6 +59,15 @@ func Load(ctx context.Context, o LoadOptions) (*types.Project, error) {
 		return nil, errors.Join(errs...)
 	}
 	return p, nil
+}
+
+func envList(env map[string]string) []string {
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func overrideImages(p *types.Project, images map[string]string) error {

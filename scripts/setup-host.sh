@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # setup-host.sh: make this Debian machine ready to run Berth's demo and tests.
 # Installs what is missing from Debian's packages (Docker Engine, the
-# registry, docker-compose for compatibility checks, rsync), starts dockerd
+# registry, docker-compose for compatibility checks, the OpenSSH client and
+# server the SSH front-door tests drive), starts dockerd
 # if no engine answers, and waits until it does. Safe to run again.
 # Usage: sudo scripts/setup-host.sh
 set -euo pipefail
@@ -12,6 +13,10 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v ssh >/dev/null || need+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -27,6 +27,20 @@ type DeployRequest struct {
 	Wait time.Duration `json:"wait,omitempty"`
 	// Timeout bounds the rollout; when it passes the release is rolled back.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Env are variables for the compose file's interpolation, over the
+	// project's env file. They are secrets: never logged; their values are
+	// redacted from the recorded compose file.
+	Env map[string]string `json:"env,omitempty"`
+	// Registry is a credential for this request's pulls only.
+	Registry *RegistryAuth `json:"registry,omitempty"`
+}
+
+// RegistryAuth is a registry credential supplied with a request (a GitLab
+// job's CI_REGISTRY, CI_REGISTRY_USER and CI_JOB_TOKEN, say).
+type RegistryAuth struct {
+	Server   string `json:"server"`
+	Username string `json:"username"`
+	Password string `json:"password"`
 }
 
 // RollbackRequest asks to redeploy a recorded release.

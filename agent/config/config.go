@@ -8,13 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
+	"time"
 
+	"golang.org/x/crypto/ssh"
 	"gopkg.in/yaml.v3"
 )
 
@@ -36,6 +41,13 @@ type Config struct {
 	DockerConfig string             `yaml:"docker_config"`
 	Log          Log                `yaml:"log"`
 	Projects     map[string]Project `yaml:"projects"`
+	// Identities are who may reach agentd from outside the host (SSH, the
+	// HTTP API, or an OpenSSH forced command) and what each may do.
+	Identities []Identity `yaml:"identities"`
+	// SSH configures the embedded SSH server; absent means none.
+	SSH *SSH `yaml:"ssh"`
+	// HTTP configures the HTTP API; absent means none.
+	HTTP *HTTP `yaml:"http"`
 
 	// path is the file it was loaded from; relative paths resolve against
 	// its directory.
@@ -69,6 +81,92 @@ type Project struct {
 	// DockerConfig overrides the registry credentials for this project.
 	DockerConfig string `yaml:"docker_config"`
 }
+
+// Identity is one caller and its scopes.
+type Identity struct {
+	Name string `yaml:"name"`
+	// SSHKeys are OpenSSH authorized_keys lines (options allowed: from=,
+	// restrict, no-pty, no-port-forwarding, no-agent-forwarding,
+	// no-X11-forwarding, no-user-rc).
+	SSHKeys []string `yaml:"ssh_keys"`
+	// GitLab lists the ID-token claims a GitLab CI job must carry to be
+	// this identity (needs http.oidc).
+	GitLab *GitLabClaims `yaml:"gitlab"`
+	// HMACSecretFile holds the shared secret of HMAC-signed HTTP requests.
+	HMACSecretFile string `yaml:"hmac_secret_file"`
+	// LocalUsers are the host users who may act as this identity through
+	// `agentctl ssh-command` (OpenSSH forced-command mode).
+	LocalUsers []string `yaml:"local_users"`
+	// Projects and Verbs scope the identity; "*" means all.
+	Projects []string `yaml:"projects"`
+	Verbs    []string `yaml:"verbs"`
+}
+
+// GitLabClaims are the claims of a GitLab CI ID token an identity accepts.
+// Every field that is set must match; ProjectID or ProjectPath is required.
+type GitLabClaims struct {
+	ProjectID   string `yaml:"project_id"`
+	ProjectPath string `yaml:"project_path"`
+	Ref         string `yaml:"ref"`
+	// RefProtected requires a protected ref; true unless set to false.
+	RefProtected   *bool    `yaml:"ref_protected"`
+	Environment    string   `yaml:"environment"`
+	PipelineSource []string `yaml:"pipeline_source"`
+}
+
+// SSH configures the embedded SSH server.
+type SSH struct {
+	Listen           string        `yaml:"listen"`
+	HostKey          string        `yaml:"host_key"`
+	MaxConnections   int           `yaml:"max_connections"`
+	MaxAuthTries     int           `yaml:"max_auth_tries"`
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	IdleTimeout      time.Duration `yaml:"idle_timeout"`
+}
+
+// HTTP configures the HTTP API.
+type HTTP struct {
+	Listen string `yaml:"listen"`
+	// TLSCert and TLSKey serve HTTPS; without them the API must listen on
+	// a loopback address (behind a proxy that terminates TLS).
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	OIDC    *OIDC  `yaml:"oidc"`
+	// MaxHeaderBytes caps request headers before any token is parsed.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+}
+
+// OIDC configures the verification of GitLab CI ID tokens.
+type OIDC struct {
+	Issuer     string   `yaml:"issuer"`
+	JWKSURL    string   `yaml:"jwks_url"`
+	Audience   string   `yaml:"audience"`
+	Algorithms []string `yaml:"algorithms"`
+	// MaxAge refuses tokens issued longer ago than this.
+	MaxAge time.Duration `yaml:"max_age"`
+	// JWKSRefresh is the least time between two fetches of the key set
+	// when a token names an unknown key.
+	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
+}
+
+// Verbs of the command grammar, as scopes name them.
+var Verbs = []string{"deploy", "rollback", "status", "history", "lock", "unlock"}
+
+// Defaults of the front doors.
+const (
+	DefaultSSHListen       = ":2222"
+	DefaultSSHMaxConns     = 64
+	DefaultSSHMaxAuthTries = 6
+	DefaultSSHHandshake    = 10 * time.Second
+	DefaultSSHIdle         = 10 * time.Minute
+	DefaultHTTPListen      = "127.0.0.1:8420"
+	DefaultMaxHeaderBytes  = 16 << 10
+	DefaultOIDCMaxAge      = time.Hour
+	DefaultOIDCJWKSRefresh = time.Minute
+	DefaultOIDCJWKSPath    = "/oauth/discovery/keys"
+	DefaultOIDCAlgorithm   = "RS256"
+	DefaultSSHHostKeyName  = "ssh_host_ed25519_key"
+)
 
 // ModeBits returns the socket mode as permission bits.
 func (s Socket) ModeBits() os.FileMode {
@@ -122,6 +220,53 @@ func (c *Config) applyDefaults() {
 	c.StateDir = abs(c.StateDir)
 	c.Socket.Path = abs(c.Socket.Path)
 	c.DockerConfig = abs(c.DockerConfig)
+	if c.SSH != nil {
+		if c.SSH.Listen == "" {
+			c.SSH.Listen = DefaultSSHListen
+		}
+		if c.SSH.HostKey == "" {
+			c.SSH.HostKey = filepath.Join(c.StateDir, DefaultSSHHostKeyName)
+		}
+		c.SSH.HostKey = abs(c.SSH.HostKey)
+		if c.SSH.MaxConnections == 0 {
+			c.SSH.MaxConnections = DefaultSSHMaxConns
+		}
+		if c.SSH.MaxAuthTries == 0 {
+			c.SSH.MaxAuthTries = DefaultSSHMaxAuthTries
+		}
+		if c.SSH.HandshakeTimeout == 0 {
+			c.SSH.HandshakeTimeout = DefaultSSHHandshake
+		}
+		if c.SSH.IdleTimeout == 0 {
+			c.SSH.IdleTimeout = DefaultSSHIdle
+		}
+	}
+	if c.HTTP != nil {
+		if c.HTTP.Listen == "" {
+			c.HTTP.Listen = DefaultHTTPListen
+		}
+		c.HTTP.TLSCert, c.HTTP.TLSKey = abs(c.HTTP.TLSCert), abs(c.HTTP.TLSKey)
+		if c.HTTP.MaxHeaderBytes == 0 {
+			c.HTTP.MaxHeaderBytes = DefaultMaxHeaderBytes
+		}
+		if o := c.HTTP.OIDC; o != nil {
+			if o.JWKSURL == "" && o.Issuer != "" {
+				o.JWKSURL = strings.TrimSuffix(o.Issuer, "/") + DefaultOIDCJWKSPath
+			}
+			if len(o.Algorithms) == 0 {
+				o.Algorithms = []string{DefaultOIDCAlgorithm}
+			}
+			if o.MaxAge == 0 {
+				o.MaxAge = DefaultOIDCMaxAge
+			}
+			if o.JWKSRefresh == 0 {
+				o.JWKSRefresh = DefaultOIDCJWKSRefresh
+			}
+		}
+	}
+	for i := range c.Identities {
+		c.Identities[i].HMACSecretFile = abs(c.Identities[i].HMACSecretFile)
+	}
 	for name, p := range c.Projects {
 		if p.KeepReleases == 0 {
 			p.KeepReleases = DefaultKeepReleases
@@ -198,7 +343,158 @@ func (c *Config) Validate() error {
 			mustDir(&errs, "project "+name+": docker_config", p.DockerConfig)
 		}
 	}
+	errs = append(errs, c.validateFrontDoors()...)
 	return errors.Join(errs...)
+}
+
+// allowedKeyOptions are the authorized_keys options an SSH key may carry.
+// Options that change what a session may do (command=, environment=,
+// permitopen= and the like) are refused: the server runs only the command
+// grammar, whatever the key says.
+var allowedKeyOptions = map[string]bool{
+	"restrict": true, "no-pty": true, "no-port-forwarding": true, "no-agent-forwarding": true,
+	"no-x11-forwarding": true, "no-user-rc": true,
+}
+
+// ParseKey parses one authorized_keys line and returns the key and its
+// from= patterns; an option other than from= and the harmless no-* ones
+// is an error.
+func ParseKey(line string) (ssh.PublicKey, string, error) {
+	key, _, options, rest, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return nil, "", fmt.Errorf("not an authorized_keys line: %w", err)
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, "", errors.New("one key per entry")
+	}
+	from := ""
+	for _, o := range options {
+		name, value, hasValue := strings.Cut(o, "=")
+		switch {
+		case strings.EqualFold(name, "from") && hasValue:
+			from = strings.Trim(value, `"`)
+			if from == "" {
+				return nil, "", errors.New(`from="" is empty`)
+			}
+		case allowedKeyOptions[strings.ToLower(name)] && !hasValue:
+		default:
+			return nil, "", fmt.Errorf("option %q is not supported (allowed: from=, restrict, no-pty, no-port-forwarding, no-agent-forwarding, no-X11-forwarding, no-user-rc)", o)
+		}
+	}
+	return key, from, nil
+}
+
+func (c *Config) validateFrontDoors() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	names := map[string]bool{}
+	keys := map[string]string{}
+	for i, id := range c.Identities {
+		where := fmt.Sprintf("identities[%d] %q", i, id.Name)
+		if id.Name == "" {
+			bad("identities[%d]: name is required", i)
+		} else if names[id.Name] {
+			bad("%s: the name is used twice", where)
+		}
+		names[id.Name] = true
+		if len(id.SSHKeys) == 0 && id.GitLab == nil && id.HMACSecretFile == "" && len(id.LocalUsers) == 0 {
+			bad("%s: no way to prove it (ssh_keys, gitlab, hmac_secret_file or local_users)", where)
+		}
+		for j, line := range id.SSHKeys {
+			key, _, err := ParseKey(line)
+			if err != nil {
+				bad("%s: ssh_keys[%d]: %v", where, j, err)
+				continue
+			}
+			fp := ssh.FingerprintSHA256(key)
+			if other, dup := keys[fp]; dup {
+				bad("%s: ssh_keys[%d]: key %s is also given to %s", where, j, fp, other)
+			}
+			keys[fp] = id.Name
+		}
+		if g := id.GitLab; g != nil {
+			if g.ProjectID == "" && g.ProjectPath == "" {
+				bad("%s: gitlab: project_id or project_path is required", where)
+			}
+			if c.HTTP == nil || c.HTTP.OIDC == nil {
+				bad("%s: gitlab needs http.oidc to verify ID tokens", where)
+			}
+		}
+		if id.HMACSecretFile != "" {
+			if secret, err := os.ReadFile(id.HMACSecretFile); err != nil {
+				bad("%s: hmac_secret_file: %v", where, err)
+			} else if len(bytes.TrimSpace(secret)) < 32 {
+				bad("%s: hmac_secret_file: the secret must be at least 32 bytes", where)
+			}
+			if c.HTTP == nil {
+				bad("%s: hmac_secret_file needs the http API", where)
+			}
+		}
+		for _, u := range id.LocalUsers {
+			if _, err := user.Lookup(u); err != nil {
+				bad("%s: local_users: %q: %v", where, u, err)
+			}
+		}
+		if len(id.Projects) == 0 {
+			bad("%s: projects: name the projects it may touch (or \"*\")", where)
+		}
+		for _, p := range id.Projects {
+			if _, ok := c.Projects[p]; !ok && p != "*" {
+				bad("%s: projects: no project %s", where, p)
+			}
+		}
+		if len(id.Verbs) == 0 {
+			bad("%s: verbs: name the verbs it may use (%s, or \"*\")", where, strings.Join(Verbs, ", "))
+		}
+		for _, v := range id.Verbs {
+			if v != "*" && !slices.Contains(Verbs, v) {
+				bad("%s: verbs: no verb %s (%s)", where, v, strings.Join(Verbs, ", "))
+			}
+		}
+	}
+	if s := c.SSH; s != nil {
+		if _, _, err := net.SplitHostPort(s.Listen); err != nil {
+			bad("ssh.listen %q: %v", s.Listen, err)
+		}
+		if s.MaxConnections < 1 || s.MaxAuthTries < 1 || s.HandshakeTimeout <= 0 || s.IdleTimeout <= 0 {
+			bad("ssh: max_connections, max_auth_tries, handshake_timeout and idle_timeout must be positive")
+		}
+	}
+	if h := c.HTTP; h != nil {
+		host, _, err := net.SplitHostPort(h.Listen)
+		if err != nil {
+			bad("http.listen %q: %v", h.Listen, err)
+		}
+		if (h.TLSCert == "") != (h.TLSKey == "") {
+			bad("http: tls_cert and tls_key go together")
+		}
+		if h.TLSCert == "" && err == nil {
+			if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				bad("http.listen %q: without tls_cert and tls_key the API only listens on a loopback address (put a TLS proxy in front)", h.Listen)
+			}
+		}
+		for _, f := range []string{h.TLSCert, h.TLSKey} {
+			if f != "" {
+				if err := readable(f); err != nil {
+					bad("http: %v", err)
+				}
+			}
+		}
+		if o := h.OIDC; o != nil {
+			if !strings.HasPrefix(o.Issuer, "https://") && !strings.HasPrefix(o.Issuer, "http://") {
+				bad("http.oidc.issuer %q: want the issuer URL, e.g. https://gitlab.com", o.Issuer)
+			}
+			if o.Audience == "" {
+				bad("http.oidc.audience is required (the aud of the job's id_tokens)")
+			}
+			for _, a := range o.Algorithms {
+				if !slices.Contains([]string{"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"}, a) {
+					bad("http.oidc.algorithms: %q is not an asymmetric signature algorithm", a)
+				}
+			}
+		}
+	}
+	return errs
 }
 
 func readable(path string) error {

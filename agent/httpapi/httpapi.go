@@ -5,20 +5,25 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os/user"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/berth-deploy/berth/agent"
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/auth"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,6 +32,8 @@ type Deployer interface {
 	Deploy(ctx context.Context, identity string, req api.DeployRequest, emit agent.Emit) int
 	Rollback(ctx context.Context, identity string, req api.RollbackRequest, emit agent.Emit) int
 	Lock(ctx context.Context, identity string, req api.LockRequest) (*api.Holder, error)
+	Run(ctx context.Context, p auth.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int
+	Identities() *auth.Identities
 	Status(ctx context.Context, project string) ([]api.ProjectStatus, error)
 	History(ctx context.Context, project string) ([]api.Release, error)
 }
@@ -36,6 +43,8 @@ const (
 	PathDeploy   = "/v1/deploy"
 	PathRollback = "/v1/rollback"
 	PathLock     = "/v1/lock"
+	PathCommand  = "/v1/command"
+	PathHostKey  = "/v1/host-key"
 	PathStatus   = "/v1/status"
 	PathHistory  = "/v1/history"
 )
@@ -79,8 +88,12 @@ type Handler struct {
 	Log     *slog.Logger
 	// AllowUsers, when set, is the only local users served.
 	AllowUsers []string
-	mux        *http.ServeMux
-	once       sync.Once
+	// HostKey is the SSH server's host key, or nil when it has none.
+	HostKey ssh.PublicKey
+	// SSHPort is the port the SSH server listens on.
+	SSHPort int
+	mux     *http.ServeMux
+	once    sync.Once
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -89,6 +102,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.mux.HandleFunc("POST "+PathDeploy, h.deploy)
 		h.mux.HandleFunc("POST "+PathRollback, h.rollback)
 		h.mux.HandleFunc("POST "+PathLock, h.lock)
+		h.mux.HandleFunc("POST "+PathCommand, h.command)
+		h.mux.HandleFunc("GET "+PathHostKey, h.hostKey)
 		h.mux.HandleFunc("GET "+PathStatus, h.status)
 		h.mux.HandleFunc("GET "+PathHistory, h.history)
 	})
@@ -97,17 +112,52 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, api.ExitDenied, "no peer credentials on this connection")
 		return
 	}
-	if len(h.AllowUsers) > 0 && !slices.Contains(h.AllowUsers, p.name) {
+	// ssh-command is authorized by the identity's local_users instead, and
+	// the host key is public.
+	exempt := r.URL.Path == PathCommand || r.URL.Path == PathHostKey
+	if len(h.AllowUsers) > 0 && !exempt && !slices.Contains(h.AllowUsers, p.name) {
 		h.Log.Warn("request refused", "identity", "local:"+p.name, "path", r.URL.Path)
 		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("local user %s is not allowed to use agentd (socket.allow_users)", p.name))
 		return
 	}
-	h.mux.ServeHTTP(w, r)
+	h.mux.ServeHTTP(w, withCaller(r, caller{who: "local:" + p.name, allowed: func(string, string) bool { return true }}))
 }
 
-func identity(r *http.Request) string {
-	p, _ := r.Context().Value(ctxKey{}).(peer)
-	return "local:" + p.name
+// caller is who a request is from, and what it may do.
+type caller struct {
+	who     string                          // recorded in release history
+	allowed func(project, verb string) bool // its scopes
+}
+
+type callerKey struct{}
+
+func withCaller(r *http.Request, c caller) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), callerKey{}, c))
+}
+
+func callerOf(r *http.Request) caller {
+	c, _ := r.Context().Value(callerKey{}).(caller)
+	if c.allowed == nil {
+		c.allowed = func(string, string) bool { return false }
+	}
+	return c
+}
+
+func identity(r *http.Request) string { return callerOf(r).who }
+
+// authorize answers 403 (exit code 4) unless the caller may use verb on
+// project.
+func authorize(w http.ResponseWriter, r *http.Request, project, verb string) bool {
+	c := callerOf(r)
+	if c.allowed(project, verb) {
+		return true
+	}
+	what := verb
+	if project != "" {
+		what += " " + project
+	}
+	writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("%s may not %s", c.who, what))
+	return false
 }
 
 func writeError(w http.ResponseWriter, status, code int, msg string) {
@@ -123,7 +173,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 func (h *Handler) deploy(w http.ResponseWriter, r *http.Request) {
 	var req api.DeployRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbDeploy) {
 		return
 	}
 	stream(w, func(emit agent.Emit) { h.Service.Deploy(r.Context(), identity(r), req, emit) })
@@ -131,7 +181,7 @@ func (h *Handler) deploy(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) rollback(w http.ResponseWriter, r *http.Request) {
 	var req api.RollbackRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbRollback) {
 		return
 	}
 	stream(w, func(emit agent.Emit) { h.Service.Rollback(r.Context(), identity(r), req, emit) })
@@ -140,6 +190,13 @@ func (h *Handler) rollback(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) lock(w http.ResponseWriter, r *http.Request) {
 	var req api.LockRequest
 	if !decode(w, r, &req) {
+		return
+	}
+	verb := api.VerbLock
+	if req.Unlock {
+		verb = api.VerbUnlock
+	}
+	if !authorize(w, r, req.Project, verb) {
 		return
 	}
 	holder, err := h.Service.Lock(r.Context(), identity(r), req)
@@ -180,16 +237,30 @@ func stream(w http.ResponseWriter, run func(agent.Emit)) {
 }
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
-	st, err := h.Service.Status(r.Context(), r.URL.Query().Get("project"))
+	project := r.URL.Query().Get("project")
+	if !authorize(w, r, project, api.VerbStatus) {
+		return
+	}
+	st, err := h.Service.Status(r.Context(), project)
 	if err != nil {
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, st)
+	visible := []api.ProjectStatus{}
+	for _, ps := range st {
+		if callerOf(r).allowed(ps.Project, api.VerbStatus) {
+			visible = append(visible, ps)
+		}
+	}
+	writeJSON(w, visible)
 }
 
 func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
-	hist, err := h.Service.History(r.Context(), r.URL.Query().Get("project"))
+	project := r.URL.Query().Get("project")
+	if !authorize(w, r, project, api.VerbHistory) {
+		return
+	}
+	hist, err := h.Service.History(r.Context(), project)
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -207,4 +278,91 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	}
 	h.Log.Error("request failed", "err", err)
 	writeError(w, http.StatusInternalServerError, api.ExitBroken, err.Error())
+}
+
+// CommandRequest is a command of the grammar run for an identity by
+// `agentctl ssh-command` (OpenSSH forced-command mode).
+type CommandRequest struct {
+	Identity string   `json:"identity"`
+	Args     []string `json:"args"`
+	Stdin    []byte   `json:"stdin,omitempty"`
+	Remote   string   `json:"remote,omitempty"` // from SSH_CONNECTION, for the audit log
+}
+
+// Frame is one piece of a command's output stream; the last frame carries
+// the exit code.
+type Frame struct {
+	Stream   string `json:"stream,omitempty"` // stdout or stderr
+	Data     string `json:"data,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+}
+
+// command runs a command for an identity the socket peer may act as: the
+// host user must be in the identity's local_users.
+func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
+	var req CommandRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	p, _ := r.Context().Value(ctxKey{}).(peer)
+	if !h.Service.Identities().LocalUserMay(req.Identity, p.name) {
+		h.Log.Warn("ssh-command refused", "user", p.name, "identity", req.Identity)
+		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("local user %s may not act as identity %q (its local_users)", p.name, req.Identity))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fw := &frameWriter{w: w, enc: json.NewEncoder(w)}
+	fw.flusher, _ = w.(http.Flusher)
+	principal := auth.Principal{Identity: req.Identity, Method: "ssh-command", Detail: "local:" + p.name, Remote: req.Remote}
+	code := h.Service.Run(r.Context(), principal, req.Args, bytes.NewReader(req.Stdin), fw.stream("stdout"), fw.stream("stderr"))
+	h.Log.Info("ssh-command", "identity", req.Identity, "user", p.name, "remote", req.Remote, "args", strings.Join(headArgs(req.Args), " "), "exit_code", code)
+	fw.write(Frame{ExitCode: &code})
+}
+
+// headArgs returns the verb and project of a command, for the audit log.
+func headArgs(args []string) []string {
+	return args[:min(2, len(args))]
+}
+
+// frameWriter turns writes to stdout and stderr into frames.
+type frameWriter struct {
+	mu      sync.Mutex
+	w       io.Writer
+	enc     *json.Encoder
+	flusher http.Flusher
+}
+
+func (f *frameWriter) write(fr Frame) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.enc.Encode(fr) == nil && f.flusher != nil {
+		f.flusher.Flush()
+	}
+}
+
+type streamWriter struct {
+	f    *frameWriter
+	name string
+}
+
+func (f *frameWriter) stream(name string) io.Writer { return streamWriter{f, name} }
+
+func (s streamWriter) Write(b []byte) (int, error) {
+	s.f.write(Frame{Stream: s.name, Data: string(b)})
+	return len(b), nil
+}
+
+// HostKeyAnswer is the SSH server's public host key.
+type HostKeyAnswer struct {
+	PublicKey string `json:"public_key"` // authorized_keys form
+	Port      int    `json:"port"`
+}
+
+func (h *Handler) hostKey(w http.ResponseWriter, _ *http.Request) {
+	if h.HostKey == nil {
+		writeError(w, http.StatusNotFound, api.ExitBadRequest, "agentd runs no SSH server (no ssh section in its config)")
+		return
+	}
+	writeJSON(w, HostKeyAnswer{PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(h.HostKey))), Port: h.SSHPort})
 }

@@ -44,6 +44,9 @@ type options struct {
 	// second, when set, is the compose file of a second project, named
 	// h.project+"b", served by the same agentd.
 	second string
+	// extra is added to the config's top level (identities, ssh, http),
+	// with $PROJECT replaced by the project's name.
+	extra string
 }
 
 // newHarness writes compose (with $REGISTRY replaced by the registry's
@@ -75,6 +78,7 @@ func newHarness(t *testing.T, compose string, opt options) *harness {
 		cfg += fmt.Sprintf("  %sb:\n    compose_file: second.yaml\n", h.project)
 		t.Cleanup(func() { testenv.RemoveProject(t, h.docker, h.project+"b") })
 	}
+	cfg += strings.ReplaceAll(opt.extra, "$PROJECT", h.project)
 	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

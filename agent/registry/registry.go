@@ -52,6 +52,14 @@ type Client struct {
 	// ConfigDir holds config.json; empty means the default (DOCKER_CONFIG
 	// or ~/.docker of the agent's user).
 	ConfigDir string
+	// Override, when set, is the credential for one registry host, used
+	// instead of the config's (a request's own credentials).
+	Override *Credential
+}
+
+// Credential is a username and password for one registry host.
+type Credential struct {
+	Server, Username, Password string
 }
 
 // Resolve pins every requested image, in parallel, and returns service ->
@@ -195,6 +203,13 @@ func (c *Client) pullIfMissing(ctx context.Context, ref string) (bool, error) {
 // auth returns the encoded X-Registry-Auth header for the image's registry.
 func (c *Client) auth(named reference.Named) (string, error) {
 	host := reference.Domain(named)
+	if o := c.Override; o != nil && strings.TrimPrefix(strings.TrimPrefix(o.Server, "https://"), "http://") == host {
+		enc, err := dockerregistry.EncodeAuthConfig(dockerregistry.AuthConfig{Username: o.Username, Password: o.Password, ServerAddress: host})
+		if err != nil {
+			return "", fmt.Errorf("encode credentials for %s: %w", host, err)
+		}
+		return enc, nil
+	}
 	if host == "docker.io" {
 		host = "https://index.docker.io/v1/"
 	}

@@ -12,9 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
@@ -84,7 +82,7 @@ func newRoot(stdout io.Writer) *cobra.Command {
 		sock = defaultSocket
 	}
 	root.PersistentFlags().StringVar(&c.socket, "socket", sock, "agentd's unix socket (env BERTH_SOCKET)")
-	root.AddCommand(deployCmd(c), rollbackCmd(c), statusCmd(c), historyCmd(c), lockCmd(c, false), lockCmd(c, true))
+	root.AddCommand(deployCmd(c), rollbackCmd(c), statusCmd(c), historyCmd(c), lockCmd(c, false), lockCmd(c, true), sshCommandCmd(c), hostKeyCmd(c))
 	return root
 }
 
@@ -173,9 +171,9 @@ func lockCmd(c *client, unlock bool) *cobra.Command {
 			case unlock && h == nil:
 				fmt.Fprintf(out, "%s was not locked\n", args[0])
 			case unlock:
-				fmt.Fprintf(out, "%s unlocked (it was locked by %s since %s%s)\n", args[0], h.Identity, h.Since.Local().Format(time.DateTime), msgSuffix(h.Message))
+				fmt.Fprintf(out, "%s unlocked (it was locked by %s since %s%s)\n", args[0], h.Identity, h.Since.Local().Format(time.DateTime), api.MsgSuffix(h.Message))
 			default:
-				fmt.Fprintf(out, "%s locked by %s%s: deploys and rollbacks exit 3 until `agentctl unlock %s`\n", args[0], h.Identity, msgSuffix(h.Message), args[0])
+				fmt.Fprintf(out, "%s locked by %s%s: deploys and rollbacks exit 3 until `agentctl unlock %s`\n", args[0], h.Identity, api.MsgSuffix(h.Message), args[0])
 			}
 			return nil
 		},
@@ -233,7 +231,7 @@ func (c *client) stream(ctx context.Context, path string, req any, project strin
 		if asJSON {
 			fmt.Fprintf(out, "%s\n", sc.Bytes())
 		} else {
-			printEvent(out, e)
+			api.PrintEvent(out, e)
 		}
 		if e.Type == api.EventResult && e.ExitCode != nil {
 			return &exitError{code: *e.ExitCode}
@@ -242,28 +240,6 @@ func (c *client) stream(ctx context.Context, path string, req any, project strin
 	// The stream ended without a result: agentd went away mid-deploy, so
 	// nobody here knows what is live. Say so, and ask for an operator.
 	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the deploy did (%v); check `agentctl status %s`", sc.Err(), project)}
-}
-
-func printEvent(w io.Writer, e api.Event) {
-	ts := e.Time.Local().Format("15:04:05")
-	switch e.Type {
-	case api.EventPlan:
-		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
-			fmt.Fprintf(w, "%s %s\n", ts, line)
-		}
-	case api.EventResult:
-		word := "ok"
-		if e.ExitCode != nil && *e.ExitCode != 0 {
-			word = fmt.Sprintf("FAILED (exit %d)", *e.ExitCode)
-		}
-		fmt.Fprintf(w, "%s %s: %s\n", ts, word, e.Message)
-	default:
-		if e.Service != "" {
-			fmt.Fprintf(w, "%s [%s] %s\n", ts, e.Service, e.Message)
-		} else {
-			fmt.Fprintf(w, "%s %s\n", ts, e.Message)
-		}
-	}
 }
 
 func refused(resp *http.Response) error {
@@ -311,44 +287,12 @@ func statusCmd(c *client) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), st)
 			}
-			printStatus(cmd.OutOrStdout(), st)
+			api.PrintStatus(cmd.OutOrStdout(), st)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
-}
-
-func printStatus(w io.Writer, all []api.ProjectStatus) {
-	for i, st := range all {
-		if i > 0 {
-			fmt.Fprintln(w)
-		}
-		if st.Current == nil {
-			fmt.Fprintf(w, "project %s: no release deployed yet\n", st.Project)
-		} else {
-			r := st.Current
-			fmt.Fprintf(w, "project %s: release %d live since %s (by %s%s)\n", st.Project, r.Number, r.Finished.Local().Format(time.DateTime), r.Identity, msgSuffix(r.Message))
-		}
-		if st.Locked != nil {
-			fmt.Fprintf(w, "  LOCKED by %s since %s%s\n", st.Locked.Identity, st.Locked.Since.Local().Format(time.DateTime), msgSuffix(st.Locked.Message))
-		}
-		if st.Deploying != nil {
-			fmt.Fprintf(w, "  %s in progress: %s since %s\n", st.Deploying.Verb, st.Deploying.Identity, st.Deploying.Since.Local().Format(time.DateTime))
-		}
-		if len(st.Services) == 0 {
-			fmt.Fprintln(w, "  no containers")
-			continue
-		}
-		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  SERVICE\tCONTAINER\tSTATE\tSTATUS\tRELEASE\tIMAGE")
-		for _, s := range st.Services {
-			for _, ct := range s.Containers {
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.Name, ct.Name, ct.State, ct.Status, dash(ct.Release), ct.Image)
-			}
-		}
-		tw.Flush()
-	}
 }
 
 func historyCmd(c *client) *cobra.Command {
@@ -373,59 +317,12 @@ func historyCmd(c *client) *cobra.Command {
 			if len(st) == 1 && st[0].Current != nil {
 				live = st[0].Current.Number
 			}
-			printHistory(cmd.OutOrStdout(), args[0], hist, live)
+			api.PrintHistory(cmd.OutOrStdout(), args[0], hist, live)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
-}
-
-func printHistory(w io.Writer, project string, hist []api.Release, live int) {
-	if len(hist) == 0 {
-		fmt.Fprintf(w, "project %s: no releases yet\n", project)
-		return
-	}
-	for _, r := range hist {
-		mark := " "
-		if r.Number == live {
-			mark = "*"
-		}
-		fmt.Fprintf(w, "%s release %d  %s  %s %s  by %s%s\n", mark, r.Number, r.Started.Local().Format(time.DateTime), r.Kind, r.Outcome, r.Identity, msgSuffix(r.Message))
-		if r.Error != "" {
-			fmt.Fprintf(w, "    error: %s\n", r.Error)
-		}
-		if r.Outcome == api.OutcomeRolledBack {
-			fmt.Fprintf(w, "    restored release %d\n", r.RestoredTo)
-		}
-		svcs := make([]string, 0, len(r.Services))
-		for s := range r.Services {
-			svcs = append(svcs, s)
-		}
-		sort.Strings(svcs)
-		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		for _, s := range svcs {
-			fmt.Fprintf(tw, "    %s\t%s\n", s, r.Services[s].Pinned)
-		}
-		tw.Flush()
-	}
-	if live != 0 {
-		fmt.Fprintln(w, "(* = live)")
-	}
-}
-
-func msgSuffix(m string) string {
-	if m == "" {
-		return ""
-	}
-	return fmt.Sprintf(": %q", m)
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -10,17 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/berth-deploy/berth/agent"
 	"github.com/berth-deploy/berth/agent/config"
-	"github.com/berth-deploy/berth/agent/httpapi"
 	"github.com/berth-deploy/berth/agent/store"
 	"github.com/docker/docker/client"
 )
@@ -85,37 +82,41 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("docker engine: %w", err)
 	}
 
-	svc := agent.New(cfg, docker, st, log)
+	svc, err := agent.New(cfg, docker, st, log)
+	if err != nil {
+		return err
+	}
 	// One consistent release per project before any request is taken.
 	if err := svc.Recover(ctx); err != nil {
 		log.Error("recovery left a project needing an operator", "err", err)
 	}
-	ln, err := httpapi.ListenUnix(cfg.Socket.Path, cfg.Socket.ModeBits(), cfg.Socket.Group)
+	doors, err := openDoors(cfg, svc, log)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           &httpapi.Handler{Service: svc, Log: log, AllowUsers: cfg.Socket.AllowUsers},
-		ConnContext:       httpapi.ConnContext,
-		ReadHeaderTimeout: 10 * time.Second,
+	errc := make(chan error, len(doors))
+	for _, d := range doors {
+		go func() { errc <- d.serve(ctx) }()
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
 	log.Info("agentd ready", "version", version, "socket", cfg.Socket.Path, "projects", cfg.ProjectNames(), "docker_api", docker.ClientVersion())
 
+	var serveErr error
 	select {
-	case err := <-errc:
-		return fmt.Errorf("serve: %w", err)
+	case serveErr = <-errc:
+		log.Error("a front door failed; stopping", "err", serveErr)
 	case <-ctx.Done():
 	}
 	log.Info("agentd stopping: waiting for deploys in flight")
-	// Shutdown waits for running requests, deploys included, to finish.
-	if err := srv.Shutdown(context.Background()); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+	// Every door stops taking requests and waits for those running,
+	// deploys included, to finish or roll back.
+	for _, d := range doors {
+		if err := d.shutdown(); err != nil {
+			log.Error("shutdown", "door", d.name, "err", err)
+		}
 	}
 	os.Remove(cfg.Socket.Path)
 	log.Info("agentd stopped")
-	return nil
+	return serveErr
 }
 
 func runCheck(ctx context.Context, cfg *config.Config, path string, stdout io.Writer) error {

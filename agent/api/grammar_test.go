@@ -1,0 +1,45 @@
+package api
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseCommand(t *testing.T) {
+	c, err := ParseCommand(strings.Fields("deploy shop --image web=reg/web@sha256:abc --image worker=reg/w:1 --env-file - -m release --wait 1m --timeout 5m --json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Verb != VerbDeploy || c.Project != "shop" || !c.JSON || !c.EnvFromStdin || c.Deploy.Images["web"] != "reg/web@sha256:abc" ||
+		c.Deploy.Images["worker"] != "reg/w:1" || c.Deploy.Message != "release" || c.Deploy.Wait != time.Minute || c.Deploy.Timeout != 5*time.Minute {
+		t.Errorf("deploy parsed as %+v", c)
+	}
+	if c, err := ParseCommand([]string{"rollback", "shop", "--to", "3"}); err != nil || c.Rollback.To != 3 || c.Rollback.Project != "shop" {
+		t.Errorf("rollback: %+v %v", c, err)
+	}
+	if c, err := ParseCommand([]string{"status"}); err != nil || c.Project != "" {
+		t.Errorf("status: %+v %v", c, err)
+	}
+	if c, err := ParseCommand([]string{"unlock", "shop"}); err != nil || !c.Lock.Unlock {
+		t.Errorf("unlock: %+v %v", c, err)
+	}
+	for _, bad := range [][]string{
+		nil,
+		{"shell"},
+		{"deploy"},
+		{"deploy", "a", "b"},
+		{"deploy", "shop", "--image", "web"},
+		{"deploy", "shop", "--image", "web=a", "--image", "web=b"},
+		{"deploy", "shop", "--env-file", "/etc/passwd"},
+		{"deploy", "shop", "--privileged"},
+		{"history"},
+		{"lock", "shop"},
+		{"rollback", "shop", "--to", "x"},
+	} {
+		if _, err := ParseCommand(bad); !errors.Is(err, ErrUsage) {
+			t.Errorf("%q: err = %v, want ErrUsage", bad, err)
+		}
+	}
+}

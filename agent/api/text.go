@@ -1,0 +1,118 @@
+package api
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// The text forms of events, statuses and histories, shared by agentctl and
+// the SSH front door so a CI log reads the same whichever door was used.
+
+// PrintEvent writes one event as a readable line (a plan as several).
+func PrintEvent(w io.Writer, e Event) {
+	ts := e.Time.Local().Format("15:04:05")
+	switch e.Type {
+	case EventPlan:
+		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
+			fmt.Fprintf(w, "%s %s\n", ts, line)
+		}
+	case EventResult:
+		word := "ok"
+		if e.ExitCode != nil && *e.ExitCode != 0 {
+			word = fmt.Sprintf("FAILED (exit %d)", *e.ExitCode)
+		}
+		fmt.Fprintf(w, "%s %s: %s\n", ts, word, e.Message)
+	default:
+		if e.Service != "" {
+			fmt.Fprintf(w, "%s [%s] %s\n", ts, e.Service, e.Message)
+		} else {
+			fmt.Fprintf(w, "%s %s\n", ts, e.Message)
+		}
+	}
+}
+
+// PrintStatus writes project statuses as text tables.
+func PrintStatus(w io.Writer, all []ProjectStatus) {
+	for i, st := range all {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		if st.Current == nil {
+			fmt.Fprintf(w, "project %s: no release deployed yet\n", st.Project)
+		} else {
+			r := st.Current
+			fmt.Fprintf(w, "project %s: release %d live since %s (by %s%s)\n", st.Project, r.Number, r.Finished.Local().Format(time.DateTime), r.Identity, MsgSuffix(r.Message))
+		}
+		if st.Locked != nil {
+			fmt.Fprintf(w, "  LOCKED by %s since %s%s\n", st.Locked.Identity, st.Locked.Since.Local().Format(time.DateTime), MsgSuffix(st.Locked.Message))
+		}
+		if st.Deploying != nil {
+			fmt.Fprintf(w, "  %s in progress: %s since %s\n", st.Deploying.Verb, st.Deploying.Identity, st.Deploying.Since.Local().Format(time.DateTime))
+		}
+		if len(st.Services) == 0 {
+			fmt.Fprintln(w, "  no containers")
+			continue
+		}
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SERVICE\tCONTAINER\tSTATE\tSTATUS\tRELEASE\tIMAGE")
+		for _, s := range st.Services {
+			for _, ct := range s.Containers {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.Name, ct.Name, ct.State, ct.Status, dash(ct.Release), ct.Image)
+			}
+		}
+		tw.Flush()
+	}
+}
+
+// PrintHistory writes a project's releases, newest first; live is marked.
+func PrintHistory(w io.Writer, project string, hist []Release, live int) {
+	if len(hist) == 0 {
+		fmt.Fprintf(w, "project %s: no releases yet\n", project)
+		return
+	}
+	for _, r := range hist {
+		mark := " "
+		if r.Number == live {
+			mark = "*"
+		}
+		fmt.Fprintf(w, "%s release %d  %s  %s %s  by %s%s\n", mark, r.Number, r.Started.Local().Format(time.DateTime), r.Kind, r.Outcome, r.Identity, MsgSuffix(r.Message))
+		if r.Error != "" {
+			fmt.Fprintf(w, "    error: %s\n", r.Error)
+		}
+		if r.Outcome == OutcomeRolledBack {
+			fmt.Fprintf(w, "    restored release %d\n", r.RestoredTo)
+		}
+		svcs := make([]string, 0, len(r.Services))
+		for s := range r.Services {
+			svcs = append(svcs, s)
+		}
+		sort.Strings(svcs)
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		for _, s := range svcs {
+			fmt.Fprintf(tw, "    %s\t%s\n", s, r.Services[s].Pinned)
+		}
+		tw.Flush()
+	}
+	if live != 0 {
+		fmt.Fprintln(w, "(* = live)")
+	}
+}
+
+// MsgSuffix renders an optional message as `: "message"`.
+func MsgSuffix(m string) string {
+	if m == "" {
+		return ""
+	}
+	return fmt.Sprintf(": %q", m)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/auth"
+	"github.com/compose-spec/compose-go/v2/dotenv"
+)
+
+// maxStdin bounds the env file a command reads from standard input.
+const maxStdin = 1 << 20
+
+// Keys of the standard-input env file that carry this request's registry
+// credential rather than variables for the compose file.
+const (
+	EnvRegistry         = "BERTH_REGISTRY"
+	EnvRegistryUser     = "BERTH_REGISTRY_USER"
+	EnvRegistryPassword = "BERTH_REGISTRY_PASSWORD"
+)
+
+// Run carries out one command of the grammar for an authenticated remote
+// principal (the SSH front door, or agentctl ssh-command): it parses the
+// words, checks the identity's scopes, runs the verb, and writes progress
+// to stdout (text, or JSON lines with --json) and refusals to stderr. It
+// returns the exit code.
+func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	refuse := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "agentd: "+format+"\n", a...)
+		return code
+	}
+	cmd, err := api.ParseCommand(args)
+	if err != nil {
+		return refuse(api.ExitBadRequest, "%v", err)
+	}
+	if !s.ids.Allowed(p.Identity, cmd.Project, cmd.Verb) {
+		what := cmd.Verb
+		if cmd.Project != "" {
+			what += " " + cmd.Project
+		}
+		s.log.Warn("request refused", "identity", p.Identity, "method", p.Method, "detail", p.Detail, "remote", p.Remote, "verb", cmd.Verb, "project", cmd.Project)
+		return refuse(api.ExitDenied, "identity %s may not %s", p.Identity, what)
+	}
+	if cmd.EnvFromStdin {
+		env, reg, err := readEnv(stdin)
+		if err != nil {
+			return refuse(api.ExitBadRequest, "--env-file -: %v", err)
+		}
+		cmd.Deploy.Env, cmd.Deploy.Registry = env, reg
+	}
+	emit := func(e api.Event) {
+		if cmd.JSON {
+			b, _ := json.Marshal(e)
+			fmt.Fprintf(stdout, "%s\n", b)
+			return
+		}
+		api.PrintEvent(stdout, e)
+	}
+	who := p.String()
+	switch cmd.Verb {
+	case api.VerbDeploy:
+		return s.Deploy(ctx, who, cmd.Deploy, emit)
+	case api.VerbRollback:
+		return s.Rollback(ctx, who, cmd.Rollback, emit)
+	case api.VerbLock, api.VerbUnlock:
+		h, err := s.Lock(ctx, who, cmd.Lock)
+		if err != nil {
+			return refuse(codeOf(err), "%v", err)
+		}
+		return printJSONOr(stdout, cmd.JSON, h, func() {
+			switch {
+			case cmd.Lock.Unlock && h == nil:
+				fmt.Fprintf(stdout, "%s was not locked\n", cmd.Project)
+			case cmd.Lock.Unlock:
+				fmt.Fprintf(stdout, "%s unlocked (it was locked by %s%s)\n", cmd.Project, h.Identity, api.MsgSuffix(h.Message))
+			default:
+				fmt.Fprintf(stdout, "%s locked by %s%s\n", cmd.Project, h.Identity, api.MsgSuffix(h.Message))
+			}
+		})
+	case api.VerbStatus:
+		st, err := s.Status(ctx, cmd.Project)
+		if err != nil {
+			return refuse(codeOf(err), "%v", err)
+		}
+		visible := st[:0]
+		for _, ps := range st {
+			if s.ids.Allowed(p.Identity, ps.Project, api.VerbStatus) {
+				visible = append(visible, ps)
+			}
+		}
+		return printJSONOr(stdout, cmd.JSON, visible, func() { api.PrintStatus(stdout, visible) })
+	case api.VerbHistory:
+		hist, err := s.History(ctx, cmd.Project)
+		if err != nil {
+			return refuse(codeOf(err), "%v", err)
+		}
+		live := 0
+		if cur, ok, err := s.store.Current(cmd.Project); err == nil && ok {
+			live = cur.Number
+		}
+		return printJSONOr(stdout, cmd.JSON, hist, func() { api.PrintHistory(stdout, cmd.Project, hist, live) })
+	}
+	return refuse(api.ExitBadRequest, "unknown verb %q", cmd.Verb)
+}
+
+// codeOf maps a status, history or lock error to an exit code.
+func codeOf(err error) int {
+	if errors.Is(err, ErrUnknownProject) {
+		return api.ExitBadRequest
+	}
+	return api.ExitBroken
+}
+
+func printJSONOr(w io.Writer, asJSON bool, v any, text func()) int {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(v)
+	} else {
+		text()
+	}
+	return api.ExitOK
+}
+
+// readEnv reads a dotenv file from r: the variables for interpolation,
+// and the registry credential under the BERTH_REGISTRY keys.
+func readEnv(r io.Reader) (map[string]string, *api.RegistryAuth, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxStdin+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read standard input: %w", err)
+	}
+	if len(data) > maxStdin {
+		return nil, nil, fmt.Errorf("more than %d bytes on standard input", maxStdin)
+	}
+	env, err := dotenv.ParseWithLookup(strings.NewReader(string(data)), func(string) (string, bool) { return "", false })
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse: %w", err)
+	}
+	var reg *api.RegistryAuth
+	if server, ok := env[EnvRegistry]; ok {
+		reg = &api.RegistryAuth{Server: server, Username: env[EnvRegistryUser], Password: env[EnvRegistryPassword]}
+	} else if _, ok := env[EnvRegistryUser]; ok {
+		return nil, nil, fmt.Errorf("%s is set without %s", EnvRegistryUser, EnvRegistry)
+	}
+	delete(env, EnvRegistry)
+	delete(env, EnvRegistryUser)
+	delete(env, EnvRegistryPassword)
+	return env, reg, nil
+}

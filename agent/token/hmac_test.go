@@ -1,0 +1,271 @@
+package token
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-deploy/berth/agent/auth"
+	"github.com/berth-deploy/berth/agent/config"
+)
+
+const testNonce = "nonce-0123456789abcdef"
+
+// signed returns a POST signed by ci-hmac at the fixture's now, and its body.
+func (f *fixture) signed(nonce string) (*http.Request, []byte) {
+	body := []byte(`{"image":"registry.example.com/app:1.2.3"}`)
+	r := httptest.NewRequest(http.MethodPost, "/v1/projects/app/deploy?wait=1", bytes.NewReader(body))
+	Sign(r, "ci-hmac", []byte(testSecret), body, f.clock.now(), nonce)
+	return r, body
+}
+
+func TestHMACAccepts(t *testing.T) {
+	f := newFixture(t)
+	r, body := f.signed(testNonce)
+	p, err := f.v.HMAC(r, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := auth.Principal{Identity: "ci-hmac", Method: "hmac", Detail: "nonce " + testNonce, Remote: r.RemoteAddr}
+	if p != want {
+		t.Fatalf("principal = %+v, want %+v", p, want)
+	}
+	// The same nonce is another identity's own.
+	r2 := httptest.NewRequest(http.MethodGet, "/v1/status", nil)
+	Sign(r2, "ci-other", []byte(testSecret2), nil, f.clock.now(), testNonce)
+	if p, err := f.v.HMAC(r2, nil); err != nil || p.Identity != "ci-other" {
+		t.Fatalf("same nonce, other identity: %+v, %v", p, err)
+	}
+	// Timestamps just inside the window.
+	for i, d := range []time.Duration{-maxClockSkew, maxClockSkew} {
+		r := httptest.NewRequest(http.MethodGet, "/v1/status", nil)
+		Sign(r, "ci-hmac", []byte(testSecret), nil, f.clock.now().Add(d), fmt.Sprintf("skew-%d-0123456789abcdef", i))
+		if _, err := f.v.HMAC(r, nil); err != nil {
+			t.Errorf("timestamp %s off: %v", d, err)
+		}
+	}
+}
+
+func TestHMACRejects(t *testing.T) {
+	f := newFixture(t)
+	now := f.clock.now()
+	secret := []byte(testSecret)
+	type req struct {
+		r    *http.Request
+		body []byte
+	}
+	// signedAt is a request signed by ci-hmac at t with nonce, then edited.
+	n := 0
+	signedAt := func(at time.Time, nonce string, edit func(r *http.Request, body *[]byte)) req {
+		n++
+		if nonce == "" {
+			nonce = fmt.Sprintf("case-%04d-0123456789", n)
+		}
+		body := []byte(`{"image":"app:1"}`)
+		r := httptest.NewRequest(http.MethodPost, "/v1/projects/app/deploy?wait=1", bytes.NewReader(body))
+		Sign(r, "ci-hmac", secret, body, at, nonce)
+		if edit != nil {
+			edit(r, &body)
+		}
+		return req{r, body}
+	}
+	edited := func(edit func(r *http.Request, body *[]byte)) req { return signedAt(now, "", edit) }
+	replayed := edited(nil)
+	if _, err := f.v.HMAC(replayed.r, replayed.body); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	cases := []struct {
+		name   string
+		req    req
+		reason error
+	}{
+		{"replayed nonce", replayed, errReplayed},
+		{"bad signature", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderSignature, strings.Repeat("ab", 32)) }), errBadSignature},
+		{"signature not hex", edited(func(r *http.Request, _ *[]byte) {
+			r.Header.Set(HeaderSignature, "zz"+r.Header.Get(HeaderSignature)[2:])
+		}), errBadSignature},
+		{"signature truncated", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderSignature, r.Header.Get(HeaderSignature)[:32]) }), errBadSignature},
+		{"signed with another secret", edited(func(r *http.Request, body *[]byte) {
+			Sign(r, "ci-hmac", []byte(testSecret2), *body, now, r.Header.Get(HeaderNonce))
+		}), errBadSignature},
+		{"signed with the untrimmed secret", edited(func(r *http.Request, body *[]byte) {
+			Sign(r, "ci-hmac", []byte("\n  "+testSecret+"  \n"), *body, now, r.Header.Get(HeaderNonce))
+		}), errBadSignature},
+		{"body tampered", edited(func(_ *http.Request, body *[]byte) { *body = []byte(`{"image":"evil:1"}`) }), errBadSignature},
+		{"body dropped", edited(func(_ *http.Request, body *[]byte) { *body = nil }), errBadSignature},
+		{"path tampered", edited(func(r *http.Request, _ *[]byte) { r.URL.Path = "/v1/projects/other/deploy" }), errBadSignature},
+		{"query tampered", edited(func(r *http.Request, _ *[]byte) { r.URL.RawQuery = "wait=0" }), errBadSignature},
+		{"method tampered", edited(func(r *http.Request, _ *[]byte) { r.Method = http.MethodPut }), errBadSignature},
+		{"timestamp header changed", edited(func(r *http.Request, _ *[]byte) {
+			r.Header.Set(HeaderTimestamp, fmt.Sprint(now.Unix()+1))
+		}), errBadSignature},
+		{"nonce header changed", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderNonce, "other-nonce-0123456789") }), errBadSignature},
+		{"identity header changed", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderIdentity, "ci-other") }), errBadSignature},
+		{"timestamp 6 minutes old", signedAt(now.Add(-6*time.Minute), "", nil), errStale},
+		{"timestamp 6 minutes ahead", signedAt(now.Add(6*time.Minute), "", nil), errStale},
+		{"timestamp far off", signedAt(time.Unix(0, 0), "", nil), errStale},
+		{"timestamp not a number", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderTimestamp, "soon") }), errBadTimestamp},
+		{"timestamp signed", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderTimestamp, "+"+r.Header.Get(HeaderTimestamp)) }), errBadTimestamp},
+		{"timestamp huge", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderTimestamp, strings.Repeat("9", 40)) }), errBadTimestamp},
+		{"unknown identity", edited(func(r *http.Request, body *[]byte) {
+			Sign(r, "nobody", []byte(testSecret), *body, now, r.Header.Get(HeaderNonce))
+		}), errNoSecret},
+		{"identity without a secret", edited(func(r *http.Request, body *[]byte) {
+			Sign(r, "deploy-prod", []byte(testSecret), *body, now, r.Header.Get(HeaderNonce))
+		}), errNoSecret},
+		{"identity with an empty secret", edited(func(r *http.Request, body *[]byte) {
+			Sign(r, "ssh-only", nil, *body, now, r.Header.Get(HeaderNonce))
+		}), errNoSecret},
+		{"nonce too short", signedAt(now, "short-nonce", nil), errBadNonce},
+		{"nonce too long", signedAt(now, strings.Repeat("n", 65), nil), errBadNonce},
+		{"nonce with a bad character", signedAt(now, "nonce/0123456789abcdef", nil), errBadNonce},
+		{"nonce with a newline", signedAt(now, "nonce\n0123456789abcdef", nil), errBadNonce},
+	}
+	for _, h := range []string{HeaderIdentity, HeaderTimestamp, HeaderNonce, HeaderSignature} {
+		cases = append(cases, struct {
+			name   string
+			req    req
+			reason error
+		}{"no " + h, edited(func(r *http.Request, _ *[]byte) { r.Header.Del(h) }), errNoHeaders})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := f.v.HMAC(tc.req.r, tc.req.body)
+			if !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, tc.reason) {
+				t.Fatalf("error %v, want %v and %v", err, ErrUnauthenticated, tc.reason)
+			}
+			if errors.Is(err, ErrForbidden) || p != (auth.Principal{}) {
+				t.Fatalf("got %+v, %v", p, err)
+			}
+		})
+	}
+	if n := f.v.nonces.len(); n != 1 {
+		t.Errorf("%d nonces recorded, want only the accepted one", n)
+	}
+}
+
+func TestHMACNonceMemory(t *testing.T) {
+	f := newFixture(t)
+	f.v.nonces.max = 2
+	use := func(nonce string) error {
+		r, body := f.signed(nonce)
+		_, err := f.v.HMAC(r, body)
+		return err
+	}
+	for _, n := range []string{"first-0123456789abcdef", "second-0123456789abcdef"} {
+		if err := use(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Full of nonces seen less than 10 minutes ago: refuse.
+	f.clock.advance(9 * time.Minute)
+	if err := use("third-0123456789abcdef"); !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, errSeenFull) {
+		t.Fatalf("cache full: %v", err)
+	}
+	if err := use("first-0123456789abcdef"); !errors.Is(err, errReplayed) {
+		t.Fatalf("nonce reused after 9 minutes: %v", err)
+	}
+	// After 10 minutes they are forgotten, and evicted to make room.
+	f.clock.advance(time.Minute + time.Second)
+	for _, n := range []string{"third-0123456789abcdef", "first-0123456789abcdef"} {
+		if err := use(n); err != nil {
+			t.Fatalf("%s after 10 minutes: %v", n, err)
+		}
+	}
+}
+
+func TestHMACConcurrentReplay(t *testing.T) {
+	f := newFixture(t)
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+		ok int
+	)
+	for range 20 {
+		r, body := f.signed(testNonce)
+		wg.Go(func() {
+			_, err := f.v.HMAC(r, body)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				ok++
+			} else if !errors.Is(err, errReplayed) {
+				t.Errorf("unexpected: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if ok != 1 {
+		t.Fatalf("%d of 20 uses accepted, want 1", ok)
+	}
+}
+
+// TestHMACOverHTTP signs client requests and verifies them as a server
+// receives them, escaped paths and queries included.
+func TestHMACOverHTTP(t *testing.T) {
+	f := newFixture(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		p, err := f.v.HMAC(r, body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, p.Identity)
+	}))
+	defer srv.Close()
+	for i, target := range []string{
+		"/v1/status",
+		"/v1/projects/app/deploy?wait=1&tag=v1.2%2B3",
+		"/v1/projects/a%2Fb/history?x=%20y",
+		"/v1/projects/caf%C3%A9?",
+	} {
+		body := []byte(fmt.Sprintf(`{"n":%d}`, i))
+		req, err := http.NewRequest(http.MethodPost, srv.URL+target, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		Sign(req, "ci-hmac", []byte(testSecret), body, f.clock.now(), fmt.Sprintf("http-%d-0123456789abcdef", i))
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(got) != "ci-hmac" {
+			t.Errorf("%s: %s %s", target, resp.Status, got)
+		}
+	}
+}
+
+func TestNewHMACSecrets(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "short"), []byte("  too short  \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, file := range map[string]string{
+		"missing file": filepath.Join(dir, "nope"),
+		"short secret": filepath.Join(dir, "short"),
+	} {
+		ids, err := auth.New([]config.Identity{{Name: "ci", HMACSecretFile: file}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := New(nil, ids, nil, nil); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/httpapi"
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// sshCommandCmd is OpenSSH's forced command for Berth keys:
+//
+//	command="agentctl ssh-command --identity ci-shop",restrict ssh-ed25519 AAAA...
+//
+// sshd runs it for every connection with that key and puts what the client
+// asked for in SSH_ORIGINAL_COMMAND; agentd runs it with the identity's
+// scopes if this host user is one of the identity's local_users.
+func sshCommandCmd(c *client) *cobra.Command {
+	var identity string
+	cmd := &cobra.Command{
+		Use:   "ssh-command --identity NAME",
+		Short: "Run SSH_ORIGINAL_COMMAND as an identity (OpenSSH forced-command mode)",
+		Long: `Run the command an SSH client asked for (SSH_ORIGINAL_COMMAND) through
+agentd, as the given identity and within its scopes. Meant as the forced
+command of a key in an OpenSSH authorized_keys file:
+
+  command="agentctl ssh-command --identity ci-shop",restrict ssh-ed25519 AAAA... ci
+
+The host user sshd runs it as must be listed in the identity's local_users.
+Standard input is passed on when the command has --env-file -.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			line := os.Getenv("SSH_ORIGINAL_COMMAND")
+			if strings.TrimSpace(line) == "" {
+				return &exitError{api.ExitBadRequest, "this key runs Berth commands only, not a shell\n" + api.Usage}
+			}
+			args, err := api.SplitCommand(line)
+			if err != nil {
+				return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot split the command: %v", err)}
+			}
+			req := httpapi.CommandRequest{Identity: identity, Args: args}
+			if fields := strings.Fields(os.Getenv("SSH_CONNECTION")); len(fields) > 0 {
+				req.Remote = fields[0]
+			}
+			if wantsStdin(args) {
+				req.Stdin, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20+1))
+				if err != nil {
+					return &exitError{api.ExitBadRequest, fmt.Sprintf("read standard input: %v", err)}
+				}
+			}
+			return c.command(cmd.Context(), req, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	cmd.Flags().StringVar(&identity, "identity", "", "the identity whose scopes apply (required)")
+	cmd.MarkFlagRequired("identity")
+	return cmd
+}
+
+func wantsStdin(args []string) bool {
+	i := slices.Index(args, "--env-file")
+	return (i >= 0 && i+1 < len(args) && args[i+1] == "-") || slices.Contains(args, "--env-file=-")
+}
+
+func (c *client) command(ctx context.Context, req httpapi.CommandRequest, stdout, stderr io.Writer) error {
+	body, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+httpapi.PathCommand, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return refused(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var f httpapi.Frame
+		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
+			return &exitError{api.ExitBroken, fmt.Sprintf("bad frame from agentd: %v", err)}
+		}
+		switch {
+		case f.ExitCode != nil:
+			return &exitError{code: *f.ExitCode}
+		case f.Stream == "stderr":
+			io.WriteString(stderr, f.Data)
+		default:
+			io.WriteString(stdout, f.Data)
+		}
+	}
+	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the command did (%v)", sc.Err())}
+}
+
+// hostKeyCmd prints the known_hosts line of agentd's SSH server, for CI to
+// pin with StrictHostKeyChecking=yes.
+func hostKeyCmd(c *client) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "host-key [--host NAME]",
+		Short: "Print the known_hosts line of agentd's SSH server",
+		Long: `Print the line CI puts in known_hosts to pin agentd's SSH host key, e.g.
+
+  [deploy.example.com]:2222 ssh-ed25519 AAAA...
+
+Store it as a CI variable (SSH_KNOWN_HOSTS) and connect with
+-o StrictHostKeyChecking=yes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ans httpapi.HostKeyAnswer
+			if err := c.get(cmd.Context(), httpapi.PathHostKey, nil, &ans); err != nil {
+				return err
+			}
+			key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(ans.PublicKey))
+			if err != nil {
+				return &exitError{api.ExitBroken, fmt.Sprintf("agentd sent a bad host key: %v", err)}
+			}
+			if host == "" {
+				if host, err = os.Hostname(); err != nil {
+					return err
+				}
+			}
+			addr := host
+			if ans.Port != 22 {
+				addr = "[" + host + "]:" + strconv.Itoa(ans.Port)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), knownhosts.Line([]string{addr}, key))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "the name or address CI connects to (default: this host's name)")
+	return cmd
+}
