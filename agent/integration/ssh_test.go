@@ -2,11 +2,16 @@ package integration
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/testenv"
@@ -92,11 +97,40 @@ identities:
 	os.WriteFile(known, []byte(line), 0o600)
 	a := sshClient{t, port, keyA, known}
 
+	// 200 connections that never speak (more than max_connections, 64)
+	// do not keep the deploy out, and are closed by the handshake deadline.
+	var idle []net.Conn
+	for range 200 {
+		c, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	floodStart := time.Now()
+
 	// A deploy with the registry credential and a secret on stdin.
 	stdin := fmt.Sprintf("BERTH_REGISTRY=%s\nBERTH_REGISTRY_USER=ci\nBERTH_REGISTRY_PASSWORD=job-token-123\nGREETING=s3cret-hello\n", reg.Addr)
 	out, code := a.run(stdin, "deploy", h.project, "--image", "web="+reg.Ref("web:v2"), "--env-file", "-", "--message", "'from CI'")
 	if code != 0 || !strings.Contains(out, "[web] ready") || !strings.Contains(out, "release 1 is live") {
 		t.Fatalf("deploy over SSH: exit %d\n%s\nagentd:\n%s", code, out, h.agentLog)
+	}
+	var wg sync.WaitGroup
+	var open atomic.Int64
+	for _, c := range idle {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetReadDeadline(floodStart.Add(5*time.Second + 3*time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				open.Add(1) // still open at the deadline: not closed by agentd
+			}
+		}()
+	}
+	wg.Wait()
+	if n := open.Load(); n > 0 {
+		t.Errorf("%d of 200 silent connections were still open 3s after the 5s handshake deadline", n)
 	}
 	c, err := docker.ContainerInspect(t.Context(), h.project+"-web-1")
 	if err != nil || !contains(c.Config.Env, "GREETING=s3cret-hello") {

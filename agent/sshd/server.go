@@ -77,6 +77,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	var backoff time.Duration
 	var full overCap
+	var waiting handshakes
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -98,22 +99,87 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		select {
-		case slots <- struct{}{}:
-		default:
-			// Over the cap: closed before a byte is read or written.
-			// Handshakes, and connections of refused keys, hold a slot at
-			// most HandshakeTimeout, so a flood of idle connections cannot
-			// keep CI out for longer.
+		if !s.admit(ctx, slots, &waiting) {
+			// Over the cap, with no handshake to make room: closed
+			// before a byte is read or written.
 			full.refused(ctx, s.Log, c.RemoteAddr(), s.Config.MaxConnections)
 			c.Close()
 			continue
 		}
+		p := waiting.add(c)
 		conns.Go(func() {
 			defer func() { <-slots }()
-			s.serveConn(ctx, c, cfg, h)
+			defer waiting.done(p)
+			s.serveConn(ctx, c, cfg, h, func() { waiting.done(p) })
 		})
 	}
+}
+
+// admit takes a connection slot. At the cap it closes the connection that
+// has been waiting longest in its handshake, and takes the slot that frees:
+// so a flood of connections that never speak cannot keep CI out, since a
+// real client authenticates in milliseconds, after which it is no longer
+// the one evicted.
+func (s *Server) admit(ctx context.Context, slots chan struct{}, waiting *handshakes) bool {
+	select {
+	case slots <- struct{}{}:
+		return true
+	default:
+	}
+	if !waiting.evictOldest() {
+		return false
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// handshakes are the connections still in their handshake, oldest first.
+type handshakes struct {
+	mu   sync.Mutex
+	list []*pending
+}
+
+type pending struct{ c net.Conn }
+
+func (hs *handshakes) add(c net.Conn) *pending {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	p := &pending{c: c}
+	hs.list = append(hs.list, p)
+	return p
+}
+
+// done takes p off the list: its handshake is over (or it is gone).
+func (hs *handshakes) done(p *pending) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	for i, q := range hs.list {
+		if q == p {
+			hs.list = append(hs.list[:i], hs.list[i+1:]...)
+			return
+		}
+	}
+}
+
+// evictOldest closes the connection longest in its handshake.
+func (hs *handshakes) evictOldest() bool {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if len(hs.list) == 0 {
+		return false
+	}
+	p := hs.list[0]
+	hs.list = hs.list[1:]
+	p.c.Close()
+	return true
 }
 
 // check refuses a Server that cannot serve.
@@ -235,7 +301,7 @@ func authorize(sc *ssh.ServerConn) caller {
 }
 
 // serveConn runs one connection: handshake, then its sessions.
-func (s *Server) serveConn(ctx context.Context, raw net.Conn, cfg *ssh.ServerConfig, h handler) {
+func (s *Server) serveConn(ctx context.Context, raw net.Conn, cfg *ssh.ServerConfig, h handler, handshakeDone func()) {
 	remote := raw.RemoteAddr().String()
 	c := &trackedConn{Conn: raw, idle: s.Config.IdleTimeout}
 	defer c.Close()
@@ -257,6 +323,10 @@ func (s *Server) serveConn(ctx context.Context, raw net.Conn, cfg *ssh.ServerCon
 	}
 	defer sc.Close()
 	who := authorize(sc)
+	if who.refusal == "" {
+		// Only a connection let in can no longer be evicted for room.
+		handshakeDone()
+	}
 	if who.refusal == "" {
 		c.arm()
 	} else {

@@ -719,14 +719,18 @@ func TestIdleConnectionsDoNotKeepCIOut(t *testing.T) {
 	})
 }
 
-func TestOverMaxConnectionsClosedAtOnce(t *testing.T) {
+// TestMaxConnections: at the cap, a new connection takes the place of
+// the one longest in its handshake, so silent connections cannot keep CI
+// out; when every slot is held by an authenticated connection, a new one is
+// closed at once, before any byte.
+func TestMaxConnections(t *testing.T) {
 	t.Parallel()
 	ci := newKey(t, "ci")
 	cfg := testConfig()
 	cfg.MaxConnections, cfg.HandshakeTimeout = 2, 20*time.Second
 	ts := startServer(t, cfg, identity("ci", ci.authorized))
 
-	// Two connections hold both slots: the server sent its banner on each.
+	// Two silent connections hold both slots: the server sent its banner on each.
 	var held []net.Conn
 	for range 2 {
 		c, err := net.Dial("tcp", ts.addr)
@@ -741,33 +745,47 @@ func TestOverMaxConnectionsClosedAtOnce(t *testing.T) {
 		}
 		held = append(held, c)
 	}
-
 	began := time.Now()
-	c, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
+	if res := run(t, ts.command(t, ci.path, nil, "status"), ""); res.code != 0 {
+		t.Fatalf("a command with both slots held by silent connections: exit %d\n%s", res.code, res.stderr)
 	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if n, err := c.Read(make([]byte, 64)); n != 0 || !errors.Is(err, io.EOF) {
-		t.Errorf("over the cap: read %d bytes, %v; want EOF before any byte", n, err)
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("the command waited %v for a slot", took)
 	}
-	if took := time.Since(began); took > time.Second {
-		t.Errorf("over the cap: closed after %v, want at once", took)
+	if n, err := held[0].Read(make([]byte, 64)); n != 0 || err == nil {
+		t.Errorf("the oldest silent connection was not closed to make room: %d bytes, %v", n, err)
 	}
+
+	// Both slots held by authenticated connections: a new one is refused.
+	for _, c := range held {
+		c.Close()
+	}
+	for range 2 {
+		hold := ts.command(t, ci.path, []string{"-N"})
+		if err := hold.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hold.Process.Kill(); hold.Wait() })
+	}
+	eventually(t, "two authenticated connections", func() bool {
+		return len(ts.logs.lines("msg=\"ssh key offered\"")) >= 3
+	})
+	eventually(t, "a connection over the cap is closed at once", func() bool {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, err := c.Read(make([]byte, 64))
+		return n == 0 && errors.Is(err, io.EOF)
+	})
 	if res := run(t, ts.command(t, ci.path, nil, "status"), ""); res.code != 255 {
 		t.Errorf("over the cap: ssh exit status %d, want 255", res.code)
 	}
 	if len(ts.logs.lines("msg=\"ssh connection refused\"", "reason=\"max_connections reached\"")) == 0 {
 		t.Error("the refusal was not logged")
 	}
-
-	for _, c := range held {
-		c.Close()
-	}
-	eventually(t, "a command goes through once the slots are free", func() bool {
-		return run(t, ts.command(t, ci.path, nil, "status"), "").code == 0
-	})
 }
 
 func TestIdleTimeout(t *testing.T) {
