@@ -60,6 +60,47 @@ type Service struct {
 	ids     *auth.Identities
 	locks   locks
 	now     func() time.Time
+	// observers are told of every deploy and rollback; set before serving.
+	observers []Observer
+	preparers []Preparer
+}
+
+// Observer is told when a deploy or rollback request ends (metrics,
+// notifications). It must not block: the request's caller is waiting.
+type Observer interface {
+	RunFinished(api.RunEvent)
+}
+
+// Observe adds an observer; call it before the service takes requests.
+func (s *Service) Observe(o Observer) { s.observers = append(s.observers, o) }
+
+// Preparer runs before the first change of a release: a database dump
+// before migrations, say. Its error fails the release with nothing changed.
+type Preparer interface {
+	// BeforeRelease is told whether the release runs pre-deploy hooks.
+	BeforeRelease(ctx context.Context, project string, hooks bool) error
+}
+
+// Prepare adds a preparer; call it before the service takes requests.
+func (s *Service) Prepare(p Preparer) { s.preparers = append(s.preparers, p) }
+
+// Projects returns the configured project names.
+func (s *Service) Projects() []string { return s.cfg.ProjectNames() }
+
+// LockState reports whether a deploy or rollback is running in project,
+// and whether an operator holds it.
+func (s *Service) LockState(project string) (running, held bool) {
+	h, _ := s.store.Hold(project)
+	return s.locks.holder(project) != nil, h != nil
+}
+
+// Live returns the number of a project's live release (0: none).
+func (s *Service) Live(project string) int {
+	cur, ok, err := s.store.Current(project)
+	if err != nil || !ok {
+		return 0
+	}
+	return cur.Number
 }
 
 // New returns a service for the projects and identities in cfg.
@@ -118,8 +159,9 @@ func (r *run) progress(service, format string, args ...any) {
 	r.event(api.Event{Type: api.EventProgress, Service: service, Message: msg})
 }
 
-// finish emits the result event and returns the exit code.
-func (r *run) finish(o outcome) int {
+// finish emits the result event, tells the observers, and returns the
+// exit code.
+func (r *run) finish(kind string, o outcome) int {
 	msg := o.msg
 	if o.err != nil {
 		msg = o.err.Error()
@@ -127,6 +169,26 @@ func (r *run) finish(o outcome) int {
 	r.log.Info("finished", "release", r.release.Number, "exit_code", o.code, "result", msg)
 	code := o.code
 	r.event(api.Event{Type: api.EventResult, Message: msg, ExitCode: &code})
+	if len(r.svc.observers) > 0 {
+		ev := api.RunEvent{Project: r.project, Kind: kind, ExitCode: code, Duration: r.svc.now().Sub(r.started),
+			Identity: r.identity, Message: msg, Release: r.release, Live: r.svc.Live(r.project), Time: r.svc.now()}
+		ev.Release.State = nil
+		switch {
+		case code == api.ExitOK && r.release.Number == 0:
+			ev.Outcome = api.RunNoop
+		case code == api.ExitOK:
+			ev.Outcome = api.RunSucceeded
+		case code == api.ExitRolledBack:
+			ev.Outcome = api.RunRolledBack
+		case code == api.ExitBroken:
+			ev.Outcome = api.RunFailed
+		default:
+			ev.Outcome = api.RunRefused
+		}
+		for _, o := range r.svc.observers {
+			o.RunFinished(ev)
+		}
+	}
 	return code
 }
 
@@ -156,10 +218,10 @@ func (s *Service) Deploy(ctx context.Context, identity string, req api.DeployReq
 	r := s.newRun(req.Project, identity, emit)
 	unlock, refused := r.begin(ctx, "deploy", req.Message, req.Wait)
 	if refused != nil {
-		return r.finish(*refused)
+		return r.finish(api.KindDeploy, *refused)
 	}
 	defer unlock()
-	return r.finish(r.deploy(ctx, req))
+	return r.finish(api.KindDeploy, r.deploy(ctx, req))
 }
 
 func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
@@ -206,10 +268,10 @@ func (s *Service) Rollback(ctx context.Context, identity string, req api.Rollbac
 	r := s.newRun(req.Project, identity, emit)
 	unlock, refused := r.begin(ctx, "rollback", req.Message, req.Wait)
 	if refused != nil {
-		return r.finish(*refused)
+		return r.finish(api.KindRollback, *refused)
 	}
 	defer unlock()
-	return r.finish(r.rollback(ctx, req))
+	return r.finish(api.KindRollback, r.rollback(ctx, req))
 }
 
 func (r *run) rollback(ctx context.Context, req api.RollbackRequest) outcome {
@@ -316,12 +378,36 @@ func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Releas
 	if timeout > 0 {
 		rollCtx, cancel = context.WithTimeout(ctx, timeout)
 	}
-	err = r.apply(rollCtx, plan, false)
+	err = r.prepare(rollCtx, desired, plan)
+	if err == nil {
+		err = r.apply(rollCtx, plan, false)
+	}
 	cancel()
 	if err != nil {
 		return r.fail(ctx, prev, err)
 	}
 	return r.commit(ctx, desired, plan)
+}
+
+// prepare runs the preparers before the first change.
+func (r *run) prepare(ctx context.Context, desired *compose.Desired, plan *compose.Plan) error {
+	if len(r.svc.preparers) == 0 {
+		return nil
+	}
+	changed := map[string]bool{}
+	for _, s := range plan.ChangedServices() {
+		changed[s] = true
+	}
+	hooks := false
+	for _, s := range desired.Services {
+		hooks = hooks || (changed[s.Name] && len(s.Policy.PreDeploy) > 0)
+	}
+	for _, p := range r.svc.preparers {
+		if err := p.BeforeRelease(ctx, r.project, hooks); err != nil {
+			return fmt.Errorf("before the release: %w", err)
+		}
+	}
+	return nil
 }
 
 // apply rolls a plan out and watches its monitor window.

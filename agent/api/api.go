@@ -163,3 +163,43 @@ type Error struct {
 	Message  string `json:"error"`
 	ExitCode int    `json:"exit_code"`
 }
+
+// Run outcomes, as observers see them.
+const (
+	RunSucceeded  = "succeeded"   // a new release is live
+	RunNoop       = "noop"        // nothing to change
+	RunRolledBack = "rolled-back" // failed; the previous release is serving
+	RunFailed     = "failed"      // failed and not restored
+	RunRefused    = "refused"     // bad request, locked or denied: nothing changed
+)
+
+// RunEvent is what observers (metrics, notifications) are told when a
+// deploy or rollback request ends.
+type RunEvent struct {
+	Project  string        `json:"project"`
+	Kind     string        `json:"kind"` // deploy or rollback
+	Outcome  string        `json:"outcome"`
+	ExitCode int           `json:"exit_code"`
+	Duration time.Duration `json:"duration"`
+	Identity string        `json:"identity"`
+	Message  string        `json:"message"` // the result's words
+	// Release is the record, when one was made (Number 0 otherwise),
+	// without its recorded state.
+	Release Release `json:"release"`
+	// Live is the project's live release after the run (0: none).
+	Live int       `json:"live"`
+	Time time.Time `json:"time"`
+}
+
+// UnhealthyEvent is what the watch job reports of a live container.
+type UnhealthyEvent struct {
+	Project   string    `json:"project"`
+	Release   int       `json:"release"`
+	Service   string    `json:"service"`
+	Container string    `json:"container"`
+	State     string    `json:"state"`  // the engine's state: running, restarting, exited...
+	Health    string    `json:"health"` // healthy, unhealthy, starting, or ""
+	Restarts  int       `json:"restarts"`
+	Detail    string    `json:"detail"` // what is wrong, in words
+	Time      time.Time `json:"time"`
+}

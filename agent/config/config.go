@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/robfig/cron/v3"
 	"golang.org/x/crypto/ssh"
 	"gopkg.in/yaml.v3"
 )
@@ -48,6 +49,12 @@ type Config struct {
 	SSH *SSH `yaml:"ssh"`
 	// HTTP configures the HTTP API; absent means none.
 	HTTP *HTTP `yaml:"http"`
+	// Metrics serves Prometheus metrics; absent means none.
+	Metrics *Metrics `yaml:"metrics"`
+	// Notifications are webhooks told of every release's outcome.
+	Notifications []Notification `yaml:"notifications"`
+	// Jobs are the scheduled jobs.
+	Jobs Jobs `yaml:"jobs"`
 
 	// path is the file it was loaded from; relative paths resolve against
 	// its directory.
@@ -147,6 +154,70 @@ type OIDC struct {
 	// JWKSRefresh is the least time between two fetches of the key set
 	// when a token names an unknown key.
 	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Listen is the address of GET /metrics (plain HTTP; keep it on
+	// loopback or a private network).
+	Listen string `yaml:"listen"`
+}
+
+// Notification is one webhook.
+type Notification struct {
+	URL string `yaml:"url"`
+	// Format is json (Berth's own event) or slack (a Slack-compatible
+	// {"text": ...} body, which Mattermost and others accept too).
+	Format string `yaml:"format"`
+	// Events filters what is sent: success, failure, rollback (a release
+	// that failed and was rolled back) and unhealthy (the watch job); all
+	// by default.
+	Events []string `yaml:"events"`
+	// Projects filters by project; all by default.
+	Projects []string `yaml:"projects"`
+	// Timeout bounds each attempt; Retries is how many more attempts a
+	// failed delivery gets.
+	Timeout time.Duration `yaml:"timeout"`
+	Retries int           `yaml:"retries"`
+}
+
+// Jobs are agentd's scheduled jobs; each runs on a cron schedule
+// (robfig/cron syntax: "0 3 * * *", "@every 15m", "@daily").
+type Jobs struct {
+	// PruneImages removes images no container uses and no recorded
+	// release of any project needs (every image of the last KeepReleases
+	// releases stays, so a rollback works without the registry).
+	PruneImages *PruneJob `yaml:"prune_images"`
+	// Watch checks the live releases: a service that turns unhealthy,
+	// restarts or stops is logged and notified.
+	Watch *WatchJob `yaml:"watch"`
+	// PgDump dumps Postgres databases by exec of pg_dump in a service.
+	PgDump []PgDumpJob `yaml:"pg_dump"`
+}
+
+// PruneJob configures image pruning.
+type PruneJob struct {
+	Schedule     string `yaml:"schedule"`
+	KeepReleases int    `yaml:"keep_releases"`
+}
+
+// WatchJob configures the watch of live releases.
+type WatchJob struct {
+	Schedule string `yaml:"schedule"`
+}
+
+// PgDumpJob dumps one project's Postgres.
+type PgDumpJob struct {
+	Project  string `yaml:"project"`
+	Service  string `yaml:"service"`  // the compose service running Postgres
+	Database string `yaml:"database"` // default postgres
+	User     string `yaml:"user"`     // default postgres
+	Dir      string `yaml:"dir"`      // where dumps go (default state_dir/dumps/PROJECT)
+	Keep     int    `yaml:"keep"`     // dumps kept (default 7)
+	Schedule string `yaml:"schedule"` // empty: no scheduled dump
+	// BeforeDeploy dumps before a release whose services run pre-deploy
+	// hooks (migrations), and fails the release if the dump fails.
+	BeforeDeploy bool `yaml:"before_deploy"`
 }
 
 // Verbs of the command grammar, as scopes name them.
@@ -267,6 +338,37 @@ func (c *Config) applyDefaults() {
 	for i := range c.Identities {
 		c.Identities[i].HMACSecretFile = abs(c.Identities[i].HMACSecretFile)
 	}
+	for i := range c.Notifications {
+		n := &c.Notifications[i]
+		if n.Format == "" {
+			n.Format = "json"
+		}
+		if n.Timeout == 0 {
+			n.Timeout = 5 * time.Second
+		}
+		if n.Retries == 0 {
+			n.Retries = 3
+		}
+	}
+	if j := c.Jobs.PruneImages; j != nil && j.KeepReleases == 0 {
+		j.KeepReleases = 3
+	}
+	for i := range c.Jobs.PgDump {
+		d := &c.Jobs.PgDump[i]
+		if d.Database == "" {
+			d.Database = "postgres"
+		}
+		if d.User == "" {
+			d.User = "postgres"
+		}
+		if d.Dir == "" {
+			d.Dir = filepath.Join(c.StateDir, "dumps", d.Project)
+		}
+		d.Dir = abs(d.Dir)
+		if d.Keep == 0 {
+			d.Keep = 7
+		}
+	}
 	for name, p := range c.Projects {
 		if p.KeepReleases == 0 {
 			p.KeepReleases = DefaultKeepReleases
@@ -318,9 +420,6 @@ func (c *Config) Validate() error {
 	if c.DockerConfig != "" {
 		mustDir(&errs, "docker_config", c.DockerConfig)
 	}
-	if len(c.Projects) == 0 {
-		bad("projects: none configured")
-	}
 	for _, name := range c.ProjectNames() {
 		p := c.Projects[name]
 		if !projectName.MatchString(name) {
@@ -344,6 +443,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateFrontDoors()...)
+	errs = append(errs, c.validateOperations()...)
 	return errors.Join(errs...)
 }
 
@@ -492,6 +592,71 @@ func (c *Config) validateFrontDoors() []error {
 					bad("http.oidc.algorithms: %q is not an asymmetric signature algorithm", a)
 				}
 			}
+		}
+	}
+	return errs
+}
+
+func (c *Config) validateOperations() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if m := c.Metrics; m != nil {
+		if _, _, err := net.SplitHostPort(m.Listen); err != nil {
+			bad("metrics.listen %q: %v", m.Listen, err)
+		}
+	}
+	events := []string{"success", "failure", "rollback", "unhealthy"}
+	for i, n := range c.Notifications {
+		where := fmt.Sprintf("notifications[%d]", i)
+		if !strings.HasPrefix(n.URL, "https://") && !strings.HasPrefix(n.URL, "http://") {
+			bad("%s.url %q: want an http(s) URL", where, n.URL)
+		}
+		if n.Format != "json" && n.Format != "slack" {
+			bad("%s.format %q: want json or slack", where, n.Format)
+		}
+		for _, e := range n.Events {
+			if !slices.Contains(events, e) {
+				bad("%s.events: %q is not one of %s", where, e, strings.Join(events, ", "))
+			}
+		}
+		for _, p := range n.Projects {
+			if _, ok := c.Projects[p]; !ok {
+				bad("%s.projects: no project %s", where, p)
+			}
+		}
+		if n.Timeout < 0 || n.Retries < 0 {
+			bad("%s: timeout and retries must not be negative", where)
+		}
+	}
+	schedule := func(what, spec string) {
+		if _, err := cron.ParseStandard(spec); err != nil {
+			bad("%s: schedule %q: %v", what, spec, err)
+		}
+	}
+	if j := c.Jobs.PruneImages; j != nil {
+		schedule("jobs.prune_images", j.Schedule)
+		if j.KeepReleases < 1 {
+			bad("jobs.prune_images.keep_releases must be at least 1")
+		}
+	}
+	if j := c.Jobs.Watch; j != nil {
+		schedule("jobs.watch", j.Schedule)
+	}
+	for i, d := range c.Jobs.PgDump {
+		where := fmt.Sprintf("jobs.pg_dump[%d]", i)
+		if _, ok := c.Projects[d.Project]; !ok {
+			bad("%s.project: no project %q", where, d.Project)
+		}
+		if d.Service == "" {
+			bad("%s.service is required", where)
+		}
+		if d.Schedule != "" {
+			schedule(where, d.Schedule)
+		} else if !d.BeforeDeploy {
+			bad("%s: give a schedule, before_deploy: true, or both", where)
+		}
+		if d.Keep < 1 {
+			bad("%s.keep must be at least 1", where)
 		}
 	}
 	return errs
