@@ -7,6 +7,8 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -140,8 +142,11 @@ type run struct {
 }
 
 func (s *Service) newRun(project, identity string, emit Emit) *run {
+	// Every log line of one request carries its deploy ID.
+	id := make([]byte, 4)
+	rand.Read(id)
 	return &run{svc: s, project: project, identity: identity, emit: emit, started: s.now(),
-		log: s.log.With("project", project, "identity", identity)}
+		log: s.log.With("deploy_id", hex.EncodeToString(id), "project", project, "identity", identity)}
 }
 
 func (r *run) event(e api.Event) {

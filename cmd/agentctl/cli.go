@@ -82,7 +82,7 @@ func newRoot(stdout io.Writer) *cobra.Command {
 		sock = defaultSocket
 	}
 	root.PersistentFlags().StringVar(&c.socket, "socket", sock, "agentd's unix socket (env BERTH_SOCKET)")
-	root.AddCommand(deployCmd(c), rollbackCmd(c), statusCmd(c), historyCmd(c), lockCmd(c, false), lockCmd(c, true), sshCommandCmd(c), hostKeyCmd(c))
+	root.AddCommand(deployCmd(c), rollbackCmd(c), statusCmd(c), historyCmd(c), lockCmd(c, false), lockCmd(c, true), sshCommandCmd(c), hostKeyCmd(c), versionCmd())
 	return root
 }
 
@@ -148,8 +148,20 @@ If the rollback itself fails, the release that was live is restored (exit 1).`,
 	return cmd
 }
 
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print agentctl's version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "agentctl", version)
+		},
+	}
+}
+
 func lockCmd(c *client, unlock bool) *cobra.Command {
 	var message string
+	var asJSON bool
 	use, short := "lock PROJECT --message M", "Hold a project's deploys and rollbacks until unlock"
 	if unlock {
 		use, short = "unlock PROJECT", "Lift the hold on a project's deploys"
@@ -167,6 +179,9 @@ func lockCmd(c *client, unlock bool) *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			if asJSON {
+				return printJSON(out, h)
+			}
 			switch {
 			case unlock && h == nil:
 				fmt.Fprintf(out, "%s was not locked\n", args[0])
@@ -181,6 +196,7 @@ func lockCmd(c *client, unlock bool) *cobra.Command {
 	if !unlock {
 		cmd.Flags().StringVarP(&message, "message", "m", "", "why (required; shown to anyone refused)")
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the hold as JSON")
 	return cmd
 }
 

@@ -23,13 +23,16 @@ import (
 // door is one way in: the unix socket, the SSH server, the HTTP API.
 type door struct {
 	name     string
+	addr     string // where it listens, for the status line
 	serve    func(ctx context.Context) error
 	shutdown func() error
 }
 
-// openDoors listens on every front door the config asks for. Nothing is
-// served until serve is called; on error, whatever was opened is closed.
-func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger) (doors []door, err error) {
+// openDoors listens on every front door the config asks for. The unix
+// socket is activated when systemd passed one (socket activation), else
+// agentd creates it at socket.path. Nothing is served until serve is
+// called; on error, whatever was opened is closed.
+func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger, activated net.Listener) (doors []door, err error) {
 	defer func() {
 		if err != nil {
 			for _, d := range doors {
@@ -48,8 +51,11 @@ func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger) (doors 
 		_, port, _ := net.SplitHostPort(cfg.SSH.Listen)
 		socket.SSHPort, _ = strconv.Atoi(port)
 	}
-	ln, err := httpapi.ListenUnix(cfg.Socket.Path, cfg.Socket.ModeBits(), cfg.Socket.Group)
-	if err != nil {
+	ln := activated
+	if ln != nil {
+		log.Info("serving on the socket systemd passed (socket activation); socket.path, socket.mode and socket.group are not used",
+			"socket", ln.Addr().String(), "socket_path", cfg.Socket.Path)
+	} else if ln, err = httpapi.ListenUnix(cfg.Socket.Path, cfg.Socket.ModeBits(), cfg.Socket.Group); err != nil {
 		return doors, err
 	}
 	doors = append(doors, httpDoor("socket", ln, &http.Server{
@@ -72,6 +78,7 @@ func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger) (doors 
 func httpDoor(name string, ln net.Listener, srv *http.Server) door {
 	return door{
 		name: name,
+		addr: ln.Addr().String(),
 		serve: func(context.Context) error {
 			err := srv.Serve(ln)
 			if errors.Is(err, http.ErrServerClosed) {
@@ -131,6 +138,7 @@ func sshDoor(cfg *config.SSH, svc *agent.Service, log *slog.Logger) (door, ssh.S
 	var serveErr error
 	return door{
 		name: "ssh",
+		addr: ln.Addr().String(),
 		serve: func(context.Context) error {
 			mu.Lock()
 			done = make(chan struct{})

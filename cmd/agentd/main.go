@@ -64,6 +64,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("config %s:\n%w", *cfgPath, err)
 	}
 	log := newLogger(cfg.Log, stderr)
+	notify := newNotifier(log)
+	// STOPPING=1 as soon as a stop signal arrives, whatever agentd is
+	// doing (recovery, deploys in flight).
+	const stoppingStatus = "stopping: finishing what is in flight (deploys, recovery)"
+	stopNotifying := context.AfterFunc(ctx, func() { notify.stopping(stoppingStatus) })
+	defer stopNotifying()
 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
@@ -86,19 +92,50 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// One consistent release per project before any request is taken.
-	if err := svc.Recover(ctx); err != nil {
-		log.Error("recovery left a project needing an operator", "err", err)
+	// One consistent release per project before any request is taken. A
+	// stop signal does not cut a rollback short (like a deploy in flight,
+	// it finishes first): agentd stops once recovery is over.
+	notify.status("recovering: bringing every project to one consistent release")
+	recoverErr := svc.Recover(context.WithoutCancel(ctx))
+	if recoverErr != nil {
+		log.Error("recovery left a project needing an operator", "err", recoverErr)
 	}
-	doors, err := openDoors(cfg, svc, log)
+	if ctx.Err() != nil {
+		notify.stopping(stoppingStatus)
+		log.Info("agentd stopped after recovery: told to stop during it")
+		return nil
+	}
+	activated, err := activatedSocket(log)
 	if err != nil {
 		return err
 	}
+	ops, err := setupOperations(cfg, svc, docker, st, log)
+	if err != nil {
+		return err
+	}
+	doors, err := openDoors(cfg, svc, log, activated)
+	if err != nil {
+		return err
+	}
+	doors = append(doors, ops.doors...)
 	errc := make(chan error, len(doors))
 	for _, d := range doors {
 		go func() { errc <- d.serve(ctx) }()
 	}
-	log.Info("agentd ready", "version", version, "socket", cfg.Socket.Path, "projects", cfg.ProjectNames(), "docker_api", docker.ClientVersion())
+	socket := cfg.Socket.Path
+	if activated != nil {
+		socket = activated.Addr().String()
+	}
+	log.Info("agentd ready", "version", version, "socket", socket, "projects", cfg.ProjectNames(), "docker_api", docker.ClientVersion())
+	// Recovery is over and every door listens: tell systemd, then keep
+	// its watchdog fed while the engine and the store answer.
+	status := readyStatus(len(cfg.Projects), doors, recoverErr)
+	notify.ready(status)
+	wdCtx, stopWatchdog := context.WithCancel(ctx)
+	defer stopWatchdog()
+	interval := watchdogInterval(log)
+	watchdogDone := startWatchdog(wdCtx, notify, interval, agentHealth(docker, st, checkTimeout(interval)), status, log)
+	ops.start()
 
 	var serveErr error
 	select {
@@ -106,6 +143,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Error("a front door failed; stopping", "err", serveErr)
 	case <-ctx.Done():
 	}
+	notify.stopping(stoppingStatus)
+	stopWatchdog()
+	<-watchdogDone
 	log.Info("agentd stopping: waiting for deploys in flight")
 	// Every door stops taking requests and waits for those running,
 	// deploys included, to finish or roll back.
@@ -114,7 +154,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log.Error("shutdown", "door", d.name, "err", err)
 		}
 	}
-	os.Remove(cfg.Socket.Path)
+	ops.stop(log)
+	// An activated socket is systemd's: it stays for the next start.
+	if activated == nil {
+		os.Remove(cfg.Socket.Path)
+	}
 	log.Info("agentd stopped")
 	return serveErr
 }
