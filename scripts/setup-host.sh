@@ -2,7 +2,8 @@
 # setup-host.sh: make this Debian machine ready to run Berth's demo and tests.
 # Installs what is missing from Debian's packages (Docker Engine, the
 # registry, docker-compose for compatibility checks, the OpenSSH client and
-# server the SSH front-door tests drive), starts dockerd
+# server the SSH front-door tests drive, systemd-analyze for the unit
+# checks), starts dockerd
 # if no engine answers, and waits until it does. Safe to run again.
 # Usage: sudo scripts/setup-host.sh
 set -euo pipefail
@@ -17,6 +18,7 @@ command -v ssh >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
