@@ -11,6 +11,11 @@ export PATH="/usr/local/go/bin:$PATH"
 scripts/setup-host.sh
 export BERTH_REQUIRE_DOCKER=1
 
+# The Debian base image several tests run (nginx, Postgres, the packages):
+# built once here (about a minute; cached by tag afterwards) rather than by
+# tests racing each other to build it.
+echo "== base image: $(scripts/base-image.sh 2>/dev/null | tail -n1)"
+
 echo "== gofmt, go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
