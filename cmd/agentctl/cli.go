@@ -200,62 +200,104 @@ func lockCmd(c *client, unlock bool) *cobra.Command {
 	return cmd
 }
 
-// call POSTs a JSON request and decodes the JSON answer into v.
-func (c *client) call(ctx context.Context, path string, req, v any) error {
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+path, bytes.NewReader(body))
-	if err != nil {
-		return err
+// do sends a request to agentd (a JSON body unless body is nil) and
+// returns its answer when it is 200; any other answer, or none, is the
+// exitError to report.
+func (c *client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
 	}
-	resp, err := c.http.Do(hreq)
+	req, err := http.NewRequestWithContext(ctx, method, "http://agentd"+path, rd)
 	if err != nil {
-		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
+		return nil, err
 	}
-	defer resp.Body.Close()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
+	}
 	if resp.StatusCode != http.StatusOK {
-		return refused(resp)
+		defer resp.Body.Close()
+		return nil, refused(resp)
 	}
+	return resp, nil
+}
+
+// decode reads a JSON answer into v.
+func decode(resp *http.Response, v any) error {
+	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		return &exitError{api.ExitBroken, fmt.Sprintf("decode answer from agentd: %v", err)}
 	}
 	return nil
 }
 
-// stream POSTs a request whose answer is a stream of events, prints them,
-// and returns the exit code of the result event.
-func (c *client) stream(ctx context.Context, path string, req any, project string, out io.Writer, asJSON bool) error {
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+path, bytes.NewReader(body))
+// call POSTs a JSON request and decodes the JSON answer into v.
+func (c *client) call(ctx context.Context, path string, req, v any) error {
+	resp, err := c.do(ctx, http.MethodPost, path, req)
 	if err != nil {
 		return err
 	}
-	resp, err := c.http.Do(hreq)
+	return decode(resp, v)
+}
+
+// get GETs path with the query q and decodes the JSON answer into v.
+func (c *client) get(ctx context.Context, path string, q url.Values, v any) error {
+	resp, err := c.do(ctx, http.MethodGet, path+"?"+q.Encode(), nil)
 	if err != nil {
-		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
+		return err
 	}
+	return decode(resp, v)
+}
+
+// lines calls fn for each line of a streamed answer until fn says stop;
+// it reports whether the stream ended before that.
+func lines(resp *http.Response, fn func([]byte) (stop bool, err error)) (ended bool, err error) {
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return refused(resp)
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
+		if stop, err := fn(sc.Bytes()); stop || err != nil {
+			return false, err
+		}
+	}
+	return true, sc.Err()
+}
+
+// stream POSTs a request whose answer is a stream of events, prints them,
+// and returns the exit code of the result event.
+func (c *client) stream(ctx context.Context, path string, req any, project string, out io.Writer, asJSON bool) error {
+	resp, err := c.do(ctx, http.MethodPost, path, req)
+	if err != nil {
+		return err
+	}
+	var result error
+	ended, err := lines(resp, func(line []byte) (bool, error) {
 		var e api.Event
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return &exitError{api.ExitBroken, fmt.Sprintf("bad event from agentd: %v", err)}
+		if err := json.Unmarshal(line, &e); err != nil {
+			return true, &exitError{api.ExitBroken, fmt.Sprintf("bad event from agentd: %v", err)}
 		}
 		if asJSON {
-			fmt.Fprintf(out, "%s\n", sc.Bytes())
+			fmt.Fprintf(out, "%s\n", line)
 		} else {
 			api.PrintEvent(out, e)
 		}
 		if e.Type == api.EventResult && e.ExitCode != nil {
-			return &exitError{code: *e.ExitCode}
+			result = &exitError{code: *e.ExitCode}
+			return true, nil
 		}
+		return false, nil
+	})
+	if err != nil && !ended {
+		return err
+	}
+	if !ended {
+		return result
 	}
 	// The stream ended without a result: agentd went away mid-deploy, so
 	// nobody here knows what is live. Say so, and ask for an operator.
-	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the deploy did (%v); check `agentctl status %s`", sc.Err(), project)}
+	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the deploy did (%v); check `agentctl status %s`", err, project)}
 }
 
 func refused(resp *http.Response) error {
@@ -264,25 +306,6 @@ func refused(resp *http.Response) error {
 		return &exitError{api.ExitBroken, fmt.Sprintf("agentd answered %s", resp.Status)}
 	}
 	return &exitError{e.ExitCode, e.Message}
-}
-
-func (c *client) get(ctx context.Context, path string, q url.Values, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agentd"+path+"?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return refused(resp)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		return &exitError{api.ExitBroken, fmt.Sprintf("decode answer from agentd: %v", err)}
-	}
-	return nil
 }
 
 func statusCmd(c *client) *cobra.Command {

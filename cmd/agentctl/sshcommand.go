@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -74,36 +72,34 @@ func wantsStdin(args []string) bool {
 }
 
 func (c *client) command(ctx context.Context, req httpapi.CommandRequest, stdout, stderr io.Writer) error {
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agentd"+httpapi.PathCommand, bytes.NewReader(body))
+	resp, err := c.do(ctx, http.MethodPost, httpapi.PathCommand, req)
 	if err != nil {
 		return err
 	}
-	resp, err := c.http.Do(hreq)
-	if err != nil {
-		return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot reach agentd at %s: %v", c.socket, err)}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return refused(resp)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
+	var result error
+	ended, err := lines(resp, func(line []byte) (bool, error) {
 		var f httpapi.Frame
-		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
-			return &exitError{api.ExitBroken, fmt.Sprintf("bad frame from agentd: %v", err)}
+		if err := json.Unmarshal(line, &f); err != nil {
+			return true, &exitError{api.ExitBroken, fmt.Sprintf("bad frame from agentd: %v", err)}
 		}
 		switch {
 		case f.ExitCode != nil:
-			return &exitError{code: *f.ExitCode}
+			result = &exitError{code: *f.ExitCode}
+			return true, nil
 		case f.Stream == "stderr":
 			io.WriteString(stderr, f.Data)
 		default:
 			io.WriteString(stdout, f.Data)
 		}
+		return false, nil
+	})
+	if err != nil && !ended {
+		return err
 	}
-	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the command did (%v)", sc.Err())}
+	if !ended {
+		return result
+	}
+	return &exitError{api.ExitBroken, fmt.Sprintf("the connection to agentd ended before the command did (%v)", err)}
 }
 
 // hostKeyCmd prints the known_hosts line of agentd's SSH server, for CI to
