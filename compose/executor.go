@@ -193,26 +193,11 @@ func creates(slots []Slot) bool {
 	return false
 }
 
-// startFirst: new containers up beside the old, gated; then the proxies
-// switch, and the old ones are retired.
+// startFirst: new containers up beside the old, gated, and the proxies
+// switched to them; then the old ones are retired.
 func (e *Executor) startFirst(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
-	var up []string
-	for _, sl := range batch {
-		id, err := e.bringUp(ctx, p, s, sl)
-		if err != nil {
-			return err
-		}
-		if id != "" {
-			up = append(up, id)
-		}
-	}
-	if err := e.gate(ctx, s, up); err != nil {
+	if err := e.upAndGate(ctx, p, s, batch); err != nil {
 		return err
-	}
-	if len(up) > 0 {
-		if err := e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil); err != nil {
-			return err
-		}
 	}
 	if err := e.retire(ctx, p, s, retirees(batch)); err != nil {
 		return err
@@ -220,8 +205,8 @@ func (e *Executor) startFirst(ctx context.Context, p *Plan, s ServicePlan, batch
 	return e.restoreNames(ctx, p, s, batch)
 }
 
-// stopFirst: the old containers stop first, then the new ones start and
-// are gated.
+// stopFirst: the old containers stop first, then the new ones start, are
+// gated, and the proxies switch to them.
 func (e *Executor) stopFirst(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
 	if err := e.retire(ctx, p, s, retirees(batch)); err != nil {
 		return err
@@ -229,6 +214,12 @@ func (e *Executor) stopFirst(ctx context.Context, p *Plan, s ServicePlan, batch 
 	if err := e.restoreNames(ctx, p, s, batch); err != nil {
 		return err
 	}
+	return e.upAndGate(ctx, p, s, batch)
+}
+
+// upAndGate brings a batch's containers up, waits until they are ready,
+// and reloads the proxies in front of the service onto them.
+func (e *Executor) upAndGate(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
 	var up []string
 	for _, sl := range batch {
 		id, err := e.bringUp(ctx, p, s, sl)
@@ -242,10 +233,10 @@ func (e *Executor) stopFirst(ctx context.Context, p *Plan, s ServicePlan, batch 
 	if err := e.gate(ctx, s, up); err != nil {
 		return err
 	}
-	if len(up) > 0 {
-		return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil)
+	if len(up) == 0 {
+		return nil
 	}
-	return nil
+	return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil)
 }
 
 // bringUp creates (or starts again) the container of a slot and returns
