@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -25,48 +26,57 @@ const (
 // probes and by the deploy engine to validate and reload a proxy
 // (`nginx -t`, `nginx -s reload`). A non-zero exit code is no error.
 func Exec(ctx context.Context, eng ExecEngine, containerID string, cmd []string) (exitCode int, output string, err error) {
+	out := &tailBuffer{max: execOutputMax}
+	code, err := ExecTo(ctx, eng, containerID, "", cmd, out, out)
+	return code, out.String(), err
+}
+
+// ExecTo runs cmd in a running container as user ("" for the container's
+// own), streams its stdout and stderr (demultiplexed) to the writers, waits
+// for it and returns its exit code. A non-zero exit code is no error.
+func ExecTo(ctx context.Context, eng ExecEngine, containerID, user string, cmd []string, stdout, stderr io.Writer) (exitCode int, err error) {
 	op := fmt.Sprintf("exec %q in %s", strings.Join(cmd, " "), shortID(containerID))
 	if len(cmd) == 0 {
-		return -1, "", fmt.Errorf("%s: empty command", op)
+		return -1, fmt.Errorf("%s: empty command", op)
 	}
 	created, err := eng.ContainerExecCreate(ctx, containerID, container.ExecOptions{
+		User:         user,
 		Cmd:          cmd,
 		AttachStdout: true,
 		AttachStderr: true,
 	})
 	if err != nil {
-		return -1, "", fmt.Errorf("%s: create: %w", op, err)
+		return -1, fmt.Errorf("%s: create: %w", op, err)
 	}
 	resp, err := eng.ContainerExecAttach(ctx, created.ID, container.ExecAttachOptions{})
 	if err != nil {
-		return -1, "", fmt.Errorf("%s: start: %w", op, err)
+		return -1, fmt.Errorf("%s: start: %w", op, err)
 	}
 	defer resp.Close()
 
 	// The hijacked connection knows nothing of ctx: read it in a goroutine
 	// and close it if ctx ends first.
-	out := &tailBuffer{max: execOutputMax}
 	copied := make(chan error, 1)
 	go func() {
-		_, err := stdcopy.StdCopy(out, out, resp.Reader)
+		_, err := stdcopy.StdCopy(stdout, stderr, resp.Reader)
 		copied <- err
 	}()
 	select {
 	case <-ctx.Done():
 		resp.Close()
 		<-copied
-		return -1, out.String(), fmt.Errorf("%s: %w", op, ctx.Err())
+		return -1, fmt.Errorf("%s: %w", op, ctx.Err())
 	case err := <-copied:
 		if err != nil {
-			return -1, out.String(), fmt.Errorf("%s: read output: %w", op, err)
+			return -1, fmt.Errorf("%s: read output: %w", op, err)
 		}
 	}
 
 	code, err := waitExec(ctx, eng, created.ID)
 	if err != nil {
-		return -1, out.String(), fmt.Errorf("%s: %w", op, err)
+		return -1, fmt.Errorf("%s: %w", op, err)
 	}
-	return code, out.String(), nil
+	return code, nil
 }
 
 // errStillRunning says an exec's process outlived its output.

@@ -13,10 +13,10 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/berth-deploy/berth/agent/config"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/healthcheck"
 )
 
 const (
@@ -24,10 +24,6 @@ const (
 	dumpTimeFormat = "20060102T150405Z"
 	// dumpStderrMax is how much of pg_dump's stderr an error quotes (its end).
 	dumpStderrMax = 4 << 10
-	// execExitWait bounds the wait for an exec's exit code once its output
-	// has ended, and execExitPoll is how often it is asked for.
-	execExitWait = 10 * time.Second
-	execExitPoll = 50 * time.Millisecond
 )
 
 // checkDumpJob returns what is wrong with a dump job, nil if nothing.
@@ -174,48 +170,19 @@ func (s *Scheduler) dbContainer(ctx context.Context, job config.PgDumpJob) (id, 
 // returns the bytes written; a non-zero exit is an error quoting stderr.
 func (s *Scheduler) execDump(ctx context.Context, containerID string, job config.PgDumpJob, out io.Writer) (int64, error) {
 	cmd := []string{"pg_dump", "-U", job.User, "-d", job.Database, "--no-password", "-Fc"}
-	created, err := s.eng.ContainerExecCreate(ctx, containerID, container.ExecOptions{
-		// As the OS user postgres, not the container's default (often
-		// root): Debian-packaged Postgres admits local socket connections
-		// by peer authentication, which lets in only the OS user of the
-		// same name, and the official image runs the server as postgres
-		// too. --no-password makes a server that wants one fail at once
-		// rather than wait for a prompt nobody answers.
-		User:         "postgres",
-		Cmd:          cmd,
-		AttachStdout: true,
-		AttachStderr: true,
-	})
-	if err != nil {
-		return 0, fmt.Errorf("exec create: %w", err)
-	}
-	resp, err := s.eng.ContainerExecAttach(ctx, created.ID, container.ExecAttachOptions{})
-	if err != nil {
-		return 0, fmt.Errorf("exec start: %w", err)
-	}
-	defer resp.Close()
-
-	// The hijacked connection knows nothing of ctx: copy in a goroutine
-	// and close the connection if ctx ends first.
 	stdout := &countingWriter{w: out}
 	stderr := &tailBuffer{max: dumpStderrMax}
-	copied := make(chan error, 1)
-	go func() {
-		_, err := stdcopy.StdCopy(stdout, stderr, resp.Reader)
-		copied <- err
-	}()
-	select {
-	case <-ctx.Done():
-		resp.Close()
-		<-copied
-		return stdout.n, ctx.Err()
-	case err := <-copied:
-		if err != nil {
-			return stdout.n, fmt.Errorf("read output: %w (stderr: %s)", err, stderr.text())
-		}
-	}
-	code, err := s.waitExec(ctx, created.ID)
+	// As the OS user postgres, not the container's default (often root):
+	// Debian-packaged Postgres admits local socket connections by peer
+	// authentication, which lets in only the OS user of the same name, and
+	// the official image runs the server as postgres too. --no-password
+	// makes a server that wants one fail at once rather than wait for a
+	// prompt nobody answers.
+	code, err := healthcheck.ExecTo(ctx, s.eng, containerID, "postgres", cmd, stdout, stderr)
 	if err != nil {
+		if msg := stderr.text(); msg != "" {
+			err = fmt.Errorf("%w (stderr: %s)", err, msg)
+		}
 		return stdout.n, err
 	}
 	if code != 0 {
@@ -226,31 +193,6 @@ func (s *Scheduler) execDump(ctx context.Context, containerID string, job config
 		return stdout.n, fmt.Errorf("pg_dump exited with code %d: %s", code, msg)
 	}
 	return stdout.n, nil
-}
-
-// waitExec asks for the exit code of an exec whose output has ended: the
-// engine may report it as running for a moment longer.
-func (s *Scheduler) waitExec(ctx context.Context, execID string) (int, error) {
-	deadline := time.NewTimer(execExitWait)
-	defer deadline.Stop()
-	ticker := time.NewTicker(execExitPoll)
-	defer ticker.Stop()
-	for {
-		in, err := s.eng.ContainerExecInspect(ctx, execID)
-		if err != nil {
-			return -1, fmt.Errorf("exec inspect: %w", err)
-		}
-		if !in.Running {
-			return in.ExitCode, nil
-		}
-		select {
-		case <-ctx.Done():
-			return -1, ctx.Err()
-		case <-deadline.C:
-			return -1, fmt.Errorf("exec still running %s after its output ended", execExitWait)
-		case <-ticker.C:
-		}
-	}
 }
 
 // dumpPrefix is how the names of a job's dump files begin.
