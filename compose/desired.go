@@ -216,7 +216,6 @@ func serviceSpec(p *types.Project, s types.ServiceConfig, pin Pin) (ServiceSpec,
 	labels[LabelVersion] = composeVersion
 	labels[LabelWorkingDir] = p.WorkingDir
 	labels[LabelConfigFile] = strings.Join(p.ComposeFiles, ",")
-	labels[LabelImageRef] = pin.Ref
 
 	spec.Config = container.Config{
 		Image:       pin.Pinned,

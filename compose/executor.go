@@ -565,6 +565,9 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 	cfg.Labels = maps.Clone(spec.Config.Labels)
 	cfg.Labels[LabelNumber] = strconv.Itoa(n)
 	cfg.Labels[LabelConfigHash] = spec.Hash
+	// How the image was named is recorded but is no part of the hash: the
+	// same digest by another name is the same container.
+	cfg.Labels[LabelImageRef] = spec.Image.Ref
 	if e.Release != "" {
 		cfg.Labels[LabelRelease] = e.Release
 	}

@@ -404,6 +404,15 @@ func TestConfigHash(t *testing.T) {
 			t.Errorf("%s: hash not stable across loads", a.Services[i].Name)
 		}
 	}
+	// How an image is named is not either: the same digest by its tag or
+	// by repo@digest is the same container.
+	renamed := pins(p)
+	web0 := renamed["web"]
+	web0.Ref = "registry.test/web@" + web0.Digest
+	renamed["web"] = web0
+	if d, err := NewDesired(p, renamed); err != nil || d.Services[1].Hash != a.Services[1].Hash {
+		t.Errorf("the same digest by another name changed web's hash (%v)", err)
+	}
 	// Replicas are not part of a container's config.
 	web := p.Services["web"]
 	five := 5
