@@ -14,7 +14,7 @@ set -euo pipefail
 
 SUITE=bookworm
 PACKAGES=(python3-django gunicorn python3-celery celery python3-psycopg2 postgresql
-  rabbitmq-server nginx-light curl ca-certificates tzdata netbase)
+  rabbitmq-server nginx-light curl ca-certificates tzdata netbase libjs-jquery)
 PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { printf '==> %s\n' "$*" >&2; }

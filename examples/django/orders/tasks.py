@@ -1,0 +1,60 @@
+"""Celery tasks of the orders app."""
+import hashlib
+import time
+from datetime import timedelta
+
+from celery import shared_task
+from celery.utils.log import get_task_logger
+from django.conf import settings
+from django.db import OperationalError, transaction
+from django.utils import timezone
+
+from .models import Order
+
+logger = get_task_logger(__name__)
+
+# An order still unprocessed this long after it was created is enqueued again
+# by the sweep (its first message was lost: the broker was down when the order
+# was created, say).
+STALE_AFTER = timedelta(minutes=1)
+
+
+def compute_result(name):
+    """The work an order needs: here, a digest of its name."""
+    if settings.ORDER_PROCESSING_SECONDS:
+        time.sleep(settings.ORDER_PROCESSING_SECONDS)
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def process_order(order_id):
+    """Process one order, at most once: the row is locked for the whole
+    transaction, and an order that already has processed_at is left alone, so
+    a message delivered twice (a redelivery after a lost worker, a re-enqueue
+    by the sweep) does nothing the second time."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().filter(pk=order_id).first()
+        if order is None:
+            logger.warning("order %s does not exist", order_id)
+            return None
+        if order.processed_at is not None:
+            logger.info("order %s was already processed at %s", order_id, order.processed_at.isoformat())
+            return order.result
+        order.result = compute_result(order.name)
+        order.processed_at = timezone.now()
+        order.save(update_fields=["result", "processed_at"])
+    logger.info("order %s processed: %s", order_id, order.result)
+    return order.result
+
+
+@shared_task
+def sweep_unprocessed_orders():
+    """Periodic (celery beat, every SWEEP_INTERVAL seconds): count the orders
+    not processed yet, and enqueue again those older than STALE_AFTER."""
+    pending = Order.objects.filter(processed_at__isnull=True)
+    count = pending.count()
+    stale = list(pending.filter(created__lt=timezone.now() - STALE_AFTER).values_list("pk", flat=True)[:100])
+    for order_id in stale:
+        process_order.delay(order_id)
+    logger.info("sweep: %d unprocessed order(s), %d re-enqueued", count, len(stale))
+    return {"unprocessed": count, "reenqueued": len(stale)}
