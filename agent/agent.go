@@ -220,13 +220,20 @@ func (r *run) begin(ctx context.Context, verb, message string, wait time.Duratio
 // Deploy runs one deploy request for identity and returns its exit code.
 // The last event emitted is the result, with the same code.
 func (s *Service) Deploy(ctx context.Context, identity string, req api.DeployRequest, emit Emit) int {
-	r := s.newRun(req.Project, identity, emit)
-	unlock, refused := r.begin(ctx, "deploy", req.Message, req.Wait)
+	return s.locked(ctx, api.KindDeploy, req.Project, identity, req.Message, req.Wait, emit,
+		func(r *run) outcome { return r.deploy(ctx, req) })
+}
+
+// locked runs work as one request of kind on project, holding its lock,
+// and returns the exit code of the result it emits last.
+func (s *Service) locked(ctx context.Context, kind, project, identity, message string, wait time.Duration, emit Emit, work func(*run) outcome) int {
+	r := s.newRun(project, identity, emit)
+	unlock, refused := r.begin(ctx, kind, message, wait)
 	if refused != nil {
-		return r.finish(api.KindDeploy, *refused)
+		return r.finish(kind, *refused)
 	}
 	defer unlock()
-	return r.finish(api.KindDeploy, r.deploy(ctx, req))
+	return r.finish(kind, work(r))
 }
 
 func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
@@ -270,13 +277,8 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 
 // Rollback redeploys a recorded release, by digest, with the same gating.
 func (s *Service) Rollback(ctx context.Context, identity string, req api.RollbackRequest, emit Emit) int {
-	r := s.newRun(req.Project, identity, emit)
-	unlock, refused := r.begin(ctx, "rollback", req.Message, req.Wait)
-	if refused != nil {
-		return r.finish(api.KindRollback, *refused)
-	}
-	defer unlock()
-	return r.finish(api.KindRollback, r.rollback(ctx, req))
+	return s.locked(ctx, api.KindRollback, req.Project, identity, req.Message, req.Wait, emit,
+		func(r *run) outcome { return r.rollback(ctx, req) })
 }
 
 func (r *run) rollback(ctx context.Context, req api.RollbackRequest) outcome {
@@ -345,12 +347,10 @@ func (r *run) rollbackTarget(to int) (api.Release, error) {
 // rollout, monitor, commit; or, on failure, the whole release back to the
 // previous one.
 func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Release, timeout time.Duration) outcome {
-	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
+	plan, err := r.plan(ctx, desired)
 	if err != nil {
 		return outcome{code: api.ExitBroken, err: err}
 	}
-	plan := compose.MakePlan(desired, observed)
-	r.event(api.Event{Type: api.EventPlan, Message: plan.String()})
 	if plan.Empty() {
 		return outcome{code: api.ExitOK, msg: "nothing to change: the running containers already match this release"}
 	}
@@ -392,6 +392,17 @@ func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Releas
 		return r.fail(ctx, prev, err)
 	}
 	return r.commit(ctx, desired, plan)
+}
+
+// plan observes the project, plans the way to desired and shows the plan.
+func (r *run) plan(ctx context.Context, desired *compose.Desired) (*compose.Plan, error) {
+	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
+	if err != nil {
+		return nil, err
+	}
+	plan := compose.MakePlan(desired, observed)
+	r.event(api.Event{Type: api.EventPlan, Message: plan.String()})
+	return plan, nil
 }
 
 // prepare runs the preparers before the first change.
@@ -484,12 +495,10 @@ func (r *run) restore(ctx context.Context, prev api.Release) error {
 		}
 	}
 	r.progress("", "rolling back to release %d", prev.Number)
-	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
+	plan, err := r.plan(ctx, desired)
 	if err != nil {
 		return err
 	}
-	plan := compose.MakePlan(desired, observed)
-	r.event(api.Event{Type: api.EventPlan, Message: plan.String()})
 	return r.apply(ctx, plan, true)
 }
 

@@ -297,15 +297,7 @@ services:
 		slowOut, slowCode = h.ctl("deploy", h.project, "--image", "web="+h.reg.Ref("web:v2"), "--message", "slow one")
 	}()
 	// Wait until the first deploy holds the lock.
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(20 * time.Millisecond)
-	for h.status().Deploying == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the first deploy never showed as in progress")
-		}
-		<-tick.C
-	}
-	tick.Stop()
+	waitFor(t, func() bool { return h.status().Deploying != nil })
 	out, code := h.ctl("deploy", h.project)
 	if code != api.ExitLocked {
 		t.Errorf("second deploy: exit %d, want 3\n%s", code, out)
