@@ -29,6 +29,7 @@ type Engine interface {
 	NetworkRemove(ctx context.Context, networkID string) error
 	VolumeList(ctx context.Context, options volume.ListOptions) (volume.ListResponse, error)
 	VolumeCreate(ctx context.Context, options volume.CreateOptions) (volume.Volume, error)
+	CopyToContainer(ctx context.Context, containerID, dstPath string, content io.Reader, options container.CopyToContainerOptions) error
 	healthcheck.ExecEngine
 }
 

@@ -49,6 +49,10 @@ type Executor struct {
 
 	mu      sync.Mutex
 	started []Started
+	// upstreams is what each proxy container's upstreams file holds, as
+	// loaded; reloadedAt is when a proxy last reloaded.
+	upstreams  map[string]string
+	reloadedAt time.Time
 }
 
 // Started is a container an Apply started, with its service's monitor.
@@ -236,7 +240,13 @@ func (e *Executor) upAndGate(ctx context.Context, p *Plan, s ServicePlan, batch 
 	if len(up) == 0 {
 		return nil
 	}
-	return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil)
+	// Proxies with an upstreams file switch to the new containers and away
+	// from the ones this batch retires (still running when start-first).
+	var out []string
+	for _, c := range retirees(batch) {
+		out = append(out, c.ID)
+	}
+	return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil, out)
 }
 
 // bringUp creates (or starts again) the container of a slot and returns
@@ -319,10 +329,21 @@ func (e *Executor) gate(ctx context.Context, s ServicePlan, ids []string) error 
 // retire stops containers with their grace period and signal, then
 // reloads the proxies (so they forget the old addresses), then removes
 // them, or renames them aside and keeps them while a release may still be
-// rolled back.
+// rolled back. Proxies with an upstreams file are first switched away from
+// the containers, which are drained before they are stopped.
 func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Container) error {
 	if len(old) == 0 {
 		return nil
+	}
+	if proxies := p.drainProxies(s.Name); len(proxies) > 0 {
+		var out []string
+		for _, c := range old {
+			out = append(out, c.ID)
+		}
+		if err := e.reloadProxies(ctx, p, s.Name, nil, nil, out); err != nil {
+			return err
+		}
+		e.drain(ctx, s.Name, proxies, old)
 	}
 	grace := 10 * time.Second
 	if s.Spec != nil {
@@ -345,7 +366,7 @@ func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Co
 		}
 	}
 	if len(gone) > 0 {
-		if err := e.reloadProxies(ctx, p, s.Name, nil, gone); err != nil {
+		if err := e.reloadProxies(ctx, p, s.Name, nil, gone, nil); err != nil {
 			return err
 		}
 	}
@@ -402,40 +423,48 @@ func (e *Executor) rename(ctx context.Context, c *Container, name string) error 
 }
 
 // reloadProxies validates and reloads, inside every running container of
-// each proxy service that fronts service, the proxy's configuration. It
-// first waits until the proxy resolves the service's name to the addresses
-// in want and none of those in gone, since the proxy learns its upstreams
-// from that name when it reloads.
-func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string, want, gone addrs) error {
+// each proxy service that fronts service, the proxy's configuration. A
+// proxy with an upstreams file gets it written first, listing the
+// service's running containers except those in out (and is left alone if
+// that changes nothing). Any other proxy learns its upstreams from the
+// service's name when it reloads: it is reloaded once it resolves that
+// name to the addresses in want and none of those in gone.
+func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string, want, gone addrs, out []string) error {
 	for _, proxy := range p.proxies[service] {
-		var spec *ServiceSpec
-		for i := range p.Services {
-			if p.Services[i].Name == proxy {
-				spec = p.Services[i].Spec
-			}
-		}
-		list, err := e.Engine.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(
-			filters.Arg("label", LabelProject+"="+p.Project),
-			filters.Arg("label", LabelService+"="+proxy),
-			filters.Arg("status", "running"),
-		)})
+		spec := p.spec(proxy)
+		px := spec.Policy.Proxy
+		list, err := e.running(ctx, p.Project, proxy)
 		if err != nil {
-			return fmt.Errorf("reload proxy %s: list containers: %w", proxy, err)
+			return fmt.Errorf("reload proxy %s: %w", proxy, err)
 		}
 		for _, c := range list {
 			name := strings.TrimPrefix(firstName(c.Names), "/")
-			if err := e.awaitResolver(ctx, c.ID, name, service, want.on(c), gone.on(c)); err != nil {
+			var content string
+			if px.Upstreams != "" {
+				var nets []string
+				if c.NetworkSettings != nil {
+					nets = slices.Sorted(maps.Keys(c.NetworkSettings.Networks))
+				}
+				var wrote bool
+				if content, wrote, err = e.writeUpstreams(ctx, p.Project, px, c.ID, nets, out); err != nil {
+					return fmt.Errorf("reload proxy %s: %w", name, err)
+				}
+				if !wrote {
+					continue
+				}
+			} else if err := e.awaitResolver(ctx, c.ID, name, service, want.on(c), gone.on(c)); err != nil {
 				return fmt.Errorf("reload proxy %s: %w", name, err)
 			}
-			for _, step := range [][]string{spec.Policy.Proxy.Validate, spec.Policy.Proxy.Reload} {
-				code, out, err := healthcheck.Exec(ctx, e.Engine, c.ID, step)
+			for _, step := range [][]string{px.Validate, px.Reload} {
+				code, msg, err := healthcheck.Exec(ctx, e.Engine, c.ID, step)
 				if err != nil {
 					return fmt.Errorf("reload proxy %s: %s: %w", name, strings.Join(step, " "), err)
 				}
 				if code != 0 {
-					return fmt.Errorf("reload proxy %s: %s exited %d: %s", name, strings.Join(step, " "), code, strings.TrimSpace(out))
+					return fmt.Errorf("reload proxy %s: %s exited %d: %s", name, strings.Join(step, " "), code, strings.TrimSpace(msg))
 				}
 			}
+			e.wrote(c.ID, content)
 			e.say(proxy, "reloaded %s (for %s)", name, service)
 		}
 	}
@@ -550,6 +579,19 @@ func (e *Executor) addresses(ctx context.Context, ids []string) addrs {
 	return out
 }
 
+// running lists the running containers of a service.
+func (e *Executor) running(ctx context.Context, project, service string) ([]container.Summary, error) {
+	list, err := e.Engine.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("label", LabelProject+"="+project),
+		filters.Arg("label", LabelService+"="+service),
+		filters.Arg("status", "running"),
+	)})
+	if err != nil {
+		return nil, fmt.Errorf("list containers of %s: %w", service, err)
+	}
+	return list, nil
+}
+
 func firstName(names []string) string {
 	if len(names) == 0 {
 		return ""
@@ -571,10 +613,29 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 	if e.Release != "" {
 		cfg.Labels[LabelRelease] = e.Release
 	}
-	return e.create(ctx, name, &cfg, spec.Host, spec.Networks)
+	var prepare func(id string) error
+	if px := spec.Policy.Proxy; px != nil && px.Upstreams != "" {
+		// A new proxy container starts with the upstreams as they are,
+		// not with whatever file its image holds.
+		var nets []string
+		for _, ep := range spec.Networks {
+			nets = append(nets, ep.Network)
+		}
+		slices.Sort(nets)
+		prepare = func(id string) error {
+			content, _, err := e.writeUpstreams(ctx, project, px, id, nets, nil)
+			if err == nil {
+				e.wrote(id, content)
+			}
+			return err
+		}
+	}
+	return e.create(ctx, name, &cfg, spec.Host, spec.Networks, prepare)
 }
 
-func (e *Executor) create(ctx context.Context, name string, cfg *container.Config, host container.HostConfig, nets []EndpointSpec) (id string, err error) {
+// create creates a container, joins its other networks, runs prepare (if
+// any) on it and starts it.
+func (e *Executor) create(ctx context.Context, name string, cfg *container.Config, host container.HostConfig, nets []EndpointSpec, prepare func(id string) error) (id string, err error) {
 	var netCfg *network.NetworkingConfig
 	if len(nets) > 0 {
 		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
@@ -597,6 +658,11 @@ func (e *Executor) create(ctx context.Context, name string, cfg *container.Confi
 	for _, ep := range nets[min(1, len(nets)):] {
 		if err := e.Engine.NetworkConnect(ctx, ep.Network, created.ID, &network.EndpointSettings{Aliases: ep.Aliases}); err != nil {
 			return "", fmt.Errorf("connect %s to %s: %w", name, ep.Network, err)
+		}
+	}
+	if prepare != nil {
+		if err := prepare(created.ID); err != nil {
+			return "", fmt.Errorf("prepare %s: %w", name, err)
 		}
 	}
 	if err := e.Engine.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {

@@ -1,12 +1,14 @@
 package compose
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"maps"
 	"net"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -33,6 +35,12 @@ type fakeEngine struct {
 	failCreate string // container name whose create fails
 	hookExit   int64  // exit code of every hook container
 	execs      map[string][]string
+	files      map[string]string // "container-name:/path" -> content copied in
+	// conns is, by container name, how many open connections to connPort
+	// the next `cat /proc/net/tcp` in it shows; each look drops one, but
+	// -1 shows one connection for ever.
+	conns    map[string]int
+	connPort int
 }
 
 type fakeContainer struct {
@@ -203,25 +211,47 @@ func (f *fakeEngine) ContainerExecCreate(_ context.Context, id string, o contain
 		f.execs = map[string][]string{}
 	}
 	execID := fmt.Sprintf("exec-%d", len(f.execs))
-	f.execs[execID] = o.Cmd
-	if o.Cmd[0] != "getent" {
+	switch o.Cmd[0] {
+	case "getent":
+	case "cat":
+		execID += ":" + c.name
+	default:
 		f.record("exec %s %s", c.name, strings.Join(o.Cmd, " "))
 	}
+	f.execs[execID] = o.Cmd
 	return container.ExecCreateResponse{ID: execID}, nil
 }
 
 // ContainerExecAttach answers getent ahostsv4 SERVICE the way Docker's
-// embedded DNS does: the addresses of the service's running containers.
+// embedded DNS does: the addresses of the service's running containers;
+// and cat /proc/net/tcp with conns[container] open connections.
 func (f *fakeEngine) ContainerExecAttach(_ context.Context, execID string, _ container.ExecAttachOptions) (types.HijackedResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out bytes.Buffer
-	if cmd := f.execs[execID]; cmd[0] == "getent" {
-		w := stdcopy.NewStdWriter(&out, stdcopy.Stdout)
+	w := stdcopy.NewStdWriter(&out, stdcopy.Stdout)
+	switch cmd := f.execs[execID]; cmd[0] {
+	case "getent":
 		for _, c := range f.containers {
 			if c.running && c.cfg.Labels[LabelService] == cmd[2] {
 				fmt.Fprintf(w, "%s       STREAM %s\n", c.ip, cmd[2])
 			}
+		}
+	case "cat":
+		_, name, _ := strings.Cut(execID, ":")
+		n := f.conns[name]
+		if n < 0 {
+			n = 1
+		} else {
+			f.record("count connections of %s: %d", name, n)
+		}
+		fmt.Fprintf(w, "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n")
+		fmt.Fprintf(w, "   0: 00000000:%04X 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n", f.connPort)
+		for i := range n {
+			fmt.Fprintf(w, "   %d: 0500000A:%04X 0300000A:%04X 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n", i+1, f.connPort, 40000+i)
+		}
+		if f.conns[name] > 0 {
+			f.conns[name]--
 		}
 	}
 	return types.NewHijackedResponse(&bufConn{r: &out}, ""), nil
@@ -254,6 +284,37 @@ func (b *bufConn) CloseWrite() error           { return nil }
 
 func (f *fakeEngine) ContainerExecInspect(context.Context, string) (container.ExecInspect, error) {
 	return container.ExecInspect{ExitCode: 0}, nil
+}
+
+// CopyToContainer keeps the files of the tar archive, by container name
+// and path.
+func (f *fakeEngine) CopyToContainer(_ context.Context, id, dir string, content io.Reader, _ container.CopyToContainerOptions) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return err
+	}
+	tr := tar.NewReader(content)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			return err
+		}
+		if f.files == nil {
+			f.files = map[string]string{}
+		}
+		file := path.Join(dir, hdr.Name)
+		f.record("copy %s %s", c.name, file)
+		f.files[c.name+":"+file] = string(b)
+	}
 }
 
 func (f *fakeEngine) NetworkList(_ context.Context, o network.ListOptions) ([]network.Summary, error) {

@@ -51,7 +51,7 @@ func (e *Executor) runHook(ctx context.Context, project string, spec *ServiceSpe
 	defer cancel()
 	e.say(spec.Name, "running %s", what)
 	start := time.Now()
-	id, err := e.create(ctx, name, &cfg, host, spec.Networks)
+	id, err := e.create(ctx, name, &cfg, host, spec.Networks, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}

@@ -3,6 +3,7 @@ package compose
 import (
 	"bytes"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,7 +69,22 @@ type Proxy struct {
 	Fronts   []string `json:"fronts"`
 	Validate []string `json:"validate"`
 	Reload   []string `json:"reload"`
+	// Upstreams, when set, is the path of a file inside the proxy's
+	// containers that Berth writes before every validate and reload: an
+	// nginx upstream block per fronted service listing the address and
+	// Ports[service] of each of its ready containers. The proxy then sends
+	// nothing to a container Berth is about to stop, and Berth drains
+	// those before stopping them.
+	Upstreams string         `json:"upstreams,omitempty"`
+	Ports     map[string]int `json:"ports,omitempty"`
+	// Drain bounds how long a container taken out of the upstreams is
+	// given to finish the requests it has before it is stopped.
+	Drain time.Duration `json:"drain,omitempty"`
 }
+
+// DefaultDrain is how long, at most, a container taken out of a proxy's
+// upstreams is given to finish its requests before it is stopped.
+const DefaultDrain = 30 * time.Second
 
 // Defaults where the compose file says nothing.
 const (
@@ -97,9 +113,11 @@ type extension struct {
 	PreDeploy  []hookExt `yaml:"pre_deploy"`
 	PostDeploy []hookExt `yaml:"post_deploy"`
 	Proxy      *struct {
-		Fronts   []string     `yaml:"fronts"`
-		Validate stringOrList `yaml:"validate"`
-		Reload   stringOrList `yaml:"reload"`
+		Fronts    []string     `yaml:"fronts"`
+		Validate  stringOrList `yaml:"validate"`
+		Reload    stringOrList `yaml:"reload"`
+		Upstreams string       `yaml:"upstreams"`
+		Drain     duration     `yaml:"drain"`
 	} `yaml:"proxy"`
 }
 
@@ -278,19 +296,39 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 		}
 	}
 	if px := ext.Proxy; px != nil {
-		pol.Proxy = &Proxy{Fronts: px.Fronts, Validate: px.Validate, Reload: px.Reload}
+		pol.Proxy = &Proxy{Validate: px.Validate, Reload: px.Reload, Upstreams: px.Upstreams, Drain: time.Duration(px.Drain)}
 		if len(pol.Proxy.Validate) == 0 {
 			pol.Proxy.Validate = []string{"nginx", "-t"}
 		}
 		if len(pol.Proxy.Reload) == 0 {
 			pol.Proxy.Reload = []string{"nginx", "-s", "reload"}
 		}
+		if pol.Proxy.Drain == 0 {
+			pol.Proxy.Drain = DefaultDrain
+		}
 		if len(px.Fronts) == 0 {
 			bad("%s.proxy.fronts: name the services this proxy sends traffic to", ExtensionKey)
 		}
+		if px.Upstreams != "" && !strings.HasPrefix(px.Upstreams, "/") {
+			bad("%s.proxy.upstreams: %q must be an absolute path inside the proxy's containers", ExtensionKey, px.Upstreams)
+		}
 		for _, f := range px.Fronts {
-			if _, ok := p.Services[f]; !ok {
-				bad("%s.proxy.fronts: no service %s", ExtensionKey, f)
+			name, port, err := splitFront(f)
+			switch {
+			case err != nil:
+				bad("%s.proxy.fronts: %v", ExtensionKey, err)
+				continue
+			case !hasService(p, name):
+				bad("%s.proxy.fronts: no service %s", ExtensionKey, name)
+			case px.Upstreams != "" && port == 0:
+				bad("%s.proxy.fronts: %s: with upstreams, name the port the proxy sends to (%s:PORT)", ExtensionKey, name, name)
+			}
+			pol.Proxy.Fronts = append(pol.Proxy.Fronts, name)
+			if port != 0 {
+				if pol.Proxy.Ports == nil {
+					pol.Proxy.Ports = map[string]int{}
+				}
+				pol.Proxy.Ports[name] = port
 			}
 		}
 	}
@@ -310,6 +348,27 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 		}
 	}
 	return pol, errs
+}
+
+// splitFront reads a proxy.fronts entry: SERVICE or SERVICE:PORT.
+func splitFront(f string) (string, int, error) {
+	name, port, ok := strings.Cut(f, ":")
+	if name == "" {
+		return "", 0, fmt.Errorf("%q: name a service", f)
+	}
+	if !ok {
+		return name, 0, nil
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", 0, fmt.Errorf("%q: the port must be a number from 1 to 65535", f)
+	}
+	return name, n, nil
+}
+
+func hasService(p *types.Project, name string) bool {
+	_, ok := p.Services[name]
+	return ok
 }
 
 func hookOf(h hookExt) Hook {

@@ -35,6 +35,12 @@ type poller struct {
 
 func poll(t *testing.T, url string, workers int) *poller {
 	t.Helper()
+	return pollWith(t, http.MethodGet, url, workers)
+}
+
+// pollWith is poll with another method; a POST sends a small body.
+func pollWith(t *testing.T, method, url string, workers int) *poller {
+	t.Helper()
 	p := &poller{bodies: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	client := &http.Client{Timeout: 10 * time.Second}
 	var wg sync.WaitGroup
@@ -51,7 +57,16 @@ func poll(t *testing.T, url string, workers int) *poller {
 				case <-tick.C:
 				}
 				start := time.Now()
-				resp, err := client.Get(url)
+				var body io.Reader
+				if method == http.MethodPost {
+					body = strings.NewReader(`{"name": "an order"}`)
+				}
+				req, err := http.NewRequest(method, url, body)
+				if err != nil {
+					p.fail(err.Error())
+					return
+				}
+				resp, err := client.Do(req)
 				if d := int64(time.Since(start)); d > p.slowest.Load() {
 					p.slowest.Store(d)
 				}
@@ -466,7 +481,10 @@ services:
 }
 
 // 9. A start-first rollout of web behind a real nginx (from the Debian
-// base image) under continuous HTTP load: zero failed requests.
+// base image) under continuous HTTP load: zero failed requests. With
+// nginx resolving web through Docker's DNS, GETs (nginx retries them on
+// another upstream); with an upstreams file Berth writes, POSTs too: the
+// old containers are out of nginx and drained before they stop.
 func TestStartFirstBehindNginxUnderLoad(t *testing.T) {
 	if !testenv.Required() {
 		t.Skip("needs the Debian base image (scripts/base-image.sh): runs under scripts/test.sh and in CI")
@@ -474,11 +492,21 @@ func TestStartFirstBehindNginxUnderLoad(t *testing.T) {
 	docker := testenv.Docker(t)
 	base := baseImage(t)
 	reg := testenv.StartRegistry(t)
-	nginxRef := reg.Ref("nginx:test")
-	buildNginx(t, base, nginxRef)
-	reg.Push(t, docker, nginxRef)
-	port := freePort(t)
-	h := newHarness(t, `
+	for _, upstreams := range []bool{false, true} {
+		name := "dns"
+		if upstreams {
+			name = "upstreams"
+		}
+		t.Run(name, func(t *testing.T) {
+			nginxRef := reg.Ref("nginx:" + name)
+			buildNginx(t, base, nginxRef, upstreams)
+			reg.Push(t, docker, nginxRef)
+			port := freePort(t)
+			proxy := "{fronts: [web]}"
+			if upstreams {
+				proxy = "{fronts: [\"web:8080\"], upstreams: /etc/nginx/berth/upstreams.conf}"
+			}
+			h := newHarness(t, `
 services:
   web:
     image: $REGISTRY/web:v1
@@ -487,41 +515,49 @@ services:
       update_config: {monitor: 2s}
     stop_grace_period: 10s
   nginx:
-    image: $REGISTRY/nginx:test
+    image: $REGISTRY/nginx:`+name+`
     ports: ["127.0.0.1:`+port+`:80"]
     depends_on: [web]
     healthcheck:
       test: ["CMD", "curl", "-fsS", "http://127.0.0.1/"]
       interval: 1s
     x-berth:
-      proxy:
-        fronts: [web]
+      proxy: `+proxy+`
 `, options{reg: reg})
-	h.image("web:v1", testenv.Image{Healthcheck: true, Env: map[string]string{"VERSION": "v1"}})
-	h.image("web:v2", testenv.Image{Healthcheck: true, Env: map[string]string{"VERSION": "v2", "STOP_DELAY": "1s"}})
-	h.start()
-	h.deploy(0)
-	url := "http://127.0.0.1:" + port + "/"
-	httpDo(t, http.MethodGet, url, "")
+			h.image("web:v1", testenv.Image{Base: base, Healthcheck: true, Env: map[string]string{"VERSION": "v1"}})
+			h.image("web:v2", testenv.Image{Base: base, Healthcheck: true, Env: map[string]string{"VERSION": "v2", "STOP_DELAY": "1s"}})
+			h.start()
+			h.deploy(0)
+			url := "http://127.0.0.1:" + port + "/"
+			httpDo(t, http.MethodGet, url, "")
 
-	p := poll(t, url, 4)
-	waitFor(t, func() bool { return p.ok.Load() > 50 })
-	out := h.deploy(0, "--image", "web="+h.reg.Ref("web:v2"))
-	waitFor(t, func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.bodies["v2"] > 50
-	})
-	p.report(t, "through nginx during a start-first rollout")
-	if t.Failed() {
-		logs, _ := exec.Command("docker", "logs", "--timestamps", h.project+"-nginx-1").CombinedOutput()
-		t.Logf("deploy:\n%s\nnginx log:\n%s", out, logs)
-	}
-	if !strings.Contains(out, "reloaded") {
-		t.Errorf("nginx was never reloaded:\n%s", out)
-	}
-	if p.bodies["v2"] == 0 {
-		t.Errorf("no request reached v2")
+			pollers := map[string]*poller{http.MethodGet: poll(t, url, 4)}
+			if upstreams {
+				pollers[http.MethodPost] = pollWith(t, http.MethodPost, url, 4)
+			}
+			for _, p := range pollers {
+				waitFor(t, func() bool { return p.ok.Load() > 50 })
+			}
+			out := h.deploy(0, "--image", "web="+h.reg.Ref("web:v2"))
+			for method, p := range pollers {
+				waitFor(t, func() bool {
+					p.mu.Lock()
+					defer p.mu.Unlock()
+					return p.bodies["v2"] > 50
+				})
+				p.report(t, method+"s through nginx during a start-first rollout")
+			}
+			if t.Failed() {
+				logs, _ := exec.Command("docker", "logs", "--timestamps", h.project+"-nginx-1").CombinedOutput()
+				t.Logf("deploy:\n%s\nnginx log:\n%s", out, logs)
+			}
+			if !strings.Contains(out, "reloaded") {
+				t.Errorf("nginx was never reloaded:\n%s", out)
+			}
+			if upstreams && strings.Count(out, "drained "+h.project+"-web-") != 2 {
+				t.Errorf("the two old containers were not drained:\n%s", out)
+			}
+		})
 	}
 }
 
@@ -552,20 +588,27 @@ func baseImage(t *testing.T) string {
 }
 
 // buildNginx builds an nginx image on the Debian base image whose config
-// proxies to the web service the way a Django stack's nginx does.
-func buildNginx(t *testing.T, base, ref string) {
+// proxies to the web service the way a Django stack's nginx does: by the
+// service's name, or through the upstream block in the file Berth writes
+// (the image's own copy names the service, for a start without Berth).
+func buildNginx(t *testing.T, base, ref string, upstreams bool) {
 	t.Helper()
 	dir := t.TempDir()
+	include, pass := "", "http://web:8080"
+	if upstreams {
+		include, pass = "include /etc/nginx/berth/upstreams.conf;", "http://web"
+	}
 	conf := `worker_processes 2;
 error_log stderr warn;
 pid /run/nginx.pid;
 events { worker_connections 1024; }
 http {
     access_log off;
+    ` + include + `
     server {
         listen 80;
         location / {
-            proxy_pass http://web:8080;
+            proxy_pass ` + pass + `;
             # The one setting Berth asks of a proxy: upstreams are on this
             # host, so a connection that is not answered in 2s is to a
             # container that has just stopped; go to the next one.
@@ -574,8 +617,13 @@ http {
     }
 }
 `
-	dockerfile := "FROM " + base + "\nCOPY nginx.conf /etc/nginx/nginx.conf\nSTOPSIGNAL SIGQUIT\nCMD [\"nginx\", \"-g\", \"daemon off;\"]\n"
-	for name, body := range map[string]string{"nginx.conf": conf, "Dockerfile": dockerfile} {
+	files := map[string]string{
+		"nginx.conf":     conf,
+		"upstreams.conf": "upstream web { server web:8080; }\n",
+		"Dockerfile": "FROM " + base + "\nCOPY nginx.conf /etc/nginx/nginx.conf\nCOPY upstreams.conf /etc/nginx/berth/upstreams.conf\n" +
+			"STOPSIGNAL SIGQUIT\nCMD [\"nginx\", \"-g\", \"daemon off;\"]\n",
+	}
+	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}

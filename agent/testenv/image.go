@@ -28,6 +28,9 @@ type Image struct {
 	// --start-period=5s CMD ["/testapp","check"].
 	Healthcheck bool
 	Labels      map[string]string
+	// Base is the image built upon (default scratch): a Debian base gives
+	// the container a shell and cat, as a real app image has.
+	Base string
 }
 
 // healthStartPeriod is the HEALTHCHECK --start-period: failed checks in it do
@@ -39,7 +42,11 @@ const healthStartPeriod = 5 * time.Second
 // --start-period (API < 1.29).
 func (img Image) dockerfile(startPeriod bool) (string, error) {
 	var b strings.Builder
-	b.WriteString("FROM scratch\nCOPY testapp /testapp\n")
+	base := img.Base
+	if base == "" {
+		base = "scratch"
+	}
+	fmt.Fprintf(&b, "FROM %s\nCOPY testapp /testapp\n", base)
 	for _, kv := range []struct {
 		instr string
 		m     map[string]string

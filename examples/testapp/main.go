@@ -4,7 +4,7 @@
 // crasher or a stateful one:
 //
 //	PORT=8080            listen on 0.0.0.0:PORT
-//	VERSION=dev          GET / answers "VERSION\n"
+//	VERSION=dev          GET / and POST / answer "VERSION\n"
 //	HEALTH=fail          GET /healthz answers 500
 //	HEALTHY_AFTER=5s     GET /healthz answers 500 until 5s after start
 //	START_DELAY=2s       wait before listening
@@ -246,10 +246,13 @@ func validKey(key string) bool {
 // newHandler returns the app's routes; now is injectable for tests.
 func newHandler(cfg config, start time.Time, now func() time.Time) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+	version := func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // a POST's body is read, as an app would
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "%s\n", cfg.version)
-	})
+	}
+	mux.HandleFunc("GET /{$}", version)
+	mux.HandleFunc("POST /{$}", version)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		switch {

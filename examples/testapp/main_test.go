@@ -72,8 +72,11 @@ func TestRoot(t *testing.T) {
 	if code, body := get(t, h, "GET", "/", ""); code != 200 || body != "v1\n" {
 		t.Errorf("GET / = %d %q, want 200 %q", code, body, "v1\n")
 	}
-	if code, _ := get(t, h, "POST", "/", ""); code != http.StatusMethodNotAllowed {
-		t.Errorf("POST / = %d, want 405", code)
+	if code, body := get(t, h, "POST", "/", "an order"); code != 200 || body != "v1\n" {
+		t.Errorf("POST / = %d %q, want 200 %q", code, body, "v1\n")
+	}
+	if code, _ := get(t, h, "DELETE", "/", ""); code != http.StatusMethodNotAllowed {
+		t.Errorf("DELETE / = %d, want 405", code)
 	}
 	if code, _ := get(t, h, "GET", "/nope", ""); code != 404 {
 		t.Errorf("GET /nope = %d, want 404", code)

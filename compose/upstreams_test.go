@@ -1,0 +1,183 @@
+package compose
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+const upstreamsPath = "/etc/nginx/berth/upstreams.conf"
+
+// withUpstreams makes the test stack's proxy front web:8080 through an
+// upstreams file, and web a single replica.
+func withUpstreams(p *types.Project, drain string) {
+	proxy := p.Services["proxy"]
+	proxy.Extensions = types.Extensions{ExtensionKey: map[string]any{"proxy": map[string]any{
+		"fronts": []any{"web:8080"}, "upstreams": upstreamsPath, "drain": drain,
+	}}}
+	p.Services["proxy"] = proxy
+	web := p.Services["web"]
+	one := 1
+	web.Deploy.Replicas = &one
+	p.Services["web"] = web
+}
+
+// TestStartFirstDrainsBehindUpstreams: with an upstreams file, the new
+// container is written into it and the old one out of it before the
+// reload, and the old one is stopped only once it has no connection left;
+// the proxy is not reloaded again after the stop (nothing changed for it).
+func TestStartFirstDrainsBehindUpstreams(t *testing.T) {
+	eng := newFakeEngine()
+	p := load(t, nil)
+	withUpstreams(p, "10s")
+	apply(t, eng, plan(t, eng, desired(t, p)))
+	ids := eng.ids()
+	old := ids["shop-web-1"]
+	file := "shop-proxy-1:" + upstreamsPath
+	if got, want := eng.files[file], "server "+eng.containers[old].ip+":8080;  # shop-web-1\n"; !strings.Contains(got, want) {
+		t.Fatalf("the proxy started with upstreams\n%s\nwant a line %q", got, want)
+	}
+
+	p.Services["web"] = withImage(p.Services["web"], "registry.test/web:v2")
+	retired := "shop-web-1-retired-" + old[:min(8, len(old))]
+	eng.connPort = 8080
+	eng.conns = map[string]int{retired: 3}
+	eng.takeCalls()
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true}
+	start := time.Now()
+	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < drainSettle {
+		t.Errorf("the old container was stopped %s after the reload, before the proxy settled (%s)", took, drainSettle)
+	}
+	want := []string{
+		"create shop-web-predeploy-2-1", "start shop-web-predeploy-2-1", "hook shop-web-predeploy-2-1 manage migrate", "remove shop-web-predeploy-2-1",
+		"rename shop-web-1 " + retired,
+		"create shop-web-1", "start shop-web-1", "gate shop-web-1",
+		"copy shop-proxy-1 " + upstreamsPath, "exec shop-proxy-1 nginx -t", "exec shop-proxy-1 nginx -s reload",
+		"count connections of " + retired + ": 3",
+		"count connections of " + retired + ": 2",
+		"count connections of " + retired + ": 1",
+		"count connections of " + retired + ": 0",
+		"stop " + retired,
+	}
+	if got := eng.takeCalls(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("calls:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	newIP := eng.containers[eng.ids()["shop-web-1"]].ip
+	got := eng.files[file]
+	if !strings.Contains(got, "server "+newIP+":8080;  # shop-web-1\n") || strings.Contains(got, eng.containers[old].ip) {
+		t.Errorf("upstreams after the switch:\n%s\nwant only the new container (%s), not the old (%s)", got, newIP, eng.containers[old].ip)
+	}
+}
+
+// TestDrainIsBounded: a container that keeps its connections is stopped
+// once the proxy's drain period is over.
+func TestDrainIsBounded(t *testing.T) {
+	eng := newFakeEngine()
+	p := load(t, nil)
+	withUpstreams(p, "1500ms")
+	apply(t, eng, plan(t, eng, desired(t, p)))
+	old := eng.ids()["shop-web-1"]
+	retired := "shop-web-1-retired-" + old[:min(8, len(old))]
+	eng.connPort = 8080
+	eng.conns = map[string]int{retired: -1}
+	p.Services["web"] = withImage(p.Services["web"], "registry.test/web:v2")
+	var said []string
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true,
+		Progress: func(service, msg string) { said = append(said, msg) }}
+	start := time.Now()
+	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 1500*time.Millisecond || took > 5*time.Second {
+		t.Errorf("apply took %s, want the drain period (1.5s) and not much more", took)
+	}
+	if !strings.Contains(strings.Join(said, "\n"), "still had") {
+		t.Errorf("the end of the drain period was not said:\n%s", strings.Join(said, "\n"))
+	}
+	if c := eng.containers[old]; c.running {
+		t.Error("the old container was not stopped after the drain period")
+	}
+}
+
+// TestUpstreamsWithoutReadyContainer: a fronted service with no running
+// container gets an upstream nginx accepts (a server marked down).
+func TestUpstreamsWithoutReadyContainer(t *testing.T) {
+	eng := newFakeEngine()
+	exec := &Executor{Engine: eng}
+	got, err := exec.upstreamsFile(t.Context(), "shop", &Proxy{Fronts: []string{"web"}, Ports: map[string]int{"web": 8000}}, []string{"shop_default"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(got, "upstream web {\n    server 127.0.0.1:8000 down;") {
+		t.Errorf("upstreams:\n%s", got)
+	}
+}
+
+func TestProxyUpstreamsPolicy(t *testing.T) {
+	d := desired(t, func() *types.Project { p := load(t, nil); withUpstreams(p, "7s"); return p }())
+	for _, s := range d.Services {
+		if s.Name == "proxy" {
+			px := s.Policy.Proxy
+			if px.Upstreams != upstreamsPath || px.Ports["web"] != 8080 || px.Drain != 7*time.Second || strings.Join(px.Fronts, ",") != "web" {
+				t.Errorf("proxy policy = %+v", px)
+			}
+		}
+	}
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(file, []byte(`services:
+  web: {image: x}
+  a:
+    image: x
+    x-berth: {proxy: {fronts: [web], upstreams: /u.conf}}
+  b:
+    image: x
+    x-berth: {proxy: {fronts: ["web:http"], upstreams: u.conf}}
+  c:
+    image: x
+    x-berth: {proxy: {fronts: ["api:80"]}}
+`), 0o600)
+	_, err := Load(t.Context(), LoadOptions{Name: "p", ComposeFile: file})
+	for _, want := range []string{
+		"service a: x-berth.proxy.fronts: web: with upstreams, name the port the proxy sends to (web:PORT)",
+		`service b: x-berth.proxy.fronts: "web:http": the port must be a number`,
+		`service b: x-berth.proxy.upstreams: "u.conf" must be an absolute path`,
+		"service c: x-berth.proxy.fronts: no service api",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("load error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestCountConnections(t *testing.T) {
+	// From a gunicorn container: the listener on 8000 (0A), two requests
+	// from nginx (one established, one closed by the client: 08), a
+	// connection in TIME_WAIT (06) and one of the app's own to PostgreSQL.
+	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F40 00000000:0000 0A 00000000:00000001 00:00000000 00000000     0        0 41 1 0 100 0 0 10 0
+   1: 060012AC:1F40 070012AC:A3C2 01 00000000:00000000 00:00000000 00000000     0        0 47 1 0 20 4 30 10 -1
+   2: 060012AC:1F40 070012AC:A3C4 08 00000000:00000000 00:00000000 00000000     0        0 48 1 0 20 4 30 10 -1
+   3: 060012AC:1F40 070012AC:A3C6 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0
+   4: 060012AC:C350 020012AC:1538 01 00000000:00000000 00:00000000 00000000     0        0 49 1 0 20 4 30 10 -1
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0000000000000000FFFF0000060012AC:1F40 0000000000000000FFFF0000070012AC:A3D0 01 00000000:00000000 00:00000000 00000000     0        0 50 1 0 20 4 30 10 -1
+`
+	for _, tc := range []struct{ port, want int }{{8000, 3}, {9000, 0}} {
+		// Written in uneven pieces, as an exec's output streams.
+		c := &connCounter{ports: []int{tc.port}}
+		for chunk := range slices.Chunk([]byte(table), 7) {
+			c.Write(chunk)
+		}
+		if !c.table || c.n != tc.want {
+			t.Errorf("connections to %d = %d (table seen: %v), want %d", tc.port, c.n, c.table, tc.want)
+		}
+	}
+}
