@@ -42,7 +42,10 @@ def process_order(order_id):
             return order.result
         order.result = compute_result(order.name)
         order.processed_at = timezone.now()
-        order.save(update_fields=["result", "processed_at"])
+        # Counted with the work, in the same transaction: a run that does not
+        # commit (a worker killed mid-task) counts nothing.
+        order.completions = (order.completions or 0) + 1
+        order.save(update_fields=["result", "processed_at", "completions"])
     logger.info("order %s processed: %s", order_id, order.result)
     return order.result
 

@@ -58,8 +58,11 @@ def check_broker(timeout=2.0):
 @require_GET
 def healthz(request):
     """200 {"ok": true} when the database answers a query and the broker
-    accepts a connection; 503 {"ok": false, "failed": {...}} otherwise."""
+    accepts a connection; 503 {"ok": false, "failed": {...}} otherwise, or
+    always when settings.HEALTHZ_FAIL is set (a release broken on purpose)."""
     failed = {}
+    if settings.HEALTHZ_FAIL:
+        failed["forced"] = "HEALTHZ_FAIL: %s" % settings.HEALTHZ_FAIL
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

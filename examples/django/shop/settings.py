@@ -13,6 +13,7 @@
 | APP_VERSION | dev | answered by GET /version; set at build time by the Dockerfile |
 | SWEEP_INTERVAL | 30 | seconds between two runs of the periodic sweep (beat) |
 | ORDER_PROCESSING_SECONDS | 0 | simulated work per order, to watch a warm shutdown at work |
+| HEALTHZ_FAIL | (empty) | when set, GET /healthz answers 503 with this reason: a release whose health gate fails, to test a deploy's rollback (scripts/e2e.sh bakes it into a broken image) |
 | HTTPS | 0 | 1 when served over TLS: secure cookies, HSTS |
 | LOG_LEVEL | INFO | |
 
@@ -187,6 +188,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 ORDER_PROCESSING_SECONDS = float(os.environ.get("ORDER_PROCESSING_SECONDS", "0"))
+# Not for production: a non-empty reason makes /healthz fail (503), so that
+# an image built with it is a release that never passes its health gate.
+HEALTHZ_FAIL = os.environ.get("HEALTHZ_FAIL", "").strip()
 
 LOGGING = {
     "version": 1,

@@ -25,6 +25,7 @@ class OrdersViewTests(TestCase):
         order = Order.objects.get()
         self.assertEqual(resp.json()["id"], order.pk)
         self.assertIsNone(resp.json()["processed_at"])
+        self.assertEqual(resp.json()["completions"], 0)
         delay.assert_called_once_with(order.pk)
 
     def test_create_survives_a_broker_outage(self):
@@ -53,6 +54,7 @@ class OrdersViewTests(TestCase):
         self.assertIsNone(orders["a"]["processed_at"])
         self.assertIsNotNone(orders["b"]["processed_at"])
         self.assertTrue(orders["b"]["result"].startswith("sha256:"))
+        self.assertEqual((orders["a"]["completions"], orders["b"]["completions"]), (0, 1))
 
     def test_other_methods(self):
         self.assertEqual(self.client.delete("/orders/").status_code, 405)
@@ -66,10 +68,12 @@ class ProcessOrderTests(TestCase):
         self.assertEqual(order.result, result)
         first = order.processed_at
         self.assertIsNotNone(first)
+        self.assertEqual(order.completions, 1)
         # A second delivery of the same message changes nothing.
         self.assertEqual(process_order(order.pk), result)
         order.refresh_from_db()
         self.assertEqual(order.processed_at, first)
+        self.assertEqual(order.completions, 1)
 
     def test_missing_order(self):
         self.assertIsNone(process_order(12345))
@@ -102,6 +106,13 @@ class HealthAndVersionTests(TestCase):
         self.assertFalse(body["ok"])
         self.assertIn("broker", body["failed"])
         self.assertNotIn("database", body["failed"])
+
+    @override_settings(HEALTHZ_FAIL="broken on purpose")
+    def test_forced_failure(self):
+        with mock.patch("orders.views.check_broker"):
+            resp = self.client.get("/healthz")
+        self.assertEqual(resp.status_code, 503)
+        self.assertEqual(resp.json(), {"ok": False, "failed": {"forced": "HEALTHZ_FAIL: broken on purpose"}})
 
     @override_settings(APP_VERSION="v42")
     def test_version(self):
