@@ -3,7 +3,8 @@
 # Installs what is missing from Debian's packages (Docker Engine, the
 # registry, docker-compose for compatibility checks, the OpenSSH client and
 # server the SSH front-door tests drive, systemd-analyze for the unit
-# checks), starts dockerd
+# checks, rsync and npm for the local GitLab runner of scripts/e2e.sh),
+# starts dockerd
 # if no engine answers, and waits until it does. Safe to run again.
 # Usage: sudo scripts/setup-host.sh
 set -euo pipefail
@@ -19,6 +20,8 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v rsync >/dev/null || need+=(rsync)
+command -v npm >/dev/null || need+=(npm)
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# test.sh: run every Berth test on this machine: unit tests, and integration
-# tests against the real Docker engine and a real registry on 127.0.0.1.
+# test.sh: run every Berth test on this machine: unit tests, integration
+# tests against the real Docker engine and a real registry on 127.0.0.1, and
+# the end-to-end run of the reference Django stack (scripts/e2e.sh).
 # The integration tests are required here (BERTH_REQUIRE_DOCKER=1): a missing
 # engine fails them instead of skipping them.
 # Usage: sudo scripts/test.sh [go test flags, e.g. -run TestDeploy]
+#   With go test flags, only go test runs (no end-to-end run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
@@ -26,3 +28,8 @@ go vet ./...
 
 echo "== go test"
 go test -count=1 -timeout 40m "$@" ./...
+
+if [ $# -eq 0 ]; then
+  echo "== end to end: scripts/e2e.sh"
+  scripts/e2e.sh
+fi
