@@ -479,20 +479,28 @@ func (r *run) fail(ctx context.Context, prev api.Release, cause error) outcome {
 	r.release.Outcome, r.release.Error, r.release.RestoredTo = api.OutcomeRolledBack, cause.Error(), prev.Number
 	r.save(false)
 	if prev.Number == 0 {
-		return outcome{code: api.ExitRolledBack, err: fmt.Errorf("release %d failed and was removed (there was no earlier release): %w", r.release.Number, cause)}
+		return outcome{code: api.ExitRolledBack, err: fmt.Errorf("release %d failed and was undone (there was no earlier release: its containers were removed, and those it had replaced run again): %w", r.release.Number, cause)}
 	}
 	return outcome{code: api.ExitRolledBack, err: fmt.Errorf("release %d failed; release %d is serving again: %w", r.release.Number, prev.Number, cause)}
 }
 
-// restore brings the project back to release prev (or to nothing, before
-// the first release) with the same gating, using the images on disk.
+// restore brings the project back to release prev with the same gating,
+// using the images on disk. Before the first release there is none: the
+// release is undone instead, back to what ran before it (nothing, or a
+// stack `docker compose` had started).
 func (r *run) restore(ctx context.Context, prev api.Release) error {
-	desired := &compose.Desired{Project: r.project}
-	if prev.Number != 0 {
-		var err error
-		if desired, err = decodeState(prev); err != nil {
+	if prev.Number == 0 {
+		failed, err := decodeState(r.release)
+		if err != nil {
 			return err
 		}
+		r.progress("", "undoing release %d (there is no earlier release): back to what ran before it", r.release.Number)
+		exec := &compose.Executor{Engine: r.svc.engine, Progress: func(svc, msg string) { r.progress(svc, "%s", msg) }}
+		return exec.Undo(ctx, failed, fmt.Sprint(r.release.Number))
+	}
+	desired, err := decodeState(prev)
+	if err != nil {
+		return err
 	}
 	r.progress("", "rolling back to release %d", prev.Number)
 	plan, err := r.plan(ctx, desired)

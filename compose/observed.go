@@ -23,6 +23,7 @@ type Container struct {
 	Image   string // the image the container was created from (pinned)
 	State   string // created, running, restarting, paused, exited, dead
 	Oneoff  bool
+	Release string // the Berth release that created it; "" for others
 }
 
 // Running reports whether the container is up (restarting counts as not).
@@ -70,6 +71,7 @@ func Observe(ctx context.Context, eng Engine, project string) (*Observed, error)
 			Image:   c.Image,
 			State:   c.State,
 			Oneoff:  strings.EqualFold(c.Labels[LabelOneoff], "true"),
+			Release: c.Labels[LabelRelease],
 		})
 	}
 	sort.Slice(o.Containers, func(i, j int) bool {

@@ -197,6 +197,65 @@ func TestExitingImageFailsFast(t *testing.T) {
 	}
 }
 
+// 2b. A stack that Debian's docker-compose started, and a first Berth
+// release over it that fails: there is no earlier release to go back to,
+// so the release is undone and the very containers compose started run
+// again under their names (the database, replaced before web failed,
+// included), with the data in their volume.
+func TestFailedFirstReleaseOverComposeStack(t *testing.T) {
+	if _, err := exec.LookPath("docker-compose"); err != nil {
+		if testenv.Required() {
+			t.Fatal("docker-compose is not installed (scripts/setup-host.sh installs it)")
+		}
+		t.Skip("docker-compose not installed")
+	}
+	h := newHarness(t, stack, options{})
+	h.image("web:v1", testenv.Image{Healthcheck: true})
+	h.image("worker:v1", testenv.Image{})
+	h.image("db:v1", testenv.Image{Healthcheck: true})
+	h.image("web:crash", testenv.Image{Healthcheck: true, Env: map[string]string{"EXIT_AFTER": "0s", "EXIT_CODE": "3"}})
+	up := exec.Command("docker-compose", "-f", filepath.Join(h.dir, "compose.yaml"), "-p", h.project, "up", "-d")
+	up.Env = append(os.Environ(), "COMPOSE_INTERACTIVE_NO_CLI=1")
+	if out, err := up.CombinedOutput(); err != nil {
+		t.Fatalf("docker-compose up: %v\n%s", err, out)
+	}
+	before := h.ids()
+	var db string
+	for name := range before {
+		if strings.Contains(name, "db") {
+			db = name
+		}
+	}
+	if len(before) != 3 || db == "" {
+		t.Fatalf("docker-compose started %s", names(before))
+	}
+	dbURL := "http://127.0.0.1:" + h.hostPort(db) + "/data/k"
+	httpDo(t, http.MethodPut, dbURL, "kept")
+
+	h.start()
+	out := h.deploy(api.ExitRolledBack, "--image", "web="+h.reg.Ref("web:crash"))
+	for _, want := range []string{"removing " + h.project + "-db-1", "starting " + db + " again", "was undone"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	h.sameIDs(before, "after the failed first release")
+	for name, c := range h.containers() {
+		if c.State != "running" {
+			t.Errorf("%s is %s after the undo", name, c.State)
+		}
+	}
+	if got := httpDo(t, http.MethodGet, "http://127.0.0.1:"+h.hostPort(db)+"/data/k", ""); got != "kept" {
+		t.Errorf("the database's data after the undo: %q, want %q", got, "kept")
+	}
+	if hist := h.history(); len(hist) != 1 || hist[0].Outcome != api.OutcomeRolledBack {
+		t.Errorf("history: %+v", hist)
+	}
+	if st := h.status(); st.Current != nil {
+		t.Errorf("a live release after the failed first one: %+v", st.Current)
+	}
+}
+
 // 3. Healthy at first, then a crash inside the monitor window: rolled back.
 func TestCrashInMonitorWindowIsRolledBack(t *testing.T) {
 	h := newHarness(t, `
