@@ -11,6 +11,10 @@
 //	EXIT_AFTER=3s        exit with EXIT_CODE (default 1) 3s after start
 //	DATA_DIR=/data       PUT/GET /data/{key} store and read files in DATA_DIR
 //	STOP_DELAY=2s        on SIGTERM/SIGINT, wait before draining requests
+//	WORKERS=2            hold at most 2 connections at once, like gunicorn's
+//	                     sync workers: others wait in the listen queue (and
+//	                     are reset when the listener closes at SIGTERM)
+//	REQUEST_DELAY=20ms   GET / and POST / take this long to answer
 //
 // "testapp check [URL]" performs a single HTTP GET (default
 // http://127.0.0.1:$PORT/healthz) and exits 0 on 200 and 1 otherwise; scratch
@@ -28,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -65,6 +70,8 @@ type config struct {
 	exitCode     int
 	dataDir      string
 	stopDelay    time.Duration
+	workers      int
+	requestDelay time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -90,6 +97,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		{"START_DELAY", &c.startDelay, nil},
 		{"EXIT_AFTER", &c.exitAfter, &c.exitSet},
 		{"STOP_DELAY", &c.stopDelay, nil},
+		{"REQUEST_DELAY", &c.requestDelay, nil},
 	}
 	for _, d := range durations {
 		v := getenv(d.name)
@@ -112,7 +120,42 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 		c.exitCode = code
 	}
+	if v := getenv("WORKERS"); v != "" {
+		if _, err := fmt.Sscanf(v, "%d", &c.workers); err != nil || c.workers < 1 {
+			return config{}, fmt.Errorf("parse WORKERS=%q: want a positive integer", v)
+		}
+	}
 	return c, nil
+}
+
+// workerListener accepts a connection only while fewer than cap(slots)
+// are open, as a pool of sync workers does: the others wait, accepted by
+// the kernel, in the listen queue.
+type workerListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *workerListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &workerConn{Conn: c, release: func() { <-l.slots }}, nil
+}
+
+type workerConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *workerConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 // run is the whole program; args excludes the program name.
@@ -193,6 +236,9 @@ func serve(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen on port %s: %w", cfg.port, err)
 	}
+	if cfg.workers > 0 {
+		ln = &workerListener{Listener: ln, slots: make(chan struct{}, cfg.workers)}
+	}
 	srv := &http.Server{
 		Handler:           newHandler(cfg, start, time.Now),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -247,7 +293,8 @@ func validKey(key string) bool {
 func newHandler(cfg config, start time.Time, now func() time.Time) http.Handler {
 	mux := http.NewServeMux()
 	version := func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body) // a POST's body is read, as an app would
+		io.Copy(io.Discard, r.Body)  // a POST's body is read, as an app would
+		time.Sleep(cfg.requestDelay) // the request's work
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "%s\n", cfg.version)
 	}

@@ -53,17 +53,60 @@ func TestLoadConfig(t *testing.T) {
 	if cfg.port != "8080" || cfg.version != "dev" || cfg.exitCode != 1 || cfg.exitSet || cfg.healthFail {
 		t.Errorf("defaults = %+v", cfg)
 	}
-	cfg, err = loadConfig(env("PORT", "9000", "VERSION", "v2", "EXIT_AFTER", "0s", "EXIT_CODE", "3", "HEALTH", "fail", "STOP_DELAY", "1s"))
+	cfg, err = loadConfig(env("PORT", "9000", "VERSION", "v2", "EXIT_AFTER", "0s", "EXIT_CODE", "3", "HEALTH", "fail", "STOP_DELAY", "1s",
+		"WORKERS", "2", "REQUEST_DELAY", "20ms"))
 	if err != nil {
 		t.Fatalf("loadConfig: %v", err)
 	}
-	if cfg.port != "9000" || cfg.version != "v2" || !cfg.exitSet || cfg.exitAfter != 0 || cfg.exitCode != 3 || !cfg.healthFail || cfg.stopDelay != time.Second {
+	if cfg.port != "9000" || cfg.version != "v2" || !cfg.exitSet || cfg.exitAfter != 0 || cfg.exitCode != 3 || !cfg.healthFail || cfg.stopDelay != time.Second ||
+		cfg.workers != 2 || cfg.requestDelay != 20*time.Millisecond {
 		t.Errorf("config = %+v", cfg)
 	}
-	for _, bad := range [][]string{{"START_DELAY", "soon"}, {"HEALTHY_AFTER", "-1s"}, {"EXIT_CODE", "x"}, {"EXIT_CODE", "300"}} {
+	for _, bad := range [][]string{{"START_DELAY", "soon"}, {"HEALTHY_AFTER", "-1s"}, {"EXIT_CODE", "x"}, {"EXIT_CODE", "300"}, {"WORKERS", "0"}, {"WORKERS", "many"}} {
 		if _, err := loadConfig(env(bad...)); err == nil {
 			t.Errorf("loadConfig(%s=%s): want error", bad[0], bad[1])
 		}
+	}
+}
+
+// TestWorkerListener: with one worker, a second connection waits in the
+// listen queue until the first is closed.
+func TestWorkerListener(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &workerListener{Listener: inner, slots: make(chan struct{}, 1)}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	for range 2 {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	first := <-accepted
+	select {
+	case <-accepted:
+		t.Fatal("a second connection was accepted while the only worker was busy")
+	case <-time.After(200 * time.Millisecond):
+	}
+	first.Close()
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting connection was not accepted once the worker was free")
 	}
 }
 
