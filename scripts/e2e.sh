@@ -510,19 +510,27 @@ ssh -p "$ssh_port" -i "$work/ci_key" -o IdentitiesOnly=yes -o BatchMode=yes -o S
   -o UserKnownHostsFile="$work/known_hosts" -o GlobalKnownHostsFile=/dev/null \
   deploy@127.0.0.1 "history $project" || fail "step1: history over SSH failed"
 
+# ci_step NAME WEB_IMAGE WANT_EXIT VERSIONS: a deploy by the CI job (ci_deploy)
+# under the load generator; fails unless it exits WANT_EXIT and every
+# /version answer is one of VERSIONS. Sets dur (seconds).
+ci_step() {
+  local rc=0 t
+  load_start "$1"
+  t=$EPOCHREALTIME
+  ci_deploy "$2" || rc=$?
+  dur=$(since "$t")
+  load_wait "$load_after"
+  load_stop
+  ((rc == $3)) || fail "$1: the deploy of $2 exited $rc, want $3"
+  note "$1: the deploy exited $rc in ${dur}s"
+  load_report "$1" "$4"
+}
+
 # --- 2 -----------------------------------------------------------------------
 step "2. deploy v2 (additive migration) with the CI deploy job ($ci_via) under load: $rate requests/s, every ${post_every}th a POST"
-load_start step2
 message="e2e step 2: v2, Order.note"
-t=$EPOCHREALTIME
-rc=0
-ci_deploy "$web_v2" || rc=$?
-d2=$(since "$t")
-load_wait "$load_after"
-load_stop
-((rc == 0)) || fail "step2: the v2 deploy exited $rc, want 0"
-note "v2 deploy: exit $rc in ${d2}s"
-load_report step2 "v1 v2"
+ci_step step2 "$web_v2" 0 "v1 v2"
+d2=$dur
 version_is v2
 orders_check step2
 row "2 deploy v2 ($ci_via, load)" "$sent" "$failed" "$tasks_sent" "$tasks_once" "$d2"
@@ -532,17 +540,9 @@ truth_check step2 2 2 succeeded deploy "$web_v2"
 
 # --- 3 -----------------------------------------------------------------------
 step "3. deploy a broken v3 (/healthz answers 503) with the CI deploy job ($ci_via) under load: exit 1, v2 serves"
-load_start step3
 message="e2e step 3: v3, broken on purpose"
-t=$EPOCHREALTIME
-rc=0
-ci_deploy "$web_v3" || rc=$?
-d3=$(since "$t")
-load_wait "$load_after"
-load_stop
-((rc == 1)) || fail "step3: the v3 deploy exited $rc, want 1 (failed, v2 restored)"
-note "v3 deploy: exit $rc in ${d3}s"
-load_report step3 v2
+ci_step step3 "$web_v3" 1 v2   # 1: failed, v2 restored
+d3=$dur
 version_is v2
 orders_check step3
 row "3 broken v3 ($ci_via, exit 1)" "$sent" "$failed" "$tasks_sent" "$tasks_once" "$d3"
