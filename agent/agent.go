@@ -492,7 +492,10 @@ func (r *run) restore(ctx context.Context, prev api.Release) error {
 	if prev.Number == 0 {
 		failed, err := decodeState(r.release)
 		if err != nil {
-			return err
+			// The undo still works without the release's state; it only
+			// lacks the order of the services and the proxies.
+			r.progress("", "warning: %v: undoing it without the order of its services", err)
+			failed = &compose.Desired{Project: r.project}
 		}
 		r.progress("", "undoing release %d (there is no earlier release): back to what ran before it", r.release.Number)
 		exec := &compose.Executor{Engine: r.svc.engine, Progress: func(svc, msg string) { r.progress(svc, "%s", msg) }}
