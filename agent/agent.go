@@ -244,6 +244,9 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	if err != nil {
 		return outcome{code: api.ExitBadRequest, err: redact(err, req.Env)}
 	}
+	if err := compose.CheckRequest(ctx, opts, project, r.pc.AllowedBindPaths); err != nil {
+		return outcome{code: api.ExitBadRequest, err: redact(err, req.Env)}
+	}
 	reg := r.registry()
 	if a := req.Registry; a != nil {
 		reg.Override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}

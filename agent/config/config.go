@@ -87,6 +87,9 @@ type Project struct {
 	KeepReleases int      `yaml:"keep_releases"`
 	// DockerConfig overrides the registry credentials for this project.
 	DockerConfig string `yaml:"docker_config"`
+	// AllowedBindPaths are the host directories under which a request's
+	// variables may choose the source of a bind mount.
+	AllowedBindPaths []string `yaml:"allowed_bind_paths"`
 }
 
 // Identity is one caller and its scopes.
@@ -440,6 +443,11 @@ func (c *Config) Validate() error {
 		}
 		if p.DockerConfig != "" {
 			mustDir(&errs, "project "+name+": docker_config", p.DockerConfig)
+		}
+		for _, d := range p.AllowedBindPaths {
+			if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
+				bad("project %s: allowed_bind_paths: %q must be an absolute path other than /", name, d)
+			}
 		}
 	}
 	errs = append(errs, c.validateFrontDoors()...)

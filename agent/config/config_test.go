@@ -61,6 +61,7 @@ projects:
     compose_file: ""
     keep_releases: -1
     env_file: absent.env
+    allowed_bind_paths: [uploads, /]
 `)
 	c, err := Load(path)
 	if err != nil {
@@ -79,6 +80,8 @@ projects:
 		"project blog: compose_file is required",
 		"project blog: env_file: open",
 		"project blog: keep_releases -1",
+		`project blog: allowed_bind_paths: "uploads" must be an absolute path`,
+		`project blog: allowed_bind_paths: "/" must be an absolute path other than /`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("problems do not include %q:\n%v", want, err)

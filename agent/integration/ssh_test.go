@@ -67,6 +67,7 @@ services:
     image: $REGISTRY/web:v1
     environment:
       GREETING: ${GREETING:-none}
+    cap_add: ["${EXTRA_CAP:-CHOWN}"]
     deploy:
       update_config: {monitor: 1s}
 `, options{reg: reg, second: "services:\n  web:\n    image: $REGISTRY/web:v1\n", extra: fmt.Sprintf(`ssh:
@@ -152,6 +153,14 @@ identities:
 	if out, code := a.run("", "deploy", h.project, "--image", "nope=x:1"); code != api.ExitBadRequest {
 		t.Errorf("unknown service: exit %d\n%s", code, out)
 	}
+	// A variable from the request may not give a service more power over
+	// the host (here a capability): 2, nothing changed. The value is
+	// redacted in the answer, like every value a request sends.
+	before := h.ids()
+	if out, code := a.run("EXTRA_CAP=SYS_ADMIN\n", "deploy", h.project, "--env-file", "-"); code != api.ExitBadRequest || !strings.Contains(out, "cap_add [[redacted]] comes from the request's variables (EXTRA_CAP)") {
+		t.Errorf("deploy with a capability from stdin: exit %d\n%s", code, out)
+	}
+	h.sameIDs(before, "after a refused request")
 	// Locked: 3, naming the holder.
 	h.ctl("lock", h.project, "-m", "maintenance window")
 	if out, code := a.run(stdin, "deploy", h.project, "--env-file", "-"); code != api.ExitLocked || !strings.Contains(out, "maintenance window") {
