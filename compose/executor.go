@@ -242,11 +242,7 @@ func (e *Executor) upAndGate(ctx context.Context, p *Plan, s ServicePlan, batch 
 	}
 	// Proxies with an upstreams file switch to the new containers and away
 	// from the ones this batch retires (still running when start-first).
-	var out []string
-	for _, c := range retirees(batch) {
-		out = append(out, c.ID)
-	}
-	return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil, out)
+	return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil, idsOf(retirees(batch)))
 }
 
 // bringUp creates (or starts again) the container of a slot and returns
@@ -336,11 +332,7 @@ func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Co
 		return nil
 	}
 	if proxies := p.drainProxies(s.Name); len(proxies) > 0 {
-		var out []string
-		for _, c := range old {
-			out = append(out, c.ID)
-		}
-		if err := e.reloadProxies(ctx, p, s.Name, nil, nil, out); err != nil {
+		if err := e.reloadProxies(ctx, p, s.Name, nil, nil, idsOf(old)); err != nil {
 			return err
 		}
 		e.drain(ctx, s.Name, proxies, old)
@@ -405,6 +397,15 @@ func retirees(batch []Slot) []*Container {
 		}
 	}
 	return old
+}
+
+// idsOf returns the IDs of containers.
+func idsOf(cs []*Container) []string {
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	return ids
 }
 
 // retiredMark is in the name of every container kept aside by a release.

@@ -318,7 +318,7 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 			case err != nil:
 				bad("%s.proxy.fronts: %v", ExtensionKey, err)
 				continue
-			case !hasService(p, name):
+			case p.Services[name].Name == "":
 				bad("%s.proxy.fronts: no service %s", ExtensionKey, name)
 			case px.Upstreams != "" && port == 0:
 				bad("%s.proxy.fronts: %s: with upstreams, name the port the proxy sends to (%s:PORT)", ExtensionKey, name, name)
@@ -364,11 +364,6 @@ func splitFront(f string) (string, int, error) {
 		return "", 0, fmt.Errorf("%q: the port must be a number from 1 to 65535", f)
 	}
 	return name, n, nil
-}
-
-func hasService(p *types.Project, name string) bool {
-	_, ok := p.Services[name]
-	return ok
 }
 
 func hookOf(h hookExt) Hook {
