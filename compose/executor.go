@@ -49,6 +49,9 @@ type Executor struct {
 
 	mu      sync.Mutex
 	started []Started
+	killed  []Killed
+	// clock is time.Now unless a test sets it.
+	clock func() time.Time
 	// upstreams is what each proxy container's upstreams file holds, as
 	// loaded; reloadedAt is when a proxy last reloaded.
 	upstreams  map[string]string
@@ -337,9 +340,11 @@ func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Co
 		}
 		e.drain(ctx, s.Name, proxies, old)
 	}
-	grace := 10 * time.Second
+	// A service no longer in the file is stopped with its containers' own
+	// grace period, which they carry from the file that created them.
+	var grace *time.Duration
 	if s.Spec != nil {
-		grace = s.Spec.StopTimeout
+		grace = &s.Spec.StopTimeout
 	}
 	gone := addrs{}
 	for _, c := range old {
@@ -351,10 +356,13 @@ func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Co
 		for net, ips := range e.addresses(ctx, []string{c.ID}) {
 			gone[net] = append(gone[net], ips...)
 		}
-		e.say(s.Name, "stopping %s (grace %s)", c.Name, grace)
-		secs := int(grace / time.Second)
-		if err := e.Engine.ContainerStop(ctx, c.ID, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("stop %s: %w", c.Name, err)
+		if grace != nil {
+			e.say(s.Name, "stopping %s (grace %s)", c.Name, *grace)
+		} else {
+			e.say(s.Name, "stopping %s (with its own grace period)", c.Name)
+		}
+		if err := e.stop(ctx, s.Name, c, grace); err != nil {
+			return err
 		}
 	}
 	if len(gone) > 0 {

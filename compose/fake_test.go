@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/berth-deploy/berth/healthcheck"
 	"github.com/docker/docker/api/types"
@@ -41,6 +42,11 @@ type fakeEngine struct {
 	// -1 shows one connection for ever.
 	conns    map[string]int
 	connPort int
+	// stubborn are the services whose containers ignore their stop
+	// signal: a stop takes the whole grace period (on clock) and ends in
+	// SIGKILL, exit code 137.
+	stubborn map[string]bool
+	clock    time.Time
 }
 
 type fakeContainer struct {
@@ -49,6 +55,7 @@ type fakeContainer struct {
 	cfg      container.Config
 	running  bool
 	networks []string
+	exitCode int
 }
 
 func newFakeEngine() *fakeEngine {
@@ -139,7 +146,11 @@ func (f *fakeEngine) ContainerStart(_ context.Context, id string, _ container.St
 	return nil
 }
 
-func (f *fakeEngine) ContainerStop(_ context.Context, id string, _ container.StopOptions) error {
+// ContainerStop stops a container as the engine does: with the timeout
+// given, else the container's own, else 10 s. A container of a stubborn
+// service takes the whole timeout (the clock moves on) and is killed; one
+// whose stop signal is SIGKILL is killed at once; any other exits 0.
+func (f *fakeEngine) ContainerStop(_ context.Context, id string, o container.StopOptions) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c, err := f.get(id)
@@ -147,8 +158,32 @@ func (f *fakeEngine) ContainerStop(_ context.Context, id string, _ container.Sto
 		return err
 	}
 	f.record("stop %s", c.name)
+	timeout := engineStopTimeout
+	if c.cfg.StopTimeout != nil {
+		timeout = time.Duration(*c.cfg.StopTimeout) * time.Second
+	}
+	if o.Timeout != nil {
+		timeout = time.Duration(*o.Timeout) * time.Second
+	}
+	switch {
+	case !c.running:
+	case isSIGKILL(c.cfg.StopSignal):
+		c.exitCode = exitSIGKILL
+	case f.stubborn[c.cfg.Labels[LabelService]]:
+		f.clock = f.clock.Add(timeout + 200*time.Millisecond)
+		c.exitCode = exitSIGKILL
+	default:
+		c.exitCode = 0
+	}
 	c.running = false
 	return nil
+}
+
+// now is the fake's clock, which only stops move on.
+func (f *fakeEngine) now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.clock
 }
 
 func (f *fakeEngine) ContainerRemove(_ context.Context, id string, o container.RemoveOptions) error {
@@ -268,7 +303,13 @@ func (f *fakeEngine) ContainerInspect(_ context.Context, id string) (container.I
 	for _, n := range c.networks {
 		nets[n] = &network.EndpointSettings{IPAddress: c.ip}
 	}
-	return container.InspectResponse{NetworkSettings: &container.NetworkSettings{Networks: nets}}, nil
+	cfg := c.cfg
+	return container.InspectResponse{
+		ContainerJSONBase: &container.ContainerJSONBase{ID: c.id, Name: "/" + c.name,
+			State: &container.State{Running: c.running, ExitCode: c.exitCode}},
+		Config:          &cfg,
+		NetworkSettings: &container.NetworkSettings{Networks: nets},
+	}, nil
 }
 
 // bufConn is a connection that reads a buffer, for exec attachments.

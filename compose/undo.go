@@ -42,8 +42,8 @@ func (e *Executor) Undo(ctx context.Context, desired *Desired, release string) e
 		e.say(c.Service, "removing %s (created by release %s)", c.Name, release)
 		if c.State != "exited" && c.State != "dead" {
 			// No timeout given: the container's own stop_grace_period.
-			if err := e.Engine.ContainerStop(ctx, c.ID, container.StopOptions{}); err != nil && !errdefs.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("stop %s: %w", c.Name, err))
+			if err := e.stop(ctx, c.Service, c, nil); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		if err := e.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
