@@ -439,6 +439,13 @@ func (r *run) apply(ctx context.Context, plan *compose.Plan, rollback bool) erro
 		KeepRetired: !rollback,
 		Rollback:    rollback,
 	}
+	during := api.StopDuringRollout
+	if rollback {
+		during = api.StopDuringRollback
+	}
+	// Recorded whether the rollout succeeds or not: a kill on the way to a
+	// failure counts as much.
+	defer func() { r.killed(during, exec.Killed()) }()
 	if err := exec.Apply(ctx, plan); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("the rollout timed out: %w", err)
@@ -502,7 +509,9 @@ func (r *run) restore(ctx context.Context, prev api.Release) error {
 		}
 		r.progress("", "undoing release %d (there is no earlier release): back to what ran before it", r.release.Number)
 		exec := &compose.Executor{Engine: r.svc.engine, Progress: func(svc, msg string) { r.progress(svc, "%s", msg) }}
-		return exec.Undo(ctx, failed, fmt.Sprint(r.release.Number))
+		err = exec.Undo(ctx, failed, fmt.Sprint(r.release.Number))
+		r.killed(api.StopDuringUndo, exec.Killed())
+		return err
 	}
 	desired, err := decodeState(prev)
 	if err != nil {
@@ -524,8 +533,13 @@ func (r *run) commit(ctx context.Context, desired *compose.Desired, plan *compos
 	if err := r.svc.store.Save(r.release, true); err != nil {
 		return outcome{code: api.ExitBroken, err: err}
 	}
-	if err := r.svc.cleanup(ctx, r.project, desired, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
+	killed, err := r.svc.cleanup(ctx, r.project, desired, func(svc, msg string) { r.progress(svc, "%s", msg) })
+	if err != nil {
 		r.progress("", "warning: cleaning up after the release: %v", err)
+	}
+	if len(killed) > 0 {
+		r.killed(api.StopDuringCleanup, killed)
+		r.save(true)
 	}
 	exec := &compose.Executor{Engine: r.svc.engine, Release: fmt.Sprint(r.release.Number), Progress: func(svc, msg string) { r.progress(svc, "%s", msg) }}
 	changed := map[string]bool{}
@@ -548,14 +562,32 @@ func (r *run) commit(ctx context.Context, desired *compose.Desired, plan *compos
 	return outcome{code: api.ExitOK, msg: fmt.Sprintf("release %d is live", r.release.Number)}
 }
 
-// cleanup removes the containers a committed release retired.
-func (s *Service) cleanup(ctx context.Context, project string, desired *compose.Desired, progress compose.Progress) error {
+// cleanup removes the containers a committed release retired, and returns
+// those of them the engine killed at the end of their grace period (they
+// are stopped already, unless a start was still under way).
+func (s *Service) cleanup(ctx context.Context, project string, desired *compose.Desired, progress compose.Progress) ([]compose.Killed, error) {
 	observed, err := compose.Observe(ctx, s.engine, project)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	exec := &compose.Executor{Engine: s.engine, Progress: progress}
-	return exec.Apply(ctx, compose.MakePlan(desired, observed).Cleanup())
+	err = exec.Apply(ctx, compose.MakePlan(desired, observed).Cleanup())
+	return exec.Killed(), err
+}
+
+// killed records, on the release, the containers the engine killed at the
+// end of their grace period during a part of its life. The executor has
+// said so in the progress already.
+func (r *run) killed(during string, killed []compose.Killed) {
+	for _, k := range killed {
+		r.log.Warn("container killed at the end of its grace period", "release", r.release.Number, "service", k.Service,
+			"container", k.Container, "signal", k.Signal, "grace_period", k.Grace, "stopped_after", k.Took, "during", during)
+		r.release.KilledOnStop = append(r.release.KilledOnStop, api.StopKilled{
+			Service: k.Service, Container: k.Container, Signal: k.Signal, During: during,
+			GracePeriod:  k.Grace.Seconds(),
+			StoppedAfter: k.Took.Round(time.Millisecond).Seconds(),
+		})
+	}
 }
 
 func (r *run) save(live bool) {

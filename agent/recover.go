@@ -56,7 +56,12 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return s.cleanup(ctx, name, desired, func(svc, msg string) {
+	killed, err := s.cleanup(ctx, name, desired, func(svc, msg string) {
 		s.log.Info(msg, "project", name, "service", svc, "release", cur.Number, "phase", "recovery")
 	})
+	for _, k := range killed {
+		s.log.Warn("container killed at the end of its grace period", "project", name, "release", cur.Number, "phase", "recovery",
+			"service", k.Service, "container", k.Container, "signal", k.Signal, "grace_period", k.Grace, "stopped_after", k.Took)
+	}
+	return err
 }

@@ -111,9 +111,37 @@ type Release struct {
 	RollbackOf int `json:"rollback_of,omitempty"`
 	// RestoredTo is the release that was put back when this one failed.
 	RestoredTo int `json:"restored_to,omitempty"`
+	// KilledOnStop lists the containers the release stopped that had not
+	// exited at the end of their grace period, so the engine killed them.
+	KilledOnStop []StopKilled `json:"killed_on_stop,omitempty"`
 	// State is the desired state the release deployed, exactly as sent to
 	// the engine: what a rollback to it redeploys. Not sent by history.
 	State json.RawMessage `json:"state,omitempty"`
+}
+
+// When a container was stopped, in a release's life.
+const (
+	StopDuringRollout  = "rollout"  // the release's own rollout
+	StopDuringRollback = "rollback" // putting the previous release back after a failure
+	StopDuringUndo     = "undo"     // undoing a failed first release
+	StopDuringCleanup  = "cleanup"  // removing what a committed release retired
+)
+
+// StopKilled is a container a release stopped that was still running when
+// its grace period (stop_grace_period) ended after its stop signal, so
+// the engine killed it with SIGKILL (exit code 137): whatever it was doing
+// was cut short.
+type StopKilled struct {
+	Service   string `json:"service"`
+	Container string `json:"container"`
+	// Signal is the stop signal it did not exit on (SIGTERM by default).
+	Signal string `json:"signal"`
+	// GracePeriod is how long the engine waited for it, in seconds.
+	GracePeriod float64 `json:"grace_period_seconds"`
+	// StoppedAfter is how long the stop took, in seconds.
+	StoppedAfter float64 `json:"stopped_after_seconds"`
+	// During is one of the StopDuring values.
+	During string `json:"during"`
 }
 
 // ServiceImage is the image a service ran in a release.

@@ -86,6 +86,10 @@ func PrintHistory(w io.Writer, project string, hist []Release, live int) {
 		if r.Outcome == OutcomeRolledBack {
 			fmt.Fprintf(w, "    restored release %d\n", r.RestoredTo)
 		}
+		for _, k := range r.KilledOnStop {
+			fmt.Fprintf(w, "    killed on stop: %s %s, still running %gs after %s (stop_grace_period), stopped after %gs, during the %s\n",
+				k.Service, k.Container, k.GracePeriod, k.Signal, k.StoppedAfter, k.During)
+		}
 		svcs := make([]string, 0, len(r.Services))
 		for s := range r.Services {
 			svcs = append(svcs, s)
