@@ -38,6 +38,8 @@ type Metrics struct {
 	deploys     *prometheus.HistogramVec
 	rollbacks   *prometheus.HistogramVec
 	lastSuccess *prometheus.GaugeVec
+	stopKilled  *prometheus.CounterVec
+	killedGrace *prometheus.GaugeVec
 }
 
 // New returns the metrics of an agent of that version; src is asked for
@@ -64,6 +66,14 @@ func New(version string, src Source) *Metrics {
 			Name: "berth_last_success_timestamp_seconds",
 			Help: "When the project's last successful deploy or rollback ended, in Unix seconds.",
 		}, []string{"project"}),
+		stopKilled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_container_stop_killed_total",
+			Help: "Containers a deploy or rollback stopped that were still running at the end of their grace period (stop_grace_period), so the engine killed them with SIGKILL, by project and service.",
+		}, []string{"project", "service"}),
+		killedGrace: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_container_stop_killed_grace_seconds",
+			Help: "The grace period, in seconds, of the service's last container the engine killed at the end of it.",
+		}, []string{"project", "service"}),
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "berth_build_info",
@@ -72,7 +82,7 @@ func New(version string, src Source) *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(
-		m.runs, m.deploys, m.rollbacks, m.lastSuccess, build,
+		m.runs, m.deploys, m.rollbacks, m.lastSuccess, m.stopKilled, m.killedGrace, build,
 		newState(src),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -113,6 +123,18 @@ func (m *Metrics) RunFinished(ev api.RunEvent) {
 			t = time.Now()
 		}
 		m.lastSuccess.WithLabelValues(ev.Project).Set(float64(t.UnixNano()) / 1e9)
+	}
+	if ev.Project == "" || ev.Release.Number == 0 {
+		return
+	}
+	// The kill counters of a release's services start at zero, so that
+	// the first kill is an increase.
+	for svc := range ev.Release.Services {
+		m.stopKilled.WithLabelValues(ev.Project, svc)
+	}
+	for _, k := range ev.Release.KilledOnStop {
+		m.stopKilled.WithLabelValues(ev.Project, k.Service).Inc()
+		m.killedGrace.WithLabelValues(ev.Project, k.Service).Set(k.GracePeriod)
 	}
 }
 

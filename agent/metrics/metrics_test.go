@@ -333,3 +333,39 @@ func TestConcurrentRunsAndScrapes(t *testing.T) {
 		}
 	}
 }
+
+// TestStopKilled: the containers a run's release records as killed at the
+// end of their grace period are counted by project and service, with the
+// grace period of the last; the counters of a release's other services
+// start at zero.
+func TestStopKilled(t *testing.T) {
+	m := New("1.2.3", newFakeSource())
+	svcs := map[string]api.ServiceImage{"web": {}, "worker": {}}
+	m.RunFinished(api.RunEvent{Project: "shop", Kind: api.KindDeploy, Outcome: api.RunSucceeded,
+		Release: api.Release{Number: 1, Services: svcs}})
+	mfs, _ := scrape(t, m.Handler())
+	if got := value(t, mfs, "berth_container_stop_killed_total", map[string]string{"project": "shop", "service": "worker"}); got != 0 {
+		t.Errorf("before any kill: %g, want 0", got)
+	}
+
+	m.RunFinished(api.RunEvent{Project: "shop", Kind: api.KindRollback, Outcome: api.RunRolledBack, ExitCode: api.ExitRolledBack,
+		Release: api.Release{Number: 2, Services: svcs, KilledOnStop: []api.StopKilled{
+			{Service: "worker", Container: "shop-worker-1", Signal: "SIGTERM", GracePeriod: 40, StoppedAfter: 44.1, During: api.StopDuringRollout},
+			{Service: "worker", Container: "shop-worker-2", Signal: "SIGTERM", GracePeriod: 40, StoppedAfter: 44.3, During: api.StopDuringRollback},
+		}}})
+	m.RunFinished(api.RunEvent{Project: "shop", Kind: api.KindDeploy, Outcome: api.RunSucceeded,
+		Release: api.Release{Number: 3, Services: svcs, KilledOnStop: []api.StopKilled{
+			{Service: "worker", Container: "shop-worker-1", Signal: "SIGTERM", GracePeriod: 60, StoppedAfter: 60.2, During: api.StopDuringRollout},
+		}}})
+	mfs, _ = scrape(t, m.Handler())
+	worker := map[string]string{"project": "shop", "service": "worker"}
+	if got := value(t, mfs, "berth_container_stop_killed_total", worker); got != 3 {
+		t.Errorf("worker's kills = %g, want 3", got)
+	}
+	if got := value(t, mfs, "berth_container_stop_killed_grace_seconds", worker); got != 60 {
+		t.Errorf("worker's last grace period = %g, want 60", got)
+	}
+	if got := value(t, mfs, "berth_container_stop_killed_total", map[string]string{"project": "shop", "service": "web"}); got != 0 {
+		t.Errorf("web's kills = %g, want 0", got)
+	}
+}
