@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
 )
 
@@ -208,4 +209,32 @@ type failingStop struct{ *fakeEngine }
 
 func (f *failingStop) ContainerStop(context.Context, string, container.StopOptions) error {
 	return errStop
+}
+
+// TestRemovedServiceStopsWithItsOwnGrace: a service no longer in the file
+// is stopped with the grace period its containers were created with (25s
+// here), not a default 10 s, and a kill at its end is reported with it.
+func TestRemovedServiceStopsWithItsOwnGrace(t *testing.T) {
+	eng := newFakeEngine()
+	eng.stubborn = map[string]bool{"worker": true}
+	p := load(t, nil)
+	worker := p.Services["worker"]
+	grace := types.Duration(25 * time.Second)
+	worker.StopGracePeriod = &grace
+	p.Services["worker"] = worker
+	apply(t, eng, plan(t, eng, desired(t, p)))
+
+	delete(p.Services, "worker")
+	start := eng.now()
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, clock: eng.now}
+	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	if took := eng.now().Sub(start); took < 25*time.Second {
+		t.Errorf("the stop took %s: the engine was not given worker's 25s", took)
+	}
+	got := exec.Killed()
+	if len(got) != 1 || got[0].Service != "worker" || got[0].Grace != 25*time.Second {
+		t.Errorf("killed = %+v, want worker with its 25s", got)
+	}
 }
