@@ -161,24 +161,33 @@ func TestHMACNonceMemory(t *testing.T) {
 		_, err := f.v.HMAC(r, body)
 		return err
 	}
-	for _, n := range []string{"first-0123456789abcdef", "second-0123456789abcdef"} {
-		if err := use(n); err != nil {
-			t.Fatal(err)
-		}
+	first, body := f.signed("first-0123456789abcdef")
+	if _, err := f.v.HMAC(first, body); err != nil {
+		t.Fatal(err)
 	}
-	// Full of nonces seen less than 10 minutes ago: refuse.
-	f.clock.advance(9 * time.Minute)
-	if err := use("third-0123456789abcdef"); !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, errSeenFull) {
-		t.Fatalf("cache full: %v", err)
+	if err := use("second-0123456789abcdef"); err != nil {
+		t.Fatal(err)
+	}
+	// At the edge of the window the first request would still pass, so its
+	// nonce is still remembered: the identity's store is full.
+	f.clock.advance(maxClockSkew)
+	if _, err := f.v.HMAC(first, body); !errors.Is(err, errReplayed) {
+		t.Fatalf("replay at the edge of the window: %v", err)
 	}
 	if err := use("first-0123456789abcdef"); !errors.Is(err, errReplayed) {
-		t.Fatalf("nonce reused after 9 minutes: %v", err)
+		t.Fatalf("nonce reused at the edge of the window: %v", err)
 	}
-	// After 10 minutes they are forgotten, and evicted to make room.
-	f.clock.advance(time.Minute + time.Second)
+	if err := use("third-0123456789abcdef"); !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, errSeenFull) {
+		t.Fatalf("store full: %v", err)
+	}
+	// A second later the first request is stale, and its nonce forgotten.
+	f.clock.advance(time.Second)
+	if _, err := f.v.HMAC(first, body); !errors.Is(err, errStale) {
+		t.Fatalf("replay after the window: %v", err)
+	}
 	for _, n := range []string{"third-0123456789abcdef", "first-0123456789abcdef"} {
 		if err := use(n); err != nil {
-			t.Fatalf("%s after 10 minutes: %v", n, err)
+			t.Fatalf("%s after the window: %v", n, err)
 		}
 	}
 }

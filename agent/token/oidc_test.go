@@ -470,6 +470,10 @@ func TestNewRefuses(t *testing.T) {
 		"no audience":    with(func(o *config.OIDC) { o.Audience = "" }),
 		"negative age":   with(func(o *config.OIDC) { o.MaxAge = -time.Second }),
 		"negative fetch": with(func(o *config.OIDC) { o.JWKSRefresh = -time.Second }),
+		"negative jtis":  with(func(o *config.OIDC) { o.MaxJTIs = -1 }),
+		"http issuer":    with(func(o *config.OIDC) { o.Issuer = "http://gitlab.example.com" }),
+		"http jwks_url":  with(func(o *config.OIDC) { o.JWKSURL = "http://gitlab.example.com/oauth/discovery/keys" }),
+		"http jwks_url on a loopback-looking name": with(func(o *config.OIDC) { o.JWKSURL = "http://127.0.0.1.example.com/keys" }),
 	}
 	for name, o := range cases {
 		if _, err := New(o, ids, nil, nil); err == nil {
@@ -478,6 +482,15 @@ func TestNewRefuses(t *testing.T) {
 	}
 	if _, err := New(&ok, ids, nil, nil); err != nil {
 		t.Errorf("defaults: %v", err)
+	}
+	// Plain http only to a loopback host, as the tests' own issuer is.
+	for _, u := range []string{"http://127.0.0.1:8080", "http://[::1]:8080", "http://localhost:8080"} {
+		if _, err := New(with(func(o *config.OIDC) { o.Issuer = u }), ids, nil, nil); err != nil {
+			t.Errorf("loopback issuer %s: %v", u, err)
+		}
+	}
+	if _, err := New(&ok, ids, nil, nil, WithMaxNonces(-1)); err == nil {
+		t.Errorf("negative max nonces: accepted")
 	}
 	if _, err := New(&ok, nil, nil, nil); err == nil {
 		t.Errorf("nil identities: accepted")
