@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -144,6 +145,9 @@ type HTTP struct {
 	OIDC    *OIDC  `yaml:"oidc"`
 	// MaxHeaderBytes caps request headers before any token is parsed.
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxNonces bounds the unexpired HMAC nonces remembered per identity;
+	// an identity holding that many is refused until the oldest lapses.
+	MaxNonces int `yaml:"max_nonces"`
 }
 
 // OIDC configures the verification of GitLab CI ID tokens.
@@ -157,6 +161,9 @@ type OIDC struct {
 	// JWKSRefresh is the least time between two fetches of the key set
 	// when a token names an unknown key.
 	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
+	// MaxJTIs bounds the unexpired ID token jtis remembered per identity;
+	// an identity holding that many is refused until the oldest lapses.
+	MaxJTIs int `yaml:"max_jtis"`
 }
 
 // Metrics configures the Prometheus endpoint.
@@ -239,6 +246,8 @@ const (
 	DefaultOIDCJWKSRefresh = time.Minute
 	DefaultOIDCJWKSPath    = "/oauth/discovery/keys"
 	DefaultOIDCAlgorithm   = "RS256"
+	DefaultOIDCMaxJTIs     = 10000
+	DefaultMaxNonces       = 10000
 	DefaultSSHHostKeyName  = "ssh_host_ed25519_key"
 )
 
@@ -323,6 +332,9 @@ func (c *Config) applyDefaults() {
 		if c.HTTP.MaxHeaderBytes == 0 {
 			c.HTTP.MaxHeaderBytes = DefaultMaxHeaderBytes
 		}
+		if c.HTTP.MaxNonces == 0 {
+			c.HTTP.MaxNonces = DefaultMaxNonces
+		}
 		if o := c.HTTP.OIDC; o != nil {
 			if o.JWKSURL == "" && o.Issuer != "" {
 				o.JWKSURL = strings.TrimSuffix(o.Issuer, "/") + DefaultOIDCJWKSPath
@@ -335,6 +347,9 @@ func (c *Config) applyDefaults() {
 			}
 			if o.JWKSRefresh == 0 {
 				o.JWKSRefresh = DefaultOIDCJWKSRefresh
+			}
+			if o.MaxJTIs == 0 {
+				o.MaxJTIs = DefaultOIDCMaxJTIs
 			}
 		}
 	}
@@ -588,9 +603,22 @@ func (c *Config) validateFrontDoors() []error {
 				}
 			}
 		}
+		if h.MaxNonces < 1 {
+			bad("http.max_nonces must be at least 1")
+		}
 		if o := h.OIDC; o != nil {
 			if !strings.HasPrefix(o.Issuer, "https://") && !strings.HasPrefix(o.Issuer, "http://") {
 				bad("http.oidc.issuer %q: want the issuer URL, e.g. https://gitlab.com", o.Issuer)
+			} else if err := CheckHTTPS(o.Issuer); err != nil {
+				bad("http.oidc.issuer: %v", err)
+			}
+			if derived := strings.TrimSuffix(o.Issuer, "/") + DefaultOIDCJWKSPath; o.JWKSURL != "" && o.JWKSURL != derived {
+				if err := CheckHTTPS(o.JWKSURL); err != nil {
+					bad("http.oidc.jwks_url: %v", err)
+				}
+			}
+			if o.MaxJTIs < 1 {
+				bad("http.oidc.max_jtis must be at least 1")
 			}
 			if o.Audience == "" {
 				bad("http.oidc.audience is required (the aud of the job's id_tokens)")
@@ -668,6 +696,36 @@ func (c *Config) validateOperations() []error {
 		}
 	}
 	return errs
+}
+
+// CheckHTTPS accepts an https URL with a host, or an http one whose host
+// is loopback (127.0.0.0/8, ::1, localhost): an issuer or key set fetched
+// over plain HTTP from elsewhere could be replaced on the way.
+func CheckHTTPS(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q: %w", raw, err)
+	}
+	host := u.Hostname()
+	switch {
+	case host == "":
+		return fmt.Errorf("%q: want an https:// URL with a host", raw)
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && loopbackHost(host):
+		return nil
+	case u.Scheme == "http":
+		return fmt.Errorf("%q: want https:// (plain http:// only for a loopback host: 127.0.0.0/8, ::1, localhost)", raw)
+	}
+	return fmt.Errorf("%q: want an https:// URL", raw)
+}
+
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func readable(path string) error {

@@ -52,7 +52,7 @@ func (c *clock) advance(d time.Duration) {
 // issuer plays GitLab: it holds signing keys and serves their JWKS on a
 // loopback httptest server, counting fetches.
 type issuer struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *httptest.Server
 	rsa     *rsa.PrivateKey // kid rsa-1, RS256
 	ec      *ecdsa.PrivateKey
@@ -64,7 +64,7 @@ type issuer struct {
 	fail bool // serve 500 instead of the key set
 }
 
-func newIssuer(t *testing.T) *issuer {
+func newIssuer(t testing.TB) *issuer {
 	t.Helper()
 	is := &issuer{t: t, rsa: rsaKey(t)}
 	var err error
@@ -94,7 +94,7 @@ func newIssuer(t *testing.T) *issuer {
 	return is
 }
 
-func rsaKey(t *testing.T) *rsa.PrivateKey {
+func rsaKey(t testing.TB) *rsa.PrivateKey {
 	t.Helper()
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -166,7 +166,7 @@ func (is *issuer) claims(now time.Time) jwt.MapClaims {
 }
 
 // sign makes a token; kid "" leaves the header without one.
-func sign(t *testing.T, method jwt.SigningMethod, key any, kid string, c jwt.MapClaims) string {
+func sign(t testing.TB, method jwt.SigningMethod, key any, kid string, c jwt.MapClaims) string {
 	t.Helper()
 	tok := jwt.NewWithClaims(method, c)
 	if kid != "" {
@@ -189,7 +189,7 @@ func no() *bool { f := false; return &f }
 // testIdentities: two GitLab identities for group/app (production from
 // push or web on protected main, staging from anywhere protected), one for
 // project 77 on any ref, an HMAC one and an SSH-only one.
-func testIdentities(t *testing.T) []config.Identity {
+func testIdentities(t testing.TB) []config.Identity {
 	t.Helper()
 	dir := t.TempDir()
 	write := func(name, secret string) string {
@@ -222,7 +222,7 @@ type fixture struct {
 
 // newFixture builds a verifier over testIdentities and a fresh issuer,
 // accepting algs (RS256 when none are given).
-func newFixture(t *testing.T, algs ...string) *fixture {
+func newFixture(t testing.TB, algs ...string) *fixture {
 	t.Helper()
 	f := &fixture{clock: newClock(), iss: newIssuer(t)}
 	ids, err := auth.New(testIdentities(t))

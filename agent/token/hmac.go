@@ -22,10 +22,10 @@ const (
 	HeaderSignature = "X-Berth-Signature"
 )
 
-const (
-	maxClockSkew = 5 * time.Minute  // between a request's timestamp and now
-	nonceMemory  = 10 * time.Minute // how long a nonce is remembered
-)
+// maxClockSkew is the most a request's timestamp may be off from now. A
+// nonce is remembered until its timestamp leaves that window: after that
+// the request it came with is refused as stale anyway.
+const maxClockSkew = 5 * time.Minute
 
 // Reasons a signed request is refused.
 var (
@@ -38,8 +38,10 @@ var (
 )
 
 // HMAC verifies a request signed with an identity's secret; body is the
-// request's body, already read. A nonce is accepted once per identity.
-// The principal's Detail is the nonce, its Remote the request's peer.
+// request's body, already read. A nonce is accepted once per identity:
+// it is recorded only once the signature is good, and remembered until its
+// timestamp is maxClockSkew old. The principal's Detail is the nonce, its
+// Remote the request's peer.
 func (v *Verifier) HMAC(r *http.Request, body []byte) (auth.Principal, error) {
 	name, ts, nonce, sig := r.Header.Get(HeaderIdentity), r.Header.Get(HeaderTimestamp), r.Header.Get(HeaderNonce), r.Header.Get(HeaderSignature)
 	if name == "" || ts == "" || nonce == "" || sig == "" {
@@ -64,7 +66,7 @@ func (v *Verifier) HMAC(r *http.Request, body []byte) (auth.Principal, error) {
 	if err != nil || !hmac.Equal(got, mac(secret, ts, nonce, r, body)) {
 		return auth.Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, errBadSignature)
 	}
-	if err := v.nonces.add(name+"\n"+nonce, now, now.Add(nonceMemory)); err != nil {
+	if err := v.nonces.add(name, nonce, now, when.Add(maxClockSkew)); err != nil {
 		return auth.Principal{}, fmt.Errorf("%w: nonce: %w", ErrUnauthenticated, err)
 	}
 	return auth.Principal{Identity: name, Method: "hmac", Detail: "nonce " + nonce, Remote: r.RemoteAddr}, nil

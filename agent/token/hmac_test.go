@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,6 +114,33 @@ func TestHMACRejects(t *testing.T) {
 		{"timestamp 6 minutes old", signedAt(now.Add(-6*time.Minute), "", nil), errStale},
 		{"timestamp 6 minutes ahead", signedAt(now.Add(6*time.Minute), "", nil), errStale},
 		{"timestamp far off", signedAt(time.Unix(0, 0), "", nil), errStale},
+		{"timestamp 10 minutes old", signedAt(now.Add(-10*time.Minute), "", nil), errStale},
+		{"timestamp 10 minutes ahead", signedAt(now.Add(10*time.Minute), "", nil), errStale},
+		{"signature missing its first byte", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderSignature, r.Header.Get(HeaderSignature)[2:]) }), errBadSignature},
+		{"signature with a sha256= prefix", edited(func(r *http.Request, _ *[]byte) {
+			r.Header.Set(HeaderSignature, "sha256="+r.Header.Get(HeaderSignature))
+		}), errBadSignature},
+		{"signature of the request with a prefix cut from the path", edited(func(r *http.Request, body *[]byte) {
+			other := httptest.NewRequest(http.MethodPost, "/projects/app/deploy?wait=1", nil)
+			Sign(other, "ci-hmac", secret, *body, now, r.Header.Get(HeaderNonce))
+			r.Header = other.Header.Clone()
+		}), errBadSignature},
+		{"nonce reused on another request", edited(func(r *http.Request, body *[]byte) {
+			*body = []byte(`{"image":"app:2"}`)
+			Sign(r, "ci-hmac", secret, *body, now, replayed.r.Header.Get(HeaderNonce))
+		}), errReplayed},
+		{"signature moved to another path", edited(func(r *http.Request, body *[]byte) {
+			other := httptest.NewRequest(http.MethodPost, "/v1/projects/other/deploy?wait=1", nil)
+			Sign(other, "ci-hmac", secret, *body, now, r.Header.Get(HeaderNonce))
+			r.Header = other.Header.Clone()
+		}), errBadSignature},
+		{"body swapped with another signed request's", edited(func(r *http.Request, body *[]byte) {
+			other := signedAt(now, "", func(o *http.Request, ob *[]byte) {
+				*ob = []byte(`{"image":"app:666"}`)
+				Sign(o, "ci-hmac", secret, *ob, now, o.Header.Get(HeaderNonce))
+			})
+			*body = other.body
+		}), errBadSignature},
 		{"timestamp not a number", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderTimestamp, "soon") }), errBadTimestamp},
 		{"timestamp signed", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderTimestamp, "+"+r.Header.Get(HeaderTimestamp)) }), errBadTimestamp},
 		{"timestamp huge", edited(func(r *http.Request, _ *[]byte) { r.Header.Set(HeaderTimestamp, strings.Repeat("9", 40)) }), errBadTimestamp},
@@ -153,6 +181,93 @@ func TestHMACRejects(t *testing.T) {
 	}
 }
 
+// TestHMACByteFlips changes each byte of every signed part of a request
+// in turn: the signature, the body, the method and target, and the
+// timestamp, nonce and identity headers. Each change is refused, and none
+// is recorded.
+func TestHMACByteFlips(t *testing.T) {
+	f := newFixture(t)
+	type mutation struct {
+		what string
+		edit func(r *http.Request, body []byte) []byte
+	}
+	r0, body0 := f.signed(testNonce)
+	var muts []mutation
+	// other returns a byte of the same kind as c (hex digit, nonce or
+	// digit), so the flip passes every check but the signature's.
+	other := func(c byte) byte {
+		switch {
+		case c == '9':
+			return '8'
+		case '0' <= c && c <= '9':
+			return c + 1
+		case c == 'f' || c == 'z':
+			return 'a'
+		case 'a' <= c && c < 'z':
+			return c + 1
+		}
+		return 'x'
+	}
+	flipHeader := func(h string) {
+		v := r0.Header.Get(h)
+		for i := range len(v) {
+			muts = append(muts, mutation{fmt.Sprintf("%s byte %d", h, i), func(r *http.Request, body []byte) []byte {
+				b := []byte(v)
+				b[i] = other(b[i])
+				r.Header.Set(h, string(b))
+				return body
+			}})
+		}
+	}
+	flipHeader(HeaderSignature)
+	flipHeader(HeaderNonce)
+	flipHeader(HeaderTimestamp)
+	for i := range len(body0) {
+		muts = append(muts, mutation{fmt.Sprintf("body byte %d", i), func(r *http.Request, body []byte) []byte {
+			b := bytes.Clone(body)
+			b[i] ^= 0x01
+			return b
+		}})
+	}
+	uri := r0.URL.RequestURI()
+	for i := 1; i < len(uri); i++ { // a target starts with its slash
+
+		muts = append(muts, mutation{fmt.Sprintf("target byte %d", i), func(r *http.Request, body []byte) []byte {
+			b := []byte(uri)
+			b[i] = other(b[i])
+			u, err := url.ParseRequestURI(string(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.URL = u
+			return body
+		}})
+	}
+	muts = append(muts,
+		mutation{"method byte 0", func(r *http.Request, body []byte) []byte { r.Method = "PUT"; return body }},
+		mutation{"identity", func(r *http.Request, body []byte) []byte { r.Header.Set(HeaderIdentity, "ci-other"); return body }},
+		mutation{"body byte appended", func(r *http.Request, body []byte) []byte { return append(bytes.Clone(body), ' ') }},
+		mutation{"body byte dropped", func(r *http.Request, body []byte) []byte { return body[:len(body)-1] }},
+	)
+	for _, m := range muts {
+		r, body := f.signed(testNonce)
+		body = m.edit(r, body)
+		if p, err := f.v.HMAC(r, body); !errors.Is(err, ErrUnauthenticated) || p != (auth.Principal{}) {
+			t.Errorf("%s: %+v, %v", m.what, p, err)
+		} else if errors.Is(err, errReplayed) {
+			t.Errorf("%s: refused as a replay, so something was recorded: %v", m.what, err)
+		}
+	}
+	if n := f.v.nonces.len(); n != 0 {
+		t.Errorf("%d nonces recorded by %d refused requests", n, len(muts))
+	}
+	t.Logf("%d single-byte changes refused", len(muts))
+	// The unchanged request still passes: nothing above spent its nonce.
+	if _, err := f.v.HMAC(r0, body0); err != nil {
+		t.Fatalf("the untouched request: %v", err)
+	}
+}
+
 func TestHMACNonceMemory(t *testing.T) {
 	f := newFixture(t)
 	f.v.nonces.max = 2
@@ -161,24 +276,33 @@ func TestHMACNonceMemory(t *testing.T) {
 		_, err := f.v.HMAC(r, body)
 		return err
 	}
-	for _, n := range []string{"first-0123456789abcdef", "second-0123456789abcdef"} {
-		if err := use(n); err != nil {
-			t.Fatal(err)
-		}
+	first, body := f.signed("first-0123456789abcdef")
+	if _, err := f.v.HMAC(first, body); err != nil {
+		t.Fatal(err)
 	}
-	// Full of nonces seen less than 10 minutes ago: refuse.
-	f.clock.advance(9 * time.Minute)
-	if err := use("third-0123456789abcdef"); !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, errSeenFull) {
-		t.Fatalf("cache full: %v", err)
+	if err := use("second-0123456789abcdef"); err != nil {
+		t.Fatal(err)
+	}
+	// At the edge of the window the first request would still pass, so its
+	// nonce is still remembered: the identity's store is full.
+	f.clock.advance(maxClockSkew)
+	if _, err := f.v.HMAC(first, body); !errors.Is(err, errReplayed) {
+		t.Fatalf("replay at the edge of the window: %v", err)
 	}
 	if err := use("first-0123456789abcdef"); !errors.Is(err, errReplayed) {
-		t.Fatalf("nonce reused after 9 minutes: %v", err)
+		t.Fatalf("nonce reused at the edge of the window: %v", err)
 	}
-	// After 10 minutes they are forgotten, and evicted to make room.
-	f.clock.advance(time.Minute + time.Second)
+	if err := use("third-0123456789abcdef"); !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, errSeenFull) {
+		t.Fatalf("store full: %v", err)
+	}
+	// A second later the first request is stale, and its nonce forgotten.
+	f.clock.advance(time.Second)
+	if _, err := f.v.HMAC(first, body); !errors.Is(err, errStale) {
+		t.Fatalf("replay after the window: %v", err)
+	}
 	for _, n := range []string{"third-0123456789abcdef", "first-0123456789abcdef"} {
 		if err := use(n); err != nil {
-			t.Fatalf("%s after 10 minutes: %v", n, err)
+			t.Fatalf("%s after the window: %v", n, err)
 		}
 	}
 }

@@ -74,8 +74,10 @@ func (c *keyCache) lookup(kid string) []jose.JSONWebKey {
 // do. Its Detail is "project_path@ref (pipeline N, job M)", or the subject
 // when the token has no project_path; Remote is left to the caller.
 //
-// A token is accepted once: its jti is remembered for as long as the token
-// could otherwise pass (until exp, or MaxAge after iat, if sooner).
+// A token is accepted once: its jti is remembered, under the identity it
+// matched, for as long as the token could otherwise pass (until exp, or
+// MaxAge after iat, if sooner). Only a token that verified and matched an
+// identity is remembered.
 func (v *Verifier) Bearer(ctx context.Context, raw string) (auth.Principal, error) {
 	if v.parser == nil {
 		return auth.Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, errNoOIDC)
@@ -110,7 +112,7 @@ func (v *Verifier) Bearer(ctx context.Context, raw string) (auth.Principal, erro
 		until = old
 	}
 	sum := sha256.Sum256([]byte(c.ID))
-	if err := v.jtis.add(string(sum[:]), now, until); err != nil {
+	if err := v.jtis.add(p.Identity, string(sum[:]), now, until); err != nil {
 		return auth.Principal{}, fmt.Errorf("%w: jti: %w", ErrUnauthenticated, err)
 	}
 	return p, nil

@@ -341,21 +341,23 @@ func flood(t *testing.T, f *fixture, n int) {
 	}
 }
 
+// 200 unknown kids at once (issue 10's figure) make at most one JWKS fetch
+// per jwks_refresh.
 func TestUnknownKidFloodFetchesOncePerInterval(t *testing.T) {
 	f := newFixture(t)
-	flood(t, f, 100)
+	flood(t, f, 200)
 	if n := f.iss.fetches.Load(); n != 1 {
-		t.Fatalf("100 unknown kids: %d fetches, want 1", n)
+		t.Fatalf("200 unknown kids: %d fetches, want 1", n)
 	}
 	f.clock.advance(testRefresh - time.Second)
-	flood(t, f, 100)
+	flood(t, f, 200)
 	if n := f.iss.fetches.Load(); n != 1 {
-		t.Fatalf("100 more within the interval: %d fetches, want 1", n)
+		t.Fatalf("200 more within the interval: %d fetches, want 1", n)
 	}
 	f.clock.advance(time.Second)
-	flood(t, f, 100)
+	flood(t, f, 200)
 	if n := f.iss.fetches.Load(); n != 2 {
-		t.Fatalf("100 more after the interval: %d fetches, want 2", n)
+		t.Fatalf("200 more after the interval: %d fetches, want 2", n)
 	}
 	// Known keys need no fetch.
 	if _, err := f.v.Bearer(context.Background(), f.iss.rs256(f.iss.claims(f.clock.now()))); err != nil {
@@ -470,6 +472,10 @@ func TestNewRefuses(t *testing.T) {
 		"no audience":    with(func(o *config.OIDC) { o.Audience = "" }),
 		"negative age":   with(func(o *config.OIDC) { o.MaxAge = -time.Second }),
 		"negative fetch": with(func(o *config.OIDC) { o.JWKSRefresh = -time.Second }),
+		"negative jtis":  with(func(o *config.OIDC) { o.MaxJTIs = -1 }),
+		"http issuer":    with(func(o *config.OIDC) { o.Issuer = "http://gitlab.example.com" }),
+		"http jwks_url":  with(func(o *config.OIDC) { o.JWKSURL = "http://gitlab.example.com/oauth/discovery/keys" }),
+		"http jwks_url on a loopback-looking name": with(func(o *config.OIDC) { o.JWKSURL = "http://127.0.0.1.example.com/keys" }),
 	}
 	for name, o := range cases {
 		if _, err := New(o, ids, nil, nil); err == nil {
@@ -478,6 +484,15 @@ func TestNewRefuses(t *testing.T) {
 	}
 	if _, err := New(&ok, ids, nil, nil); err != nil {
 		t.Errorf("defaults: %v", err)
+	}
+	// Plain http only to a loopback host, as the tests' own issuer is.
+	for _, u := range []string{"http://127.0.0.1:8080", "http://[::1]:8080", "http://localhost:8080"} {
+		if _, err := New(with(func(o *config.OIDC) { o.Issuer = u }), ids, nil, nil); err != nil {
+			t.Errorf("loopback issuer %s: %v", u, err)
+		}
+	}
+	if _, err := New(&ok, ids, nil, nil, WithMaxNonces(-1)); err == nil {
+		t.Errorf("negative max nonces: accepted")
 	}
 	if _, err := New(&ok, nil, nil, nil); err == nil {
 		t.Errorf("nil identities: accepted")

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"slices"
@@ -36,9 +37,7 @@ const (
 	maxJWKSBytes  = 1 << 20
 	fetchTimeout  = 10 * time.Second
 	leeway        = 30 * time.Second // clock skew allowed on exp, nbf and iat
-	maxSeenJTIs   = 10000
-	maxSeenNonces = 10000
-	minSecret     = 32 // bytes, as config.Validate demands
+	minSecret     = 32               // bytes, as config.Validate demands
 )
 
 // asymmetric reports whether alg is a JWS algorithm an ID token may use:
@@ -67,13 +66,32 @@ type Verifier struct {
 	// HMAC secrets by identity name.
 	secrets map[string][]byte
 	nonces  *seen
+
+	log *slog.Logger
 }
+
+// Option tunes a Verifier.
+type Option func(*options)
+
+type options struct {
+	maxNonces int
+	log       *slog.Logger
+}
+
+// WithMaxNonces bounds the unexpired nonces remembered per HMAC identity
+// (http.max_nonces); 0 means config.DefaultMaxNonces. An identity whose
+// store is full is refused until its oldest nonce lapses; others are not.
+func WithMaxNonces(n int) Option { return func(o *options) { o.maxNonces = n } }
+
+// WithLog is where the verifier says that an identity's nonce or jti
+// store is full (nil: nowhere).
+func WithLog(log *slog.Logger) Option { return func(o *options) { o.log = log } }
 
 // New builds a verifier. oidc may be nil: no ID tokens are then accepted.
 // The HMAC secret of each identity is read from its HMACSecretFile, less
 // surrounding whitespace. client fetches the issuer's key set (nil means a
 // client with a timeout); now is the clock (nil means time.Now).
-func New(oidc *config.OIDC, ids *auth.Identities, client *http.Client, now func() time.Time) (*Verifier, error) {
+func New(oidc *config.OIDC, ids *auth.Identities, client *http.Client, now func() time.Time, opts ...Option) (*Verifier, error) {
 	if ids == nil {
 		return nil, errors.New("token: no identities")
 	}
@@ -83,14 +101,24 @@ func New(oidc *config.OIDC, ids *auth.Identities, client *http.Client, now func(
 	if now == nil {
 		now = time.Now
 	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.maxNonces == 0 {
+		o.maxNonces = config.DefaultMaxNonces
+	}
+	if o.maxNonces < 0 {
+		return nil, errors.New("token: max nonces must be positive")
+	}
 	v := &Verifier{
 		ids:     ids,
 		client:  client,
 		now:     now,
 		keys:    keyCache{fetching: make(chan struct{}, 1)},
-		jtis:    newSeen(maxSeenJTIs),
 		secrets: map[string][]byte{},
-		nonces:  newSeen(maxSeenNonces),
+		nonces:  newSeen("nonce", "http.max_nonces", o.maxNonces, o.log),
+		log:     o.log,
 	}
 	if oidc != nil {
 		if err := v.setOIDC(*oidc); err != nil {
@@ -123,6 +151,11 @@ func (v *Verifier) setOIDC(o config.OIDC) error {
 	if o.JWKSURL == "" {
 		o.JWKSURL = strings.TrimSuffix(o.Issuer, "/") + config.DefaultOIDCJWKSPath
 	}
+	for what, u := range map[string]string{"issuer": o.Issuer, "jwks_url": o.JWKSURL} {
+		if err := config.CheckHTTPS(u); err != nil {
+			return fmt.Errorf("token: oidc %s: %w", what, err)
+		}
+	}
 	if len(o.Algorithms) == 0 {
 		o.Algorithms = []string{config.DefaultOIDCAlgorithm}
 	}
@@ -137,11 +170,15 @@ func (v *Verifier) setOIDC(o config.OIDC) error {
 	if o.JWKSRefresh == 0 {
 		o.JWKSRefresh = config.DefaultOIDCJWKSRefresh
 	}
-	if o.MaxAge < 0 || o.JWKSRefresh < 0 {
-		return errors.New("token: oidc max_age and jwks_refresh must be positive")
+	if o.MaxJTIs == 0 {
+		o.MaxJTIs = config.DefaultOIDCMaxJTIs
+	}
+	if o.MaxAge < 0 || o.JWKSRefresh < 0 || o.MaxJTIs < 0 {
+		return errors.New("token: oidc max_age, jwks_refresh and max_jtis must be positive")
 	}
 	o.Algorithms = slices.Clone(o.Algorithms)
 	v.oidc = o
+	v.jtis = newSeen("jti", "http.oidc.max_jtis", o.MaxJTIs, v.log)
 	v.parser = jwt.NewParser(
 		jwt.WithValidMethods(o.Algorithms),
 		jwt.WithIssuer(o.Issuer),

@@ -91,7 +91,7 @@ func httpDoor(name string, ln net.Listener, srv *http.Server) door {
 }
 
 func remoteDoor(cfg *config.HTTP, svc *agent.Service, log *slog.Logger) (door, error) {
-	verifier, err := token.New(cfg.OIDC, svc.Identities(), nil, nil)
+	verifier, err := token.New(cfg.OIDC, svc.Identities(), nil, nil, token.WithMaxNonces(cfg.MaxNonces), token.WithLog(log))
 	if err != nil {
 		return door{}, fmt.Errorf("http api: %w", err)
 	}

@@ -71,8 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	stopNotifying := context.AfterFunc(ctx, func() { notify.stopping(stoppingStatus) })
 	defer stopNotifying()
 
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("state dir: %w", err)
+	if err := prepareStateDir(cfg.StateDir, log); err != nil {
+		return err
 	}
 	st, err := store.Open(filepath.Join(cfg.StateDir, "berth.db"))
 	if err != nil {
