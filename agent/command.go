@@ -72,7 +72,9 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 	if cmd.EnvFromStdin {
 		env, reg, err := readEnvWithin(ctx, stdin, stdinTimeout)
 		if err != nil {
-			refused("standard input", "verb", cmd.Verb, "project", cmd.Project, "err", err)
+			// Not the error: a parse error may quote the env file, whose
+			// values are secrets.
+			refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
 			return refuse(api.ExitBadRequest, "--env-file -: %v", err)
 		}
 		cmd.Deploy.Env, cmd.Deploy.Registry = env, reg
