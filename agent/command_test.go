@@ -124,3 +124,17 @@ func TestRunBoundsStandardInput(t *testing.T) {
 		t.Errorf("refused after %v, want about 300ms", took)
 	}
 }
+
+// A malformed env file is refused with 2, and nothing of it is logged:
+// its values are secrets.
+func TestRunDoesNotLogABadEnvFile(t *testing.T) {
+	svc, logs := newCommandService(t, nil)
+	code, out := runAs(t, svc, "ops", strings.NewReader("GOOD=1\nTOKEN=\"s3cret-value\n"), "deploy", "shop", "--env-file", "-")
+	// The caller is told where (its own file, quoted): the log must not be.
+	if code != api.ExitBadRequest || !strings.Contains(out, "--env-file -: parse") || !strings.Contains(out, "s3cret") {
+		t.Errorf("exit %d, %q", code, out)
+	}
+	if strings.Contains(logs.String(), "s3cret") || !strings.Contains(logs.String(), "reason=\"standard input\"") {
+		t.Errorf("log:\n%s", logs)
+	}
+}
