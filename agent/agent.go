@@ -201,7 +201,7 @@ func (r *run) finish(kind string, o outcome) int {
 func (r *run) begin(ctx context.Context, verb, message string, wait time.Duration) (unlock func(), o *outcome) {
 	pc, ok := r.svc.cfg.Projects[r.project]
 	if !ok {
-		return nil, &outcome{code: api.ExitBadRequest, err: fmt.Errorf("%s %q: %w (configured: %s)", verb, r.project, ErrUnknownProject, strings.Join(r.svc.cfg.ProjectNames(), ", "))}
+		return nil, &outcome{code: api.ExitBadRequest, err: fmt.Errorf("%s %q: %w", verb, r.project, ErrUnknownProject)}
 	}
 	r.pc = pc
 	if wait > 0 {

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/auth"
+	"github.com/berth-deploy/berth/agent/clip"
 	"github.com/compose-spec/compose-go/v2/dotenv"
 )
 
@@ -29,10 +31,25 @@ const (
 // words, checks the identity's scopes, runs the verb, and writes progress
 // to stdout (text, or JSON lines with --json) and refusals to stderr. It
 // returns the exit code.
+//
+// A command longer than ssh.max_command_bytes is refused before it is
+// parsed; standard input (--env-file -) must end within ssh.stdin_timeout.
+// Whatever the caller chose (words, remote address) is clipped in the log,
+// and a project that is not configured is refused without naming those
+// that are.
 func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	refuse := func(code int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "agentd: "+format+"\n", a...)
 		return code
+	}
+	refused := func(why string, attrs ...any) {
+		s.log.Warn("request refused", append([]any{"identity", clip.F(p.Identity), "method", p.Method,
+			"detail", clip.F(p.Detail), "remote", clip.F(p.Remote), "reason", why}, attrs...)...)
+	}
+	maxBytes, stdinTimeout := s.cfg.CommandLimits()
+	if n := commandBytes(args); n > maxBytes {
+		refused("command too long", "command_bytes", n)
+		return refuse(api.ExitBadRequest, "the command is %d bytes long; agentd takes at most %d (ssh.max_command_bytes)", n, maxBytes)
 	}
 	cmd, err := api.ParseCommand(args)
 	if err != nil {
@@ -43,12 +60,21 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 		if cmd.Project != "" {
 			what += " " + cmd.Project
 		}
-		s.log.Warn("request refused", "identity", p.Identity, "method", p.Method, "detail", p.Detail, "remote", p.Remote, "verb", cmd.Verb, "project", cmd.Project)
+		refused("not allowed", "verb", cmd.Verb, "project", clip.F(cmd.Project))
 		return refuse(api.ExitDenied, "identity %s may not %s", p.Identity, what)
 	}
+	if _, ok := s.cfg.Projects[cmd.Project]; cmd.Project != "" && !ok {
+		// The configured projects are not listed: this caller may not
+		// be allowed to know them.
+		refused("unknown project", "verb", cmd.Verb, "project", clip.F(cmd.Project))
+		return refuse(api.ExitBadRequest, "%s %q: %v", cmd.Verb, cmd.Project, ErrUnknownProject)
+	}
 	if cmd.EnvFromStdin {
-		env, reg, err := readEnv(stdin)
+		env, reg, err := readEnvWithin(ctx, stdin, stdinTimeout)
 		if err != nil {
+			// Not the error: a parse error may quote the env file, whose
+			// values are secrets.
+			refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
 			return refuse(api.ExitBadRequest, "--env-file -: %v", err)
 		}
 		cmd.Deploy.Env, cmd.Deploy.Registry = env, reg
@@ -125,6 +151,42 @@ func printJSONOr(w io.Writer, asJSON bool, v any, text func()) int {
 		text()
 	}
 	return api.ExitOK
+}
+
+// commandBytes is the length of a command's words joined by spaces, as
+// the command line that carried them was at least.
+func commandBytes(args []string) int {
+	n := max(len(args)-1, 0)
+	for _, a := range args {
+		n += len(a)
+	}
+	return n
+}
+
+// readEnvWithin is readEnv bounded in time: a caller that keeps standard
+// input open past d is refused. The read goes on in the background until
+// r ends (an SSH channel ends with its session).
+func readEnvWithin(ctx context.Context, r io.Reader, d time.Duration) (map[string]string, *api.RegistryAuth, error) {
+	type result struct {
+		env map[string]string
+		reg *api.RegistryAuth
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		env, reg, err := readEnv(r)
+		done <- result{env, reg, err}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case res := <-done:
+		return res.env, res.reg, res.err
+	case <-t.C:
+		return nil, nil, fmt.Errorf("standard input still open after %s (ssh.stdin_timeout): send the env file and close it", d)
+	case <-ctx.Done():
+		return nil, nil, fmt.Errorf("read standard input: %w", ctx.Err())
+	}
 }
 
 // readEnv reads a dotenv file from r: the variables for interpolation,

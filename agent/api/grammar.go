@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
+	"unicode"
 
+	"github.com/berth-deploy/berth/agent/clip"
 	"github.com/spf13/pflag"
 )
 
@@ -44,8 +47,14 @@ type Command struct {
 	Lock         LockRequest
 }
 
+// projectName is what a project may be called (as the config requires).
+var projectName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+
 // ParseCommand parses the words of a command (already split like a
-// shell would) into a Command.
+// shell would) into a Command. What it accepts is plain: a project name
+// as the config allows them, image overrides and messages without control
+// characters, no negative durations or release numbers. The words it
+// quotes back in an error are clipped.
 func ParseCommand(args []string) (Command, error) {
 	var c Command
 	if len(args) == 0 {
@@ -79,10 +88,10 @@ func ParseCommand(args []string) (Command, error) {
 	case VerbLock:
 		fs.StringVarP(&message, "message", "m", "", "")
 	default:
-		return c, fmt.Errorf("%w: unknown verb %q\n%s", ErrUsage, c.Verb, Usage)
+		return c, fmt.Errorf("%w: unknown verb %q\n%s", ErrUsage, clip.F(c.Verb), Usage)
 	}
 	if err := fs.Parse(args[1:]); err != nil {
-		return c, fmt.Errorf("%w: %s: %v\n%s", ErrUsage, c.Verb, err, Usage)
+		return c, fmt.Errorf("%w: %s: %s\n%s", ErrUsage, c.Verb, clip.String(err.Error(), 2*clip.Field), Usage)
 	}
 	pos := fs.Args()
 	if len(pos) < nargs[0] || len(pos) > nargs[1] {
@@ -90,20 +99,31 @@ func ParseCommand(args []string) (Command, error) {
 	}
 	if len(pos) == 1 {
 		c.Project = pos[0]
+		if !projectName.MatchString(c.Project) {
+			return c, fmt.Errorf("%w: %s: %q is not a project name (lowercase letters, digits, - and _)", ErrUsage, c.Verb, clip.F(c.Project))
+		}
+	}
+	switch {
+	case wait < 0 || timeout < 0:
+		return c, fmt.Errorf("%w: %s: --wait and --timeout must not be negative", ErrUsage, c.Verb)
+	case to < 0:
+		return c, fmt.Errorf("%w: %s: --to %d: want a release number", ErrUsage, c.Verb, to)
+	case hasControl(message):
+		return c, fmt.Errorf("%w: %s: --message: no control characters (newlines, escapes): one line of text", ErrUsage, c.Verb)
 	}
 	switch c.Verb {
 	case VerbDeploy:
 		c.Deploy = DeployRequest{Project: c.Project, Message: message, Wait: wait, Timeout: timeout}
 		for _, im := range images {
 			svc, ref, ok := strings.Cut(im, "=")
-			if !ok || svc == "" || ref == "" {
-				return c, fmt.Errorf("%w: --image %q: want SERVICE=REF", ErrUsage, im)
+			if !ok || svc == "" || ref == "" || strings.ContainsFunc(im, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+				return c, fmt.Errorf("%w: --image %q: want SERVICE=REF", ErrUsage, clip.F(im))
 			}
 			if c.Deploy.Images == nil {
 				c.Deploy.Images = map[string]string{}
 			}
 			if _, dup := c.Deploy.Images[svc]; dup {
-				return c, fmt.Errorf("%w: --image: service %s given twice", ErrUsage, svc)
+				return c, fmt.Errorf("%w: --image: service %s given twice", ErrUsage, clip.F(svc))
 			}
 			c.Deploy.Images[svc] = ref
 		}
@@ -112,7 +132,7 @@ func ParseCommand(args []string) (Command, error) {
 		case "-":
 			c.EnvFromStdin = true
 		default:
-			return c, fmt.Errorf("%w: --env-file %q: only - (standard input) is accepted: secrets never travel in arguments, and files stay on the caller's side", ErrUsage, envFile)
+			return c, fmt.Errorf("%w: --env-file %q: only - (standard input) is accepted: secrets never travel in arguments, and files stay on the caller's side", ErrUsage, clip.F(envFile))
 		}
 	case VerbRollback:
 		c.Rollback = RollbackRequest{Project: c.Project, To: to, Message: message, Wait: wait, Timeout: timeout}
@@ -126,3 +146,7 @@ func ParseCommand(args []string) (Command, error) {
 	}
 	return c, nil
 }
+
+// hasControl reports whether s has a control character: a newline or an
+// escape in a message would forge lines of the output it is shown in.
+func hasControl(s string) bool { return strings.ContainsFunc(s, unicode.IsControl) }

@@ -37,6 +37,20 @@ func TestParseCommand(t *testing.T) {
 		{"history"},
 		{"lock", "shop"},
 		{"rollback", "shop", "--to", "x"},
+		// A project is named as the config names them: not '', not a
+		// path, no control characters.
+		{"deploy", ""},
+		{"status", ""},
+		{"history", "../shop"},
+		{"deploy", "Shop"},
+		{"deploy", "shop\nreboot"},
+		{"deploy", "shop", "--image", "web=reg/web:1\n"},
+		{"deploy", "shop", "--image", "web=reg/web 1"},
+		{"lock", "shop", "-m", "line one\nagentd: forged"},
+		{"lock", "shop", "-m", "\x1b[2Jcleared"},
+		{"deploy", "shop", "--timeout", "-1m"},
+		{"rollback", "shop", "--wait", "-1s"},
+		{"rollback", "shop", "--to", "-1"},
 	} {
 		if _, err := ParseCommand(bad); !errors.Is(err, ErrUsage) {
 			t.Errorf("%q: err = %v, want ErrUsage", bad, err)

@@ -14,9 +14,9 @@ import (
 // a backslash outside quotes keeps the next character literal.
 //
 // No shell runs, so what a shell would interpret unquoted (; & | < > ( )
-// $ ` and a # starting a word) or expand inside double quotes ($ `) is an
-// error rather than a literal: taking "deploy shop; reboot" as the words
-// deploy, shop;, reboot would surprise whoever wrote it.
+// $ ` a newline, and a # starting a word) or expand inside double quotes
+// ($ `) is an error rather than a literal: taking "deploy shop; reboot" as
+// the words deploy, shop;, reboot would surprise whoever wrote it.
 func SplitCommand(line string) ([]string, error) {
 	var (
 		words []string
@@ -26,7 +26,7 @@ func SplitCommand(line string) ([]string, error) {
 	for i := 0; i < len(line); i++ {
 		c := line[i]
 		switch {
-		case c == ' ' || c == '\t' || c == '\n':
+		case c == ' ' || c == '\t':
 			if in {
 				words = append(words, cur.String())
 				cur.Reset()
@@ -56,6 +56,9 @@ func SplitCommand(line string) ([]string, error) {
 			}
 			i += n + 1
 			in = true
+		case c == '\n' || c == '\r':
+			// A shell would run what follows as a second command.
+			return nil, errors.New("unquoted newline: agentd runs no shell, and one command per session")
 		case strings.IndexByte(";&|<>()$`", c) >= 0 || c == '#' && !in:
 			return nil, fmt.Errorf("unquoted %q: agentd runs no shell; quote it to mean it literally", c)
 		default:

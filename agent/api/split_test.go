@@ -51,6 +51,11 @@ func TestSplitCommandRefusesWhatAShellWouldInterpret(t *testing.T) {
 		{`lock shop -m "open`, "unterminated double quote"},
 		{`lock shop -m "open\"`, "unterminated double quote"},
 		{`status \`, "trailing backslash"},
+		{"status\nreboot", "unquoted newline"},
+		{"deploy shop\n", "unquoted newline"},
+		{"deploy shop\r\nid", "unquoted newline"},
+		{"deploy $(reboot)", `unquoted '$'`},
+		{"deploy shop`reboot`", "unquoted '`'"},
 	} {
 		got, err := SplitCommand(tc.line)
 		if err == nil || !strings.Contains(err.Error(), tc.err) {

@@ -84,14 +84,17 @@ func (ids *Identities) ByKey(key ssh.PublicKey) (identity, from string, ok bool)
 }
 
 // Allowed reports whether identity may use verb on project. An empty
-// project (status of every project) is allowed when the verb is.
+// project is allowed only for status (of every project, filtered down to
+// those the identity may see): any other verb names a project, and one
+// that names "" is out of every scope.
 func (ids *Identities) Allowed(identity, project, verb string) bool {
 	id, ok := ids.byName[identity]
 	if !ok {
 		return false
 	}
 	verbOK := slices.Contains(id.Verbs, "*") || slices.Contains(id.Verbs, verb)
-	projectOK := project == "" || slices.Contains(id.Projects, "*") || slices.Contains(id.Projects, project)
+	projectOK := project == "" && verb == "status" ||
+		project != "" && (slices.Contains(id.Projects, "*") || slices.Contains(id.Projects, project))
 	return verbOK && projectOK
 }
 

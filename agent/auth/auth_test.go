@@ -46,6 +46,10 @@ func TestScopesAndKeys(t *testing.T) {
 		{"ci-shop", "blog", "deploy", false},
 		{"ci-shop", "shop", "rollback", false},
 		{"ci-shop", "", "status", true},
+		// An empty project is no way around the scopes (deploy '').
+		{"ci-shop", "", "deploy", false},
+		{"ops", "", "deploy", false},
+		{"ops", "", "history", false},
 		{"ops", "blog", "unlock", true},
 		{"nobody", "shop", "status", false},
 	} {

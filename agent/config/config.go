@@ -133,6 +133,14 @@ type SSH struct {
 	MaxAuthTries     int           `yaml:"max_auth_tries"`
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	IdleTimeout      time.Duration `yaml:"idle_timeout"`
+	// MaxCommandBytes caps a command line (an SSH exec request, or what
+	// agentctl ssh-command passes on); a longer one gets exit status 2
+	// before it is logged or parsed.
+	MaxCommandBytes int `yaml:"max_command_bytes"`
+	// StdinTimeout bounds the time a command with --env-file - waits for
+	// its standard input to end (the idle timeout is suspended while a
+	// command runs); past it the command gets exit status 2.
+	StdinTimeout time.Duration `yaml:"stdin_timeout"`
 }
 
 // HTTP configures the HTTP API.
@@ -249,7 +257,25 @@ const (
 	DefaultOIDCMaxJTIs     = 10000
 	DefaultMaxNonces       = 10000
 	DefaultSSHHostKeyName  = "ssh_host_ed25519_key"
+	DefaultMaxCommandBytes = 4096
+	DefaultStdinTimeout    = 30 * time.Second
 )
+
+// CommandLimits returns ssh.max_command_bytes and ssh.stdin_timeout, or
+// their defaults when there is no ssh section: commands also come through
+// agentctl ssh-command (OpenSSH forced-command mode).
+func (c *Config) CommandLimits() (maxBytes int, stdinTimeout time.Duration) {
+	maxBytes, stdinTimeout = DefaultMaxCommandBytes, DefaultStdinTimeout
+	if c.SSH != nil {
+		if c.SSH.MaxCommandBytes != 0 {
+			maxBytes = c.SSH.MaxCommandBytes
+		}
+		if c.SSH.StdinTimeout != 0 {
+			stdinTimeout = c.SSH.StdinTimeout
+		}
+	}
+	return maxBytes, stdinTimeout
+}
 
 // ModeBits returns the socket mode as permission bits.
 func (s Socket) ModeBits() os.FileMode {
@@ -322,6 +348,12 @@ func (c *Config) applyDefaults() {
 		}
 		if c.SSH.IdleTimeout == 0 {
 			c.SSH.IdleTimeout = DefaultSSHIdle
+		}
+		if c.SSH.MaxCommandBytes == 0 {
+			c.SSH.MaxCommandBytes = DefaultMaxCommandBytes
+		}
+		if c.SSH.StdinTimeout == 0 {
+			c.SSH.StdinTimeout = DefaultStdinTimeout
 		}
 	}
 	if c.HTTP != nil {
@@ -581,6 +613,12 @@ func (c *Config) validateFrontDoors() []error {
 		}
 		if s.MaxConnections < 1 || s.MaxAuthTries < 1 || s.HandshakeTimeout <= 0 || s.IdleTimeout <= 0 {
 			bad("ssh: max_connections, max_auth_tries, handshake_timeout and idle_timeout must be positive")
+		}
+		if s.MaxCommandBytes < 256 || s.MaxCommandBytes > 64<<10 {
+			bad("ssh.max_command_bytes %d: want 256 to 65536", s.MaxCommandBytes)
+		}
+		if s.StdinTimeout <= 0 {
+			bad("ssh.stdin_timeout %s: must be positive", s.StdinTimeout)
 		}
 	}
 	if h := c.HTTP; h != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/berth-deploy/berth/agent"
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/auth"
+	"github.com/berth-deploy/berth/agent/clip"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
@@ -306,8 +307,8 @@ func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
 	}
 	p, _ := r.Context().Value(ctxKey{}).(peer)
 	if !h.Service.Identities().LocalUserMay(req.Identity, p.name) {
-		h.Log.Warn("ssh-command refused", "user", p.name, "identity", req.Identity)
-		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("local user %s may not act as identity %q (its local_users)", p.name, req.Identity))
+		h.Log.Warn("ssh-command refused", "user", p.name, "identity", clip.F(req.Identity))
+		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("local user %s may not act as identity %q (its local_users)", p.name, clip.F(req.Identity)))
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -316,13 +317,20 @@ func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
 	fw.flusher, _ = w.(http.Flusher)
 	principal := auth.Principal{Identity: req.Identity, Method: "ssh-command", Detail: "local:" + p.name, Remote: req.Remote}
 	code := h.Service.Run(r.Context(), principal, req.Args, bytes.NewReader(req.Stdin), fw.stream("stdout"), fw.stream("stderr"))
-	h.Log.Info("ssh-command", "identity", req.Identity, "user", p.name, "remote", req.Remote, "args", strings.Join(headArgs(req.Args), " "), "exit_code", code)
+	// Service.Run refuses a command longer than ssh.max_command_bytes;
+	// what is logged of it is clipped either way.
+	h.Log.Info("ssh-command", "identity", req.Identity, "user", p.name, "remote", clip.F(req.Remote), "args", headArgs(req.Args), "exit_code", code)
 	fw.write(Frame{ExitCode: &code})
 }
 
-// headArgs returns the verb and project of a command, for the audit log.
-func headArgs(args []string) []string {
-	return args[:min(2, len(args))]
+// headArgs returns the verb and project of a command, clipped, for the
+// audit log.
+func headArgs(args []string) string {
+	head := make([]string, 0, 2)
+	for _, a := range args[:min(2, len(args))] {
+		head = append(head, clip.F(a))
+	}
+	return strings.Join(head, " ")
 }
 
 // frameWriter turns writes to stdout and stderr into frames.

@@ -106,4 +106,13 @@ PidFile %s/sshd.pid
 	if out, code := ssh("status", h.project, "--json"); code != 0 || !strings.Contains(out, `"project": "`+h.project) {
 		t.Errorf("status: exit %d\n%s", code, out)
 	}
+	// A command line of 120 KB is refused before agentd is asked; an
+	// empty project does not list the configured ones.
+	long := strings.Repeat("w", 60_000)
+	if out, code := ssh("status", long, long); code != api.ExitBadRequest || !strings.Contains(out, "at most 4096 are taken (--max-command-bytes)") {
+		t.Errorf("a 120 KB command: exit %d\n%.300s", code, out)
+	}
+	if out, code := ssh("deploy", "''"); code != api.ExitBadRequest || strings.Contains(out, "configured") {
+		t.Errorf("deploy '': exit %d\n%s", code, out)
+	}
 }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -72,7 +73,7 @@ services:
       update_config: {monitor: 1s}
 `, options{reg: reg, second: "services:\n  web:\n    image: $REGISTRY/web:v1\n", extra: fmt.Sprintf(`ssh:
   listen: 127.0.0.1:%s
-  handshake_timeout: 5s
+  stdin_timeout: 2s
 identities:
   - name: ci-shop
     ssh_keys: ['%s']
@@ -98,10 +99,11 @@ identities:
 	os.WriteFile(known, []byte(line), 0o600)
 	a := sshClient{t, port, keyA, known}
 
-	// 200 connections that never speak (more than max_connections, 64)
-	// do not keep the deploy out, and are closed by the handshake deadline.
+	// 300 connections that never speak (more than max_connections, 64)
+	// do not keep the deploy out, and are closed by the handshake deadline
+	// (10s by default): all of them within 14s.
 	var idle []net.Conn
-	for range 200 {
+	for range 300 {
 		c, err := net.Dial("tcp", "127.0.0.1:"+port)
 		if err != nil {
 			t.Fatal(err)
@@ -123,7 +125,7 @@ identities:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.SetReadDeadline(floodStart.Add(5*time.Second + 3*time.Second))
+			c.SetReadDeadline(floodStart.Add(14 * time.Second))
 			if _, err := io.Copy(io.Discard, c); err != nil {
 				open.Add(1) // still open at the deadline: not closed by agentd
 			}
@@ -131,8 +133,9 @@ identities:
 	}
 	wg.Wait()
 	if n := open.Load(); n > 0 {
-		t.Errorf("%d of 200 silent connections were still open 3s after the 5s handshake deadline", n)
+		t.Errorf("%d of 300 silent connections were still open 14s after they connected", n)
 	}
+	t.Logf("300 silent connections all closed %v after they connected; the deploy succeeded meanwhile", time.Since(floodStart).Round(100*time.Millisecond))
 	c, err := docker.ContainerInspect(t.Context(), h.project+"-web-1")
 	if err != nil || !contains(c.Config.Env, "GREETING=s3cret-hello") {
 		t.Errorf("the env from stdin did not reach the container: %v %v", c.Config.Env, err)
@@ -183,9 +186,63 @@ identities:
 	if out, code := x.run("", "status"); code != api.ExitDenied || !strings.Contains(out, "SHA256:") {
 		t.Errorf("an unknown key: exit %d\n%s", code, out)
 	}
+	// A command of 250 KB: 2 for a known key, 4 for an unknown one, and
+	// agentd's log does not grow with it.
+	long := strings.Repeat("w", 125_000) // the client's own limit is 128 KiB a word
+	if out, code := a.run("", "status", long, long); code != api.ExitBadRequest || !strings.Contains(out, "ssh.max_command_bytes") {
+		t.Errorf("status with 250 KB of words: exit %d\n%.300s", code, out)
+	}
+	if out, code := x.run("", "status", long, long); code != api.ExitDenied {
+		t.Errorf("an unknown key with 250 KB of words: exit %d\n%.300s", code, out)
+	}
+	// Neither an empty project nor one out of scope lists the projects.
+	if out, code := a.run("", "deploy", "''"); code != api.ExitBadRequest || strings.Contains(out, h.project+"b") {
+		t.Errorf("deploy '' by ci-shop: exit %d\n%s", code, out)
+	}
+	if out, code := b.run("", "deploy", "nosuch"); code != api.ExitDenied || strings.Contains(out, h.project) {
+		t.Errorf("deploy nosuch by ci-other: exit %d\n%s", code, out)
+	}
+	// --env-file - with standard input never closed: refused with 2 once
+	// ssh.stdin_timeout (2s) has passed, and the session ends.
+	held := exec.Command("ssh", "-p", port, "-i", keyA, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+		"-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile="+known, "deploy@127.0.0.1", "deploy", h.project, "--env-file", "-")
+	stdinW, err := held.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdinW.Close()
+	var heldOut strings.Builder
+	held.Stdout, held.Stderr = &heldOut, &heldOut
+	began := time.Now()
+	if err := held.Start(); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(stdinW, "GREETING=held\n") // and never closed
+	heldDone := make(chan error, 1)
+	go func() { heldDone <- held.Wait() }()
+	select {
+	case err := <-heldDone:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != api.ExitBadRequest || !strings.Contains(heldOut.String(), "standard input still open after 2s") {
+			t.Errorf("deploy with standard input held open: %v\n%s", err, heldOut.String())
+		}
+		t.Logf("deploy with standard input held open: refused and closed after %v", time.Since(began).Round(100*time.Millisecond))
+	case <-time.After(12 * time.Second):
+		held.Process.Kill()
+		<-heldDone
+		t.Errorf("deploy with standard input held open: still running after 12s")
+	}
 	if n := len(h.history()); n != 1 {
 		t.Errorf("refused requests were recorded: %d releases", n)
 	}
+	longest := 0
+	for line := range strings.Lines(h.agentLog.String()) {
+		longest = max(longest, len(line))
+	}
+	if longest > 2048 {
+		t.Errorf("agentd logged a line of %d bytes", longest)
+	}
+	t.Logf("agentd's longest log line: %d bytes", longest)
 }
 
 func contains(list []string, s string) bool {

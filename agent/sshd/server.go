@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/auth"
+	"github.com/berth-deploy/berth/agent/clip"
 	"github.com/berth-deploy/berth/agent/config"
 	"golang.org/x/crypto/ssh"
 )
@@ -191,8 +192,8 @@ func (s *Server) check() error {
 		return errors.New("serve ssh: no runner")
 	case s.Log == nil:
 		return errors.New("serve ssh: no logger")
-	case s.Config.MaxConnections < 1 || s.Config.HandshakeTimeout <= 0 || s.Config.IdleTimeout <= 0:
-		return errors.New("serve ssh: max_connections, handshake_timeout and idle_timeout must be positive")
+	case s.Config.MaxConnections < 1 || s.Config.HandshakeTimeout <= 0 || s.Config.IdleTimeout <= 0 || s.Config.MaxCommandBytes < 1:
+		return errors.New("serve ssh: max_connections, handshake_timeout, idle_timeout and max_command_bytes must be positive")
 	}
 	return nil
 }
@@ -230,7 +231,8 @@ func (s *Server) serverConfig() *ssh.ServerConfig {
 		PublicKeyCallback: s.publicKey,
 		AuthLogCallback: func(meta ssh.ConnMetadata, method string, err error) {
 			if err != nil && !errors.Is(err, ssh.ErrNoAuth) {
-				s.Log.Debug("ssh authentication attempt failed", "remote", meta.RemoteAddr().String(), "method", method, "err", err)
+				s.Log.Debug("ssh authentication attempt failed", "remote", meta.RemoteAddr().String(),
+					"user", clip.F(meta.User()), "method", clip.F(method), "err", clip.String(err.Error(), 2*clip.Field))
 			}
 		},
 		ServerVersion: "SSH-2.0-berth-agentd",
@@ -258,7 +260,7 @@ func (s *Server) publicKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 	} else {
 		ext[extUnknown] = "1"
 	}
-	s.Log.Debug("ssh key offered", "remote", meta.RemoteAddr().String(), "user", meta.User(), "fingerprint", fp, "identity", name)
+	s.Log.Debug("ssh key offered", "remote", meta.RemoteAddr().String(), "user", clip.F(meta.User()), "fingerprint", fp, "identity", name)
 	return &ssh.Permissions{Extensions: ext}, nil
 }
 
@@ -318,7 +320,9 @@ func (s *Server) serveConn(ctx context.Context, raw net.Conn, cfg *ssh.ServerCon
 	}
 	sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
 	if err != nil {
-		s.Log.InfoContext(ctx, "ssh connection refused", "remote", remote, "reason", "handshake: "+err.Error())
+		// The error may quote what the client sent (the algorithms it
+		// offers): clipped, like every field a caller controls.
+		s.Log.InfoContext(ctx, "ssh connection refused", "remote", remote, "reason", clip.String("handshake: "+err.Error(), 2*clip.Field))
 		return
 	}
 	defer sc.Close()
@@ -389,6 +393,6 @@ func (s *Server) refused(ctx context.Context, who caller, what, kind, reason str
 		// Clients send these unasked (Debian's ssh_config has SendEnv).
 		level = slog.LevelDebug
 	}
-	s.Log.Log(ctx, level, "ssh "+what+" refused", "type", kind, "reason", reason,
+	s.Log.Log(ctx, level, "ssh "+what+" refused", "type", clip.F(kind), "reason", clip.String(reason, 2*clip.Field),
 		"identity", who.principal.Identity, "fingerprint", who.principal.Detail, "remote", who.principal.Remote)
 }

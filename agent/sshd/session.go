@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/clip"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -50,13 +51,16 @@ func (s *Server) handler() handler {
 	//     OpenSSH's -t/-tt gives up (255) when the pty is refused but has
 	//     already sent the command: running it would deploy while CI sees
 	//     a failure.
-	//  6. splitArgs: the command line is split with shell quoting; an empty
+	//  6. capLine: a command line longer than ssh.max_command_bytes gets 2,
+	//     before anything splits it or logs a word of it.
+	//  7. splitArgs: the command line is split with shell quoting; an empty
 	//     or unsplittable one gets 2. Scopes (which verb, which project) are
 	//     the Runner's to check.
-	//  7. holdIdle: the idle timeout is suspended while the command runs, a
+	//  8. holdIdle: the idle timeout is suspended while the command runs, a
 	//     deploy may be quiet for minutes; none starts while agentd stops.
-	//  8. s.run: the Runner.
-	return chain(s.run, s.audit, s.recoverPanic, authorizeCaller, commandsOnly, noTerminal, splitArgs, holdIdle)
+	//     (The Runner bounds how long it waits for standard input.)
+	//  9. s.run: the Runner.
+	return chain(s.run, s.audit, s.recoverPanic, authorizeCaller, commandsOnly, noTerminal, s.capLine, splitArgs, holdIdle)
 }
 
 // chain wraps h in mws, the first outermost.
@@ -82,23 +86,29 @@ func (s *Server) audit(next handler) handler {
 		start := time.Now()
 		code := next(ctx, r)
 		args := r.args
-		if args == nil && r.kind == "exec" {
+		tooLong := len(r.line) > s.Config.MaxCommandBytes
+		if args == nil && r.kind == "exec" && !tooLong {
 			// Refused before splitArgs: what was asked is still worth a line.
 			args, _ = api.SplitCommand(r.line)
 		}
+		// Every word is the caller's: clipped, so that no request writes a
+		// line longer than a few hundred bytes.
 		var verb, project string
 		if len(args) > 0 {
-			verb = args[0]
+			verb = clip.F(args[0])
 		}
 		if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
-			project = args[1]
+			project = clip.F(args[1])
 		}
 		p := r.caller.principal
 		attrs := []any{"identity", p.Identity, "fingerprint", p.Detail, "remote", p.Remote,
 			"request", r.kind, "verb", verb, "project", project, "exit_status", code,
 			"duration", time.Since(start).Round(time.Millisecond)}
+		if tooLong {
+			attrs = append(attrs, "command_bytes", len(r.line))
+		}
 		if r.refused != "" {
-			attrs = append(attrs, "refused", r.refused)
+			attrs = append(attrs, "refused", clip.String(r.refused, 2*clip.Field))
 		}
 		s.Log.InfoContext(ctx, "ssh request", attrs...)
 		return code
@@ -136,7 +146,7 @@ func commandsOnly(next handler) handler {
 				"agentd runs commands, not shells: ssh ... deploy PROJECT --image SERVICE=REF ...", api.Usage)
 		default:
 			return refuse(r, api.ExitBadRequest,
-				fmt.Sprintf("no subsystem %q here: agentd runs commands, it transfers no files", r.line), api.Usage)
+				fmt.Sprintf("no subsystem %q here: agentd runs commands, it transfers no files", clip.F(r.line)), api.Usage)
 		}
 	}
 }
@@ -145,6 +155,15 @@ func noTerminal(next handler) handler {
 	return func(ctx context.Context, r *request) int {
 		if r.pty {
 			return refuse(r, api.ExitBadRequest, "agentd gives no terminal: run ssh without -t or -tt", "")
+		}
+		return next(ctx, r)
+	}
+}
+
+func (s *Server) capLine(next handler) handler {
+	return func(ctx context.Context, r *request) int {
+		if n := len(r.line); n > s.Config.MaxCommandBytes {
+			return refuse(r, api.ExitBadRequest, fmt.Sprintf("the command is %d bytes long; agentd takes at most %d (ssh.max_command_bytes)", n, s.Config.MaxCommandBytes), "")
 		}
 		return next(ctx, r)
 	}

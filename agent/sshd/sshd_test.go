@@ -139,12 +139,19 @@ type testServer struct {
 }
 
 func testConfig() config.SSH {
-	return config.SSH{MaxConnections: 16, MaxAuthTries: 6, HandshakeTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
+	return config.SSH{MaxConnections: 16, MaxAuthTries: 6, HandshakeTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, MaxCommandBytes: 4096}
 }
 
 // startServer serves on 127.0.0.1 with a fresh host key and a fake
 // Runner until the test ends.
 func startServer(t *testing.T, cfg config.SSH, ids ...config.Identity) *testServer {
+	t.Helper()
+	return startServerWith(t, cfg, nil, ids...)
+}
+
+// startServerWith is startServer with runner in place of the fake one
+// (nil: the fake).
+func startServerWith(t *testing.T, cfg config.SSH, runner Runner, ids ...config.Identity) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	signer, err := LoadOrCreateHostKey(filepath.Join(dir, "host_key"))
@@ -172,10 +179,13 @@ func startServer(t *testing.T, cfg config.SSH, ids ...config.Identity) *testServ
 	if err := os.WriteFile(ts.knownHosts, []byte(line+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if runner == nil {
+		runner = ts.runner
+	}
 	srv := &Server{
 		Config:     cfg,
 		Identities: identities,
-		Runner:     ts.runner,
+		Runner:     runner,
 		Signer:     signer,
 		Log:        slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/httpapi"
@@ -27,6 +28,8 @@ import (
 // scopes if this host user is one of the identity's local_users.
 func sshCommandCmd(c *client) *cobra.Command {
 	var identity string
+	var maxBytes int
+	var stdinTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "ssh-command --identity NAME",
 		Short: "Run SSH_ORIGINAL_COMMAND as an identity (OpenSSH forced-command mode)",
@@ -37,10 +40,16 @@ command of a key in an OpenSSH authorized_keys file:
   command="agentctl ssh-command --identity ci-shop",restrict ssh-ed25519 AAAA... ci
 
 The host user sshd runs it as must be listed in the identity's local_users.
-Standard input is passed on when the command has --env-file -.`,
+Standard input is passed on when the command has --env-file -; it must end
+within --stdin-timeout. A command line longer than --max-command-bytes is
+refused (exit 2) before it reaches agentd, which applies its own
+ssh.max_command_bytes too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			line := os.Getenv("SSH_ORIGINAL_COMMAND")
+			if len(line) > maxBytes {
+				return &exitError{api.ExitBadRequest, fmt.Sprintf("the command is %d bytes long; at most %d are taken (--max-command-bytes)", len(line), maxBytes)}
+			}
 			if strings.TrimSpace(line) == "" {
 				return &exitError{api.ExitBadRequest, "this key runs Berth commands only, not a shell\n" + api.Usage}
 			}
@@ -53,17 +62,45 @@ Standard input is passed on when the command has --env-file -.`,
 				req.Remote = fields[0]
 			}
 			if wantsStdin(args) {
-				req.Stdin, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20+1))
-				if err != nil {
-					return &exitError{api.ExitBadRequest, fmt.Sprintf("read standard input: %v", err)}
+				if req.Stdin, err = readStdin(cmd.InOrStdin(), stdinTimeout); err != nil {
+					return &exitError{api.ExitBadRequest, err.Error()}
 				}
 			}
 			return c.command(cmd.Context(), req, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVar(&identity, "identity", "", "the identity whose scopes apply (required)")
+	cmd.Flags().IntVar(&maxBytes, "max-command-bytes", 4096, "the longest SSH_ORIGINAL_COMMAND taken, in bytes")
+	cmd.Flags().DurationVar(&stdinTimeout, "stdin-timeout", 30*time.Second, "how long standard input may stay open (--env-file -)")
 	cmd.MarkFlagRequired("identity")
 	return cmd
+}
+
+// readStdin reads at most 1 MiB and one byte more (agentd refuses more)
+// from r, which must end within d: a client that keeps it open is not
+// waited for. The read is left behind when it does not end; agentctl
+// exits right after.
+func readStdin(r io.Reader, d time.Duration) ([]byte, error) {
+	type result struct {
+		b   []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
+		done <- result{b, err}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case res := <-done:
+		if res.err != nil {
+			return nil, fmt.Errorf("read standard input: %w", res.err)
+		}
+		return res.b, nil
+	case <-t.C:
+		return nil, fmt.Errorf("standard input still open after %s (--stdin-timeout): send the env file and close it", d)
+	}
 }
 
 func wantsStdin(args []string) bool {

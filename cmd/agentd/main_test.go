@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,5 +58,49 @@ func TestCheckPassesAGoodConfig(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "ok (1 projects)") {
 		t.Errorf("output: %s", out.String())
+	}
+}
+
+// Options an authorized_keys line may not carry, misspelled or not, are
+// each reported by --check, which then fails.
+func TestCheckRefusesBadKeyOptions(t *testing.T) {
+	const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILtjzoBBff9vS9ZnYo3WjC5RXuSufoPZPhFeJBL54yex"
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "compose.yaml"), []byte("services:\n  web:\n    image: registry.test/web:v1\n"), 0o600)
+	cfg := filepath.Join(dir, "agentd.yaml")
+	options := []string{
+		"no-port-forwardin",
+		"no-agent-fowarding",
+		`command="/bin/sh"`,
+		`permitopen="127.0.0.1:22"`,
+		`permitlisten="0.0.0.0:80"`,
+		`environment="LD_PRELOAD=/tmp/x.so"`,
+		`from=""`,
+		"restrict=yes",
+		"pty",
+		"X11-forwarding",
+		"cert-authority",
+	}
+	body := "projects:\n  shop:\n    compose_file: compose.yaml\nidentities:\n  - name: ci\n    projects: [shop]\n    verbs: [deploy]\n    ssh_keys:\n"
+	for _, o := range options {
+		body += "      - '" + strings.ReplaceAll(o, "'", "''") + " " + key + "'\n"
+	}
+	os.WriteFile(cfg, []byte(body), 0o600)
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"--config", cfg, "--check"}, &out, &out)
+	if !errors.Is(err, errReported) {
+		t.Fatalf("err = %v, want a reported failure\n%s", err, out.String())
+	}
+	for i, o := range options {
+		want := fmt.Sprintf("ssh_keys[%d]: option %q is not supported", i, o)
+		if o == `from=""` {
+			want = fmt.Sprintf(`ssh_keys[%d]: from="" is empty`, i)
+		}
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--check output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out.String())
 	}
 }
