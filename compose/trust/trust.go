@@ -251,8 +251,8 @@ func unchecked(msg string, vars []string) Violation {
 }
 
 // canonical is the loaded project as a tree of maps, lists and scalars, as
-// compose-go marshals it (every key, extensions included), with the
-// harmless fields blanked.
+// compose-go marshals it (every key, a service's extensions included), with
+// the harmless fields blanked.
 func canonical(p *types.Project) (map[string]any, error) {
 	b, err := p.MarshalYAML()
 	if err != nil {
@@ -276,6 +276,14 @@ func canonical(p *types.Project) (map[string]any, error) {
 			if obj, ok := objs[name].(map[string]any); ok {
 				obj["content"] = c
 			}
+		}
+	}
+	// A top-level x- extension is read by nobody but YAML anchors, and what
+	// an anchor lends a service is compared in the service. x-berth stays:
+	// it is the name Berth's own extensions use.
+	for k := range m {
+		if strings.HasPrefix(k, "x-") && k != compose.ExtensionKey {
+			delete(m, k)
 		}
 	}
 	services, _ := m["services"].(map[string]any)

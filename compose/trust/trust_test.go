@@ -15,7 +15,14 @@ import (
 
 // stack interpolates a request's variables into harmless fields (image,
 // environment values, labels) and into many that are not.
-const stack = `services:
+const stack = `x-app: &app
+  image: registry.test/app:v1
+  environment:
+    FROM_ANCHOR: ${NAME:-world}
+  user: ${RUNAS:-app}
+services:
+  anchored:
+    <<: *app
   app:
     image: registry.test/app:${TAG:-v1}
     environment:
@@ -48,7 +55,7 @@ volumes:
 networks:
   front:
     name: ${NETNAME:-}
-x-top:
+x-berth:
   a: ${XT:-}
 `
 
@@ -81,7 +88,8 @@ func TestCheckRequest(t *testing.T) {
 		{"uts host", map[string]string{"UTS": "host"}, []string{"service app: uts: set by the request (UTS)"}},
 		{"another project's volume", map[string]string{"VOLNAME": "other_data"}, []string{"volumes.shared.name: set by the request (VOLNAME)"}},
 		{"another project's network", map[string]string{"NETNAME": "other_default"}, []string{"networks.front.name: set by the request (NETNAME)"}},
-		{"user 0", map[string]string{"RUNAS": "0"}, []string{"service app: user: set by the request (RUNAS)"}},
+		{"user 0, also through an anchor", map[string]string{"RUNAS": "0"}, []string{
+			"service anchored: user: set by the request (RUNAS)", "service app: user: set by the request (RUNAS)"}},
 		{"pid host", map[string]string{"PID": "host"}, []string{"service app: pid: set by the request (PID)"}},
 		{"a capability", map[string]string{"CAP": "SYS_ADMIN"}, []string{"service app: cap_add[0]: set by the request (CAP)"}},
 		{"privileged", map[string]string{"PRIV": "true"}, []string{"service admin: privileged: " + ReasonUnchecked + " (PRIV)"}},
@@ -91,14 +99,14 @@ func TestCheckRequest(t *testing.T) {
 		{"network_mode host", map[string]string{"NET": "host"}, []string{"service hostnet: network_mode: set by the request (NET)"}},
 		// Deny by default: settings no list names.
 		{"a command argument", map[string]string{"FLAG": "evil"}, []string{"service app: command[1]: set by the request (FLAG)"}},
-		{"a project-level extension", map[string]string{"XT": "y"}, []string{"x-top.a: set by the request (XT)"}},
+		{"a project-level extension", map[string]string{"XT": "y"}, []string{"x-berth.a: set by the request (XT)"}},
 		{"a label Berth reads", map[string]string{"REL": "7"}, []string{"service app: labels.dev.berth.release: set by the request (REL)"}},
 		// The presence of a variable, whatever its value: ${IPCX:+host}.
 		{"presence switches ipc to host", map[string]string{"IPCX": "anything"}, []string{"service app: ipc: set by the request (IPCX)"}},
 		// The old placeholder is just a value.
 		{"a value equal to the old placeholder", map[string]string{"UTS": "/berth-request-placeholder"}, []string{"service app: uts: set by the request (UTS)"}},
 		{"several at once", map[string]string{"UTS": "host", "RUNAS": "0", "TAG": "v3"}, []string{
-			"service app: user: set by the request (RUNAS)", "service app: uts: set by the request (UTS)"}},
+			"service anchored: user: set by the request (RUNAS)", "service app: user: set by the request (RUNAS)", "service app: uts: set by the request (UTS)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := load(t, dir, tc.env)
@@ -123,6 +131,38 @@ func TestCheckRequest(t *testing.T) {
 				t.Errorf("violations:\n got %q\nwant %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestDjangoExample: the variables the example's ci/deploy.sh sends (and
+// the web tag) pass; one that reaches a port does not (the marker is no
+// port, so the file does not load with it, and compose-go's error does not
+// name the field).
+func TestDjangoExample(t *testing.T) {
+	o := compose.LoadOptions{Name: "shop", ComposeFile: "../../examples/django/compose.yaml", EnvFiles: []string{"../../examples/django/example.env"}}
+	for _, tc := range []struct {
+		env  map[string]string
+		want []string
+	}{
+		{map[string]string{"DJANGO_SECRET_KEY": "k", "POSTGRES_PASSWORD": "p", "RABBITMQ_PASSWORD": "r", "WEB_TAG": "v9"}, nil},
+		{map[string]string{"DJANGO_SECRET_KEY": "k", "HTTP_PORT": "0.0.0.0:80"}, []string{"the compose file: " + ReasonUnchecked + " (HTTP_PORT)"}},
+	} {
+		o.Env = tc.env
+		loaded, err := compose.Load(t.Context(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs, err := CheckRequest(t.Context(), o, loaded)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, v := range vs {
+			got = append(got, v.String())
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%v: violations %q, want %q", slices.Sorted(maps.Keys(tc.env)), got, tc.want)
+		}
 	}
 }
 
@@ -233,6 +273,6 @@ func hostLevel(p *types.Project) string {
 	for _, k := range slices.Sorted(maps.Keys(p.Networks)) {
 		fmt.Fprintf(&b, "network %s name=%q\n", k, p.Networks[k].Name)
 	}
-	fmt.Fprintf(&b, "x-top=%v\n", p.Extensions["x-top"])
+	fmt.Fprintf(&b, "x-berth=%v\n", p.Extensions["x-berth"])
 	return b.String()
 }
