@@ -28,7 +28,25 @@ func undeclared(project string, pc config.Project, env map[string]string) error 
 		allowed = "only " + strings.Join(pc.RequestVariables, ", ")
 	}
 	return fmt.Errorf("%w: the request sets %s, and project %s lets a request set %s: an operator lists the variables a request may set under projects.%s.request_variables in agentd's config (images are chosen with --image SERVICE=REF)",
-		ErrRequestPolicy, strings.Join(names, ", "), project, allowed, project)
+		ErrRequestPolicy, listNames(names), project, allowed, project)
+}
+
+// listNames joins names a caller chose, bounded: at most maxListed, each
+// cut to maxNameLen bytes, so a refusal (and its log line) stays short.
+func listNames(names []string) string {
+	const maxListed, maxNameLen = 10, 64
+	shown := make([]string, 0, min(len(names), maxListed))
+	for _, n := range names[:min(len(names), maxListed)] {
+		if len(n) > maxNameLen {
+			n = n[:maxNameLen] + "..."
+		}
+		shown = append(shown, n)
+	}
+	out := strings.Join(shown, ", ")
+	if len(names) > maxListed {
+		out += fmt.Sprintf(" and %d more", len(names)-maxListed)
+	}
+	return out
 }
 
 // checkRequest refuses a project whose variables from the request change

@@ -35,10 +35,10 @@ const Harmless = "a service's image, its environment values and its label values
 const (
 	// ReasonSet: the field's value depends on the request's variables.
 	ReasonSet = "set by the request"
-	// ReasonUnchecked: a request's variable is used where a placeholder
-	// cannot stand (a boolean, a number, a port and the like), so what it
-	// changes cannot be told.
-	ReasonUnchecked = "reads the request's variables where Berth cannot tell what they change (a boolean, a number, a port or the like)"
+	// ReasonUnchecked: a request's variable is used where the file does
+	// not load with a stand-in for its value (a boolean, a number, a port,
+	// a file to read), so what it changes cannot be told.
+	ReasonUnchecked = "reads the request's variables where Berth cannot tell what they change (a boolean, a number, a port, a file to read or the like)"
 )
 
 // A Violation is one field of the project that a request's variables

@@ -49,6 +49,10 @@ services:
   hostnet:
     image: registry.test/app:v1
     network_mode: ${NET:-bridge}
+  files:
+    image: registry.test/app:v1
+    volumes: ["${HOSTDIR}/${SUB:-x}:/sub"]
+    env_file: ["${ENVF:-app.env}"]
 volumes:
   shared:
     name: ${VOLNAME:-}
@@ -68,7 +72,7 @@ func load(t testing.TB, dir string, env map[string]string) compose.LoadOptions {
 		if err := os.WriteFile(file, []byte(stack), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "app.env"), []byte("SECRET=from-the-host\n"), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "app.env"), []byte("SECRET=from-the-host\nHOSTDIR=/srv/host-secret-dir\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -95,6 +99,8 @@ func TestCheckRequest(t *testing.T) {
 		{"privileged", map[string]string{"PRIV": "true"}, []string{"service admin: privileged: " + ReasonUnchecked + " (PRIV)"}},
 		{"bind of /", map[string]string{"DATA": "/"}, []string{"service app: volumes[0]: set by the request (DATA)"}},
 		{"bind of /etc", map[string]string{"DATA": "/etc"}, []string{"service app: volumes[0]: set by the request (DATA)"}},
+		{"a bind below a host path from the env file", map[string]string{"SUB": "y"}, []string{"service files: volumes[0]: set by the request (SUB)"}},
+		{"an env_file to read", map[string]string{"ENVF": filepath.Join(dir, "app.env")}, []string{"the compose file: " + ReasonUnchecked + " (ENVF)"}},
 		{"the docker socket", map[string]string{"SOCK": "/var/run/docker.sock"}, []string{"service admin: volumes[0]: set by the request (SOCK)"}},
 		{"network_mode host", map[string]string{"NET": "host"}, []string{"service hostnet: network_mode: set by the request (NET)"}},
 		// Deny by default: settings no list names.
@@ -170,18 +176,20 @@ func TestDjangoExample(t *testing.T) {
 // never the value, which may be a secret or a host path.
 func TestCheckRequestRedacts(t *testing.T) {
 	dir := t.TempDir()
-	env := map[string]string{"DATA": "/srv/secret-host-path", "PRIV": "true", "UTS": "host-s3cret"}
+	env := map[string]string{"DATA": "/srv/secret-host-path", "PRIV": "true", "UTS": "host-s3cret", "SUB": "sub-s3cret"}
 	o := load(t, dir, env)
 	loaded, err := compose.Load(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	vs, err := CheckRequest(t.Context(), o, loaded)
-	if err != nil || len(vs) != 3 {
+	if err != nil || len(vs) != 4 {
 		t.Fatalf("violations %v, %v", vs, err)
 	}
 	for _, v := range vs {
-		for _, value := range append(slicesValues(env), "from-the-host", "/srv/app") {
+		// The old refusal showed "/srv/host-secret-dir/y": a path from the
+		// host's env file.
+		for _, value := range append(slicesValues(env), "from-the-host", "/srv/app", "/srv/host-secret-dir") {
 			if strings.Contains(v.String(), value) {
 				t.Errorf("%q shows %q", v, value)
 			}
@@ -216,7 +224,7 @@ func TestUndeclared(t *testing.T) {
 // the policy's own comparison) are exactly those of the file loaded
 // without the request's variables.
 func FuzzRequestPolicy(f *testing.F) {
-	vars := []string{"TAG", "SECRET", "NAME", "REL", "UTS", "PID", "IPCX", "RUNAS", "CAP", "FLAG", "DATA", "PRIV", "SOCK", "NET", "VOLNAME", "NETNAME", "XT"}
+	vars := []string{"TAG", "SECRET", "NAME", "REL", "UTS", "PID", "IPCX", "RUNAS", "CAP", "FLAG", "DATA", "PRIV", "SOCK", "NET", "VOLNAME", "NETNAME", "XT", "SUB"}
 	for i, v := range []string{"host", "0", "/", "/etc", "/var/run/docker.sock", "true", "", "container:x",
 		"${UTS}", "$$", "a\nb", "/berth-request-placeholder", "SYS_ADMIN", "other_data", "v2", "root", "private", "/srv/app/data"} {
 		f.Add(uint8(i), v, uint8(i*7), v+"x")
