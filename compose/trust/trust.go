@@ -321,6 +321,10 @@ func contents[T types.SecretConfig | types.ConfigObjConfig](objs map[string]T) m
 
 // diff appends to out the path of every place where a and b differ: a key
 // only one of them has, lists of different lengths, different scalars.
+// Below the top two levels (services.web, volumes.data: keys written in the
+// file) a key only one side has may come from a value ("${K}=v" in a list
+// form of environment, extra_hosts and the like), so the path stops at its
+// map and never names it.
 func diff(path []string, a, b any, out *[][]string) {
 	switch av := a.(type) {
 	case map[string]any:
@@ -329,6 +333,12 @@ func diff(path []string, a, b any, out *[][]string) {
 			break
 		}
 		for _, k := range slices.Sorted(maps.Keys(union2(av, bv))) {
+			_, inA := av[k]
+			_, inB := bv[k]
+			if inA != inB && len(path) >= 2 {
+				*out = append(*out, path)
+				continue
+			}
 			diff(append(slices.Clip(path), k), av[k], bv[k], out)
 		}
 		return
