@@ -55,7 +55,10 @@ func listNames(names []string) string {
 // file, and either may be a secret or a host path.
 func checkRequest(ctx context.Context, o compose.LoadOptions, loaded *types.Project) error {
 	vs, err := trust.CheckRequest(ctx, o, loaded)
-	if err != nil {
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return err // cancelled, not refused
+	case err != nil:
 		return fmt.Errorf("%w: %w", ErrRequestPolicy, err)
 	}
 	if len(vs) == 0 {

@@ -110,8 +110,9 @@ var interpolating = regexp.MustCompile(`error while interpolating ([^\s:]+)`)
 
 // CheckRequest lists what the request's variables (o.Env) change in
 // loaded, the project loaded with o, beyond the harmless fields. The file
-// is loaded again twice, and every field but the harmless ones is compared
-// with loaded's:
+// is loaded again, twice (more, one variable at a time, when a probe does
+// not load), and every field but the harmless ones is compared with
+// loaded's:
 //
 //   - with every string that reads a request's variable (in any way: ${V},
 //     ${V:-default}, ${V:+alternative}, nested) replaced by a marker, which
@@ -172,6 +173,9 @@ func CheckRequest(ctx context.Context, o compose.LoadOptions, loaded *types.Proj
 			}
 		}
 		p, err := compose.Load(ctx, po)
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
 		if err != nil {
 			if len(vars) == 1 {
 				add(unchecked(err.Error(), vars))
@@ -190,11 +194,11 @@ func CheckRequest(ctx context.Context, o compose.LoadOptions, loaded *types.Proj
 			if i := slices.IndexFunc(path, func(k string) bool { return strings.HasPrefix(k, "[") }); i >= 0 {
 				path = path[:i+1]
 			}
-			found := namesIn(at(got, path))
-			if len(found) == 0 {
-				found = vars
+			who := namesIn(at(got, path))
+			if len(who) == 0 {
+				who = vars
 			}
-			v := Violation{Field: format(path), Variables: found, Reason: ReasonSet}
+			v := Violation{Field: format(path), Variables: who, Reason: ReasonSet}
 			if len(path) >= 2 && path[0] == "services" {
 				v.Service, v.Field = path[1], format(path[2:])
 			}
