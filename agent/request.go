@@ -75,9 +75,9 @@ func checkRequest(ctx context.Context, o compose.LoadOptions, loaded *types.Proj
 		case v.Field != "":
 			where = v.Field
 		}
-		vars := "variable " + v.Variables[0]
-		if len(v.Variables) > 1 {
-			vars = "variables " + strings.Join(v.Variables, ", ")
+		vars := "variables " + strings.Join(v.Variables, ", ")
+		if len(v.Variables) == 1 {
+			vars = "variable " + v.Variables[0]
 		}
 		switch v.Reason {
 		case trust.ReasonSet:

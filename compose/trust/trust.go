@@ -53,7 +53,7 @@ type Violation struct {
 	// "" when it is the service as a whole, or not known.
 	Field string
 	// Variables are the request's variables found to reach the field,
-	// sorted.
+	// sorted; CheckRequest always names at least one.
 	Variables []string
 	// Reason is ReasonSet or ReasonUnchecked.
 	Reason string
@@ -73,7 +73,10 @@ func (v Violation) String() string {
 	} else {
 		b.WriteString("the compose file")
 	}
-	fmt.Fprintf(&b, ": %s (%s)", v.Reason, strings.Join(v.Variables, ", "))
+	b.WriteString(": " + v.Reason)
+	if len(v.Variables) > 0 {
+		fmt.Fprintf(&b, " (%s)", strings.Join(v.Variables, ", "))
+	}
 	return b.String()
 }
 
