@@ -237,6 +237,9 @@ func (s *Service) locked(ctx context.Context, kind, project, identity, message s
 }
 
 func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
+	if err := undeclared(r.project, r.pc, req.Env); err != nil {
+		return outcome{code: api.ExitBadRequest, err: err}
+	}
 	r.progress("", "loading %s", r.pc.ComposeFile)
 	opts := loadOptions(r.project, r.pc, req.Images)
 	opts.Env = req.Env
@@ -244,7 +247,8 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	if err != nil {
 		return outcome{code: api.ExitBadRequest, err: redact(err, req.Env)}
 	}
-	if err := compose.CheckRequest(ctx, opts, project, r.pc.AllowedBindPaths); err != nil {
+	// Before anything is resolved or pulled.
+	if err := checkRequest(ctx, opts, project); err != nil {
 		return outcome{code: api.ExitBadRequest, err: redact(err, req.Env)}
 	}
 	reg := r.registry()

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/template"
 	"github.com/compose-spec/compose-go/v2/types"
 )
 
@@ -26,6 +28,11 @@ type LoadOptions struct {
 	Images map[string]string
 	// Env adds variables for interpolation, over the env files.
 	Env map[string]string
+	// Substitute, when set, stands in for compose-go's ${...} substitution
+	// of every string of the file (and of the files it includes). The
+	// request policy (package compose/trust) uses it to see which settings
+	// read a request's variables.
+	Substitute func(value string, lookup template.Mapping) (string, error)
 }
 
 // Load reads and validates the compose project: interpolation from the env
@@ -33,14 +40,22 @@ type LoadOptions struct {
 // the checks that this engine needs (every service has an image, no option
 // that the executor would silently drop). Every error wraps ErrInvalid.
 func Load(ctx context.Context, o LoadOptions) (*types.Project, error) {
-	opts, err := cli.NewProjectOptions([]string{o.ComposeFile},
+	options := []cli.ProjectOptionsFn{
 		cli.WithName(o.Name),
 		cli.WithEnvFiles(o.EnvFiles...),
-		cli.WithDotEnv,
+		cli.WithDotEnv, // before WithEnv: the env files never see a request's variables
 		cli.WithEnv(envList(o.Env)),
 		cli.WithProfiles(o.Profiles),
 		cli.WithResolvedPaths(true),
-	)
+	}
+	if o.Substitute != nil {
+		options = append(options, cli.WithLoadOptions(func(lo *loader.Options) {
+			if lo.Interpolate != nil { // nil where compose-go only lists the files
+				lo.Interpolate.Substitute = o.Substitute
+			}
+		}))
+	}
+	opts, err := cli.NewProjectOptions([]string{o.ComposeFile}, options...)
 	if err != nil {
 		return nil, fmt.Errorf("project %s (%s): %w: %w", o.Name, o.ComposeFile, ErrInvalid, err)
 	}

@@ -225,6 +225,7 @@ projects:
   $project:
     compose_file: $here/compose.yaml
     env_file: $work/shop.env
+    request_variables: [DJANGO_SECRET_KEY, POSTGRES_PASSWORD, RABBITMQ_PASSWORD]
 ssh:
   listen: "127.0.0.1:$ssh_port"
 identities:

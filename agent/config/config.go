@@ -88,8 +88,13 @@ type Project struct {
 	KeepReleases int      `yaml:"keep_releases"`
 	// DockerConfig overrides the registry credentials for this project.
 	DockerConfig string `yaml:"docker_config"`
-	// AllowedBindPaths are the host directories under which a request's
-	// variables may choose the source of a bind mount.
+	// RequestVariables are the variables a deploy request may set
+	// (`--env-file -`, the HTTP body's env); none by default. What they
+	// may change is decided by package compose/trust.
+	RequestVariables []string `yaml:"request_variables"`
+	// AllowedBindPaths is no longer supported (a request never chooses a
+	// bind mount's source); it is kept so a config that sets it gets a
+	// clear error rather than "unknown key".
 	AllowedBindPaths []string `yaml:"allowed_bind_paths"`
 }
 
@@ -284,6 +289,9 @@ func (s Socket) ModeBits() os.FileMode {
 }
 
 var projectName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+
+// variableName is what request_variables may list.
+var variableName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // Load reads the file, applies defaults and resolves relative paths. It
 // fails on YAML errors and unknown keys; call Validate for the rest.
@@ -491,9 +499,17 @@ func (c *Config) Validate() error {
 		if p.DockerConfig != "" {
 			mustDir(&errs, "project "+name+": docker_config", p.DockerConfig)
 		}
-		for _, d := range p.AllowedBindPaths {
-			if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
-				bad("project %s: allowed_bind_paths: %q must be an absolute path other than /", name, d)
+		if len(p.AllowedBindPaths) > 0 {
+			bad("project %s: allowed_bind_paths is no longer supported: a request's variables may not choose a bind mount's source (a path under an allowed directory may be a symlink to anywhere); write the path in the compose file or its env file, and list the variables a request may set in request_variables", name)
+		}
+		for i, v := range p.RequestVariables {
+			switch {
+			case !variableName.MatchString(v):
+				bad("project %s: request_variables: %q is not a variable name (%s)", name, v, variableName)
+			case strings.HasPrefix(v, "BERTH_") || strings.HasPrefix(v, "COMPOSE_"):
+				bad("project %s: request_variables: %s: names starting with BERTH_ or COMPOSE_ are reserved", name, v)
+			case slices.Contains(p.RequestVariables[:i], v):
+				bad("project %s: request_variables: %s is listed twice", name, v)
 			}
 		}
 	}

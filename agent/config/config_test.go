@@ -61,7 +61,8 @@ projects:
     compose_file: ""
     keep_releases: -1
     env_file: absent.env
-    allowed_bind_paths: [uploads, /]
+    allowed_bind_paths: [/srv/blog/uploads]
+    request_variables: [WEB_TAG, 1BAD, "A-B", BERTH_REGISTRY, COMPOSE_PROFILES, WEB_TAG]
 `)
 	c, err := Load(path)
 	if err != nil {
@@ -80,8 +81,12 @@ projects:
 		"project blog: compose_file is required",
 		"project blog: env_file: open",
 		"project blog: keep_releases -1",
-		`project blog: allowed_bind_paths: "uploads" must be an absolute path`,
-		`project blog: allowed_bind_paths: "/" must be an absolute path other than /`,
+		"project blog: allowed_bind_paths is no longer supported",
+		`project blog: request_variables: "1BAD" is not a variable name`,
+		`project blog: request_variables: "A-B" is not a variable name`,
+		"project blog: request_variables: BERTH_REGISTRY: names starting with BERTH_ or COMPOSE_ are reserved",
+		"project blog: request_variables: COMPOSE_PROFILES: names starting",
+		"project blog: request_variables: WEB_TAG is listed twice",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("problems do not include %q:\n%v", want, err)

@@ -31,7 +31,9 @@
 #   DEPLOY_SECRETS    names of variables sent on stdin for the compose file's
 #                     ${...} when they are set (default: DJANGO_SECRET_KEY
 #                     POSTGRES_PASSWORD RABBITMQ_PASSWORD); those not set
-#                     come from the project's env file on the host
+#                     come from the project's env file on the host. agentd
+#                     accepts only those its project lists in
+#                     request_variables (exit 2 naming any other)
 #   CI_REGISTRY, CI_REGISTRY_USER, CI_JOB_TOKEN   (GitLab sets them) sent as
 #                     this deploy's registry credential, for the pulls
 set -eu
