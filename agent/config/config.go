@@ -259,7 +259,7 @@ const (
 	DefaultHTTPListen      = "127.0.0.1:8420"
 	DefaultMaxHeaderBytes  = 16 << 10
 	DefaultHTTPMaxConns    = 64
-	DefaultHTTPMaxBody     = 256 << 10
+	DefaultHTTPMaxBody     = 128 << 10
 	DefaultHTTPHeader      = 10 * time.Second
 	DefaultHTTPBody        = 10 * time.Second
 	DefaultHTTPIdle        = 10 * time.Second

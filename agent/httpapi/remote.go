@@ -30,7 +30,7 @@ const PathHealth = "/healthz"
 
 // Defaults of Remote's limits, where its fields are zero.
 const (
-	defaultMaxBody      = 256 << 10
+	defaultMaxBody      = 128 << 10
 	defaultBodyTimeout  = 10 * time.Second
 	defaultWriteTimeout = 30 * time.Second
 )
