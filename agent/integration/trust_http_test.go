@@ -347,3 +347,78 @@ func nonce() string {
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// TestHTTPRefusalsTellNothing: a refused credential learns no identity
+// name and no claim (agentd's log has them), and a signed request for a
+// path that does not exist spends no nonce.
+func TestHTTPRefusalsTellNothing(t *testing.T) {
+	gl := newGitLab(t)
+	secret := hex.EncodeToString(bytes.Repeat([]byte{5}, 32))
+	secretFile := filepath.Join(t.TempDir(), "hmac")
+	os.WriteFile(secretFile, []byte(secret+"\n"), 0o600)
+	port := freePort(t)
+	h := newHarness(t, webStack, options{extra: fmt.Sprintf(`identities:
+  - name: ci-shop-production
+    gitlab: {project_path: group/shop, ref: main, environment: production}
+    projects: [$PROJECT]
+    verbs: [status]
+  - name: signer
+    hmac_secret_file: %s
+    projects: [$PROJECT]
+    verbs: [status]
+http:
+  listen: 127.0.0.1:%s
+  oidc:
+    issuer: %s
+    audience: berth
+    jwks_url: %s/jwks
+`, secretFile, port, gl.srv.URL, gl.srv.URL)})
+	h.start()
+	base := "http://127.0.0.1:" + port
+	status := func() *http.Request {
+		req, _ := http.NewRequest(http.MethodGet, base+"/v1/status?project="+h.project, nil)
+		return req
+	}
+
+	// A valid token for another environment: 403, and nothing more.
+	req := status()
+	req.Header.Set("Authorization", "Bearer "+gl.token(t, map[string]any{"environment": "staging"}))
+	code, _, out := call(t, req)
+	if code != 403 || !strings.Contains(out, `"exit_code":4`) || !strings.Contains(out, "forbidden: no identity accepts this token") {
+		t.Errorf("a token no identity accepts: HTTP %d\n%s", code, out)
+	}
+	for _, word := range []string{"ci-shop-production", "environment", "staging"} {
+		if strings.Contains(out, word) {
+			t.Errorf("the refusal tells the caller %q:\n%s", word, out)
+		}
+	}
+	// A forged signature: 401, and nothing more.
+	req = status()
+	token.Sign(req, "signer", bytes.Repeat([]byte("k"), 32), nil, time.Now(), nonce())
+	if code, _, out = call(t, req); code != 401 || strings.TrimSpace(out) != `{"error":"not authenticated","exit_code":4}` {
+		t.Errorf("a forged signature: HTTP %d\n%s", code, out)
+	}
+
+	// A correctly signed request for no endpoint is answered 404 and its
+	// nonce stays unspent: the same nonce then works on a real path.
+	n := nonce()
+	req, _ = http.NewRequest(http.MethodGet, base+"/v1/no-such-thing", nil)
+	token.Sign(req, "signer", []byte(secret), nil, time.Now(), n)
+	if code, _, out = call(t, req); code != 404 {
+		t.Errorf("a signed request for no endpoint: HTTP %d, want 404\n%s", code, out)
+	}
+	req = status()
+	token.Sign(req, "signer", []byte(secret), nil, time.Now(), n)
+	if code, _, out = call(t, req); code != 200 {
+		t.Errorf("the nonce of a request for no endpoint was spent: HTTP %d, want 200\n%s", code, out)
+	}
+
+	// agentd's log has the reasons.
+	h.stop()
+	log := h.agentLog.String()
+	for _, want := range []string{"ci-shop-production", "environment", "bad signature"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("agentd's log lacks %q:\n%s", want, log)
+		}
+	}
+}
