@@ -364,7 +364,13 @@ func TestLimiterEvictsOldestUnauthenticated(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { client.Close() })
-		return client, <-accepted
+		select {
+		case server = <-accepted:
+			return client, server
+		case <-time.After(5 * time.Second):
+			t.Fatal("a connection under the cap was not accepted")
+			return nil, nil
+		}
 	}
 	authenticate := func(server net.Conn) { Authenticated(lim.ConnContext(t.Context(), server)) }
 	open := func(c net.Conn) bool {
