@@ -72,6 +72,11 @@ type Socket struct {
 	// AllowUsers, when set, lists the only local users whose requests are
 	// served; anyone else who can open the socket gets exit code 4.
 	AllowUsers []string `yaml:"allow_users"`
+	// BodyTimeout, IdleTimeout and WriteTimeout bound a connection as
+	// the HTTP API's keys of the same names do.
+	BodyTimeout  time.Duration `yaml:"body_timeout"`
+	IdleTimeout  time.Duration `yaml:"idle_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
 }
 
 // Log configures agentd's logs (to stderr, where journald takes them).
@@ -161,6 +166,24 @@ type HTTP struct {
 	// MaxNonces bounds the unexpired HMAC nonces remembered per identity;
 	// an identity holding that many is refused until the oldest lapses.
 	MaxNonces int `yaml:"max_nonces"`
+	// MaxConnections caps the connections open at once. When it is
+	// reached, a new connection evicts the oldest one on which no request
+	// has passed authentication yet.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxBodyBytes caps a request's body.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// HeaderTimeout bounds reading a request's headers (and a TLS
+	// handshake).
+	HeaderTimeout time.Duration `yaml:"header_timeout"`
+	// BodyTimeout bounds reading a request's body, once its headers are in.
+	BodyTimeout time.Duration `yaml:"body_timeout"`
+	// IdleTimeout closes a keep-alive connection that sends no new request
+	// for this long.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// WriteTimeout closes a connection when a write of its response (one
+	// event of a deploy's stream) makes no progress for this long; a
+	// stream as a whole may last as long as its deploy.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
 }
 
 // OIDC configures the verification of GitLab CI ID tokens.
@@ -255,6 +278,12 @@ const (
 	DefaultSSHIdle         = 10 * time.Minute
 	DefaultHTTPListen      = "127.0.0.1:8420"
 	DefaultMaxHeaderBytes  = 16 << 10
+	DefaultHTTPMaxConns    = 64
+	DefaultHTTPMaxBody     = 128 << 10
+	DefaultHTTPHeader      = 10 * time.Second
+	DefaultHTTPBody        = 10 * time.Second
+	DefaultHTTPIdle        = 10 * time.Second
+	DefaultHTTPWrite       = 30 * time.Second
 	DefaultOIDCMaxAge      = time.Hour
 	DefaultOIDCJWKSRefresh = time.Minute
 	DefaultOIDCJWKSPath    = "/oauth/discovery/keys"
@@ -328,6 +357,15 @@ func (c *Config) applyDefaults() {
 	if c.Socket.Mode == "" {
 		c.Socket.Mode = DefaultSocketMode
 	}
+	if c.Socket.BodyTimeout == 0 {
+		c.Socket.BodyTimeout = DefaultHTTPBody
+	}
+	if c.Socket.IdleTimeout == 0 {
+		c.Socket.IdleTimeout = DefaultHTTPIdle
+	}
+	if c.Socket.WriteTimeout == 0 {
+		c.Socket.WriteTimeout = DefaultHTTPWrite
+	}
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
 	}
@@ -374,6 +412,24 @@ func (c *Config) applyDefaults() {
 		}
 		if c.HTTP.MaxNonces == 0 {
 			c.HTTP.MaxNonces = DefaultMaxNonces
+		}
+		if c.HTTP.MaxConnections == 0 {
+			c.HTTP.MaxConnections = DefaultHTTPMaxConns
+		}
+		if c.HTTP.MaxBodyBytes == 0 {
+			c.HTTP.MaxBodyBytes = DefaultHTTPMaxBody
+		}
+		if c.HTTP.HeaderTimeout == 0 {
+			c.HTTP.HeaderTimeout = DefaultHTTPHeader
+		}
+		if c.HTTP.BodyTimeout == 0 {
+			c.HTTP.BodyTimeout = DefaultHTTPBody
+		}
+		if c.HTTP.IdleTimeout == 0 {
+			c.HTTP.IdleTimeout = DefaultHTTPIdle
+		}
+		if c.HTTP.WriteTimeout == 0 {
+			c.HTTP.WriteTimeout = DefaultHTTPWrite
 		}
 		if o := c.HTTP.OIDC; o != nil {
 			if o.JWKSURL == "" && o.Issuer != "" {
@@ -459,6 +515,9 @@ func (c *Config) Validate() error {
 		if _, err := user.LookupGroup(c.Socket.Group); err != nil {
 			bad("socket.group %q: %v", c.Socket.Group, err)
 		}
+	}
+	if c.Socket.BodyTimeout <= 0 || c.Socket.IdleTimeout <= 0 || c.Socket.WriteTimeout <= 0 {
+		bad("socket: body_timeout, idle_timeout and write_timeout must be positive")
 	}
 	for _, u := range c.Socket.AllowUsers {
 		if _, err := user.Lookup(u); err != nil {
@@ -641,6 +700,12 @@ func (c *Config) validateFrontDoors() []error {
 		host, _, err := net.SplitHostPort(h.Listen)
 		if err != nil {
 			bad("http.listen %q: %v", h.Listen, err)
+		}
+		if h.MaxHeaderBytes < 1 || h.MaxConnections < 1 || h.MaxBodyBytes < 1 {
+			bad("http: max_header_bytes, max_connections and max_body_bytes must be positive")
+		}
+		if h.HeaderTimeout <= 0 || h.BodyTimeout <= 0 || h.IdleTimeout <= 0 || h.WriteTimeout <= 0 {
+			bad("http: header_timeout, body_timeout, idle_timeout and write_timeout must be positive")
 		}
 		if (h.TLSCert == "") != (h.TLSKey == "") {
 			bad("http: tls_cert and tls_key go together")

@@ -93,3 +93,48 @@ projects:
 		}
 	}
 }
+
+func TestHTTPAndSocketLimits(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "compose.yaml", "services: {}\n")
+	path := write(t, dir, "agentd.yaml", "projects:\n  shop:\n    compose_file: compose.yaml\nhttp: {}\n")
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	h := c.HTTP
+	if h.MaxConnections != DefaultHTTPMaxConns || h.MaxBodyBytes != DefaultHTTPMaxBody || h.HeaderTimeout != DefaultHTTPHeader ||
+		h.BodyTimeout != DefaultHTTPBody || h.IdleTimeout != DefaultHTTPIdle || h.WriteTimeout != DefaultHTTPWrite {
+		t.Errorf("http defaults = %+v", h)
+	}
+	if s := c.Socket; s.BodyTimeout != DefaultHTTPBody || s.IdleTimeout != DefaultHTTPIdle || s.WriteTimeout != DefaultHTTPWrite {
+		t.Errorf("socket defaults = %+v", s)
+	}
+
+	path = write(t, dir, "bad.yaml", `projects:
+  shop:
+    compose_file: compose.yaml
+socket:
+  idle_timeout: -1s
+http:
+  max_connections: -1
+  body_timeout: -5s
+`)
+	c, err = Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	for _, want := range []string{
+		"socket: body_timeout, idle_timeout and write_timeout must be positive",
+		"http: max_header_bytes, max_connections and max_body_bytes must be positive",
+		"http: header_timeout, body_timeout, idle_timeout and write_timeout must be positive",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("problems do not include %q:\n%v", want, err)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/berth-deploy/berth/agent"
 	"github.com/berth-deploy/berth/agent/api"
@@ -93,8 +94,16 @@ type Handler struct {
 	HostKey ssh.PublicKey
 	// SSHPort is the port the SSH server listens on.
 	SSHPort int
-	mux     *http.ServeMux
-	once    sync.Once
+	// MaxBodyBytes caps a request body (0: 1 MiB).
+	MaxBodyBytes int64
+	// BodyTimeout, when set, bounds reading a request body.
+	BodyTimeout time.Duration
+	// WriteTimeout, when set, bounds each write of a response: a caller
+	// that stops reading a deploy's stream loses the stream, and the
+	// deploy goes on.
+	WriteTimeout time.Duration
+	mux          *http.ServeMux
+	once         sync.Once
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -174,23 +183,23 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 func (h *Handler) deploy(w http.ResponseWriter, r *http.Request) {
 	var req api.DeployRequest
-	if !decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbDeploy) {
+	if !h.decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbDeploy) {
 		return
 	}
-	stream(w, func(emit agent.Emit) { h.Service.Deploy(r.Context(), identity(r), req, emit) })
+	h.stream(w, func(emit agent.Emit) { h.Service.Deploy(r.Context(), identity(r), req, emit) })
 }
 
 func (h *Handler) rollback(w http.ResponseWriter, r *http.Request) {
 	var req api.RollbackRequest
-	if !decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbRollback) {
+	if !h.decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbRollback) {
 		return
 	}
-	stream(w, func(emit agent.Emit) { h.Service.Rollback(r.Context(), identity(r), req, emit) })
+	h.stream(w, func(emit agent.Emit) { h.Service.Rollback(r.Context(), identity(r), req, emit) })
 }
 
 func (h *Handler) lock(w http.ResponseWriter, r *http.Request) {
 	var req api.LockRequest
-	if !decode(w, r, &req) {
+	if !h.decode(w, r, &req) {
 		return
 	}
 	verb := api.VerbLock
@@ -208,31 +217,56 @@ func (h *Handler) lock(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, holder)
 }
 
-// decode reads a JSON request body, answering 400 when it is not one.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+// decode reads a JSON request body, at most MaxBodyBytes within
+// BodyTimeout, answering 400 when it is not one.
+func (h *Handler) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	limit := h.MaxBodyBytes
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	rc := http.NewResponseController(w)
+	if h.BodyTimeout > 0 {
+		rc.SetReadDeadline(time.Now().Add(h.BodyTimeout))
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusBadRequest, api.ExitBadRequest, "decode request: "+err.Error())
 		return false
+	}
+	if h.BodyTimeout > 0 {
+		rc.SetReadDeadline(time.Time{})
 	}
 	return true
 }
 
-// stream answers with the NDJSON events that run emits.
-func stream(w http.ResponseWriter, run func(agent.Emit)) {
+// stream answers with the NDJSON events that run emits. Each event gets
+// WriteTimeout to reach the caller; the stream as a whole lasts as long
+// as run.
+func (h *Handler) stream(w http.ResponseWriter, run func(agent.Emit)) {
+	rc := http.NewResponseController(w)
+	extend := func() {
+		if h.WriteTimeout > 0 {
+			rc.SetWriteDeadline(time.Now().Add(h.WriteTimeout))
+		}
+	}
+	// net/http writes the end of the stream after the handler returns.
+	defer extend()
+	extend()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
 	enc := json.NewEncoder(w)
 	var mu sync.Mutex
 	run(func(e api.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		// A client that went away does not stop the deploy: errors writing
-		// its stream are ignored, the release goes on and is recorded.
-		if enc.Encode(e) == nil && flusher != nil {
-			flusher.Flush()
+		// A client that went away, or stopped reading, does not stop the
+		// deploy: errors writing its stream are ignored, the release goes
+		// on and is recorded.
+		extend()
+		if enc.Encode(e) == nil {
+			rc.Flush()
 		}
 	})
 }
@@ -302,7 +336,7 @@ type Frame struct {
 // host user must be in the identity's local_users.
 func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
 	var req CommandRequest
-	if !decode(w, r, &req) {
+	if !h.decode(w, r, &req) {
 		return
 	}
 	p, _ := r.Context().Value(ctxKey{}).(peer)
@@ -313,8 +347,8 @@ func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	fw := &frameWriter{w: w, enc: json.NewEncoder(w)}
-	fw.flusher, _ = w.(http.Flusher)
+	fw := &frameWriter{w: w, enc: json.NewEncoder(w), rc: http.NewResponseController(w), timeout: h.WriteTimeout}
+	defer fw.extend()
 	principal := auth.Principal{Identity: req.Identity, Method: "ssh-command", Detail: "local:" + p.name, Remote: req.Remote}
 	code := h.Service.Run(r.Context(), principal, req.Args, bytes.NewReader(req.Stdin), fw.stream("stdout"), fw.stream("stderr"))
 	// Service.Run refuses a command longer than ssh.max_command_bytes;
@@ -338,14 +372,23 @@ type frameWriter struct {
 	mu      sync.Mutex
 	w       io.Writer
 	enc     *json.Encoder
-	flusher http.Flusher
+	rc      *http.ResponseController
+	timeout time.Duration // for each frame; 0: none
+}
+
+// extend gives the next write its time.
+func (f *frameWriter) extend() {
+	if f.timeout > 0 {
+		f.rc.SetWriteDeadline(time.Now().Add(f.timeout))
+	}
 }
 
 func (f *frameWriter) write(fr Frame) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.enc.Encode(fr) == nil && f.flusher != nil {
-		f.flusher.Flush()
+	f.extend()
+	if f.enc.Encode(fr) == nil {
+		f.rc.Flush()
 	}
 }
 

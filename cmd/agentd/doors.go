@@ -40,7 +40,8 @@ func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger, activat
 			}
 		}
 	}()
-	socket := &httpapi.Handler{Service: svc, Log: log, AllowUsers: cfg.Socket.AllowUsers}
+	socket := &httpapi.Handler{Service: svc, Log: log, AllowUsers: cfg.Socket.AllowUsers,
+		BodyTimeout: cfg.Socket.BodyTimeout, WriteTimeout: cfg.Socket.WriteTimeout}
 	if cfg.SSH != nil {
 		d, key, err := sshDoor(cfg.SSH, svc, log)
 		if err != nil {
@@ -62,6 +63,7 @@ func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger, activat
 		Handler:           socket,
 		ConnContext:       httpapi.ConnContext,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       cfg.Socket.IdleTimeout,
 	}))
 	if cfg.HTTP != nil {
 		d, err := remoteDoor(cfg.HTTP, svc, log)
@@ -95,10 +97,13 @@ func remoteDoor(cfg *config.HTTP, svc *agent.Service, log *slog.Logger) (door, e
 	if err != nil {
 		return door{}, fmt.Errorf("http api: %w", err)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	tcp, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return door{}, fmt.Errorf("http api: %w", err)
 	}
+	// The cap counts TCP connections, under TLS.
+	limiter := httpapi.LimitConns(tcp, cfg.MaxConnections, log)
+	var ln net.Listener = limiter
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
 		if err != nil {
@@ -108,15 +113,22 @@ func remoteDoor(cfg *config.HTTP, svc *agent.Service, log *slog.Logger) (door, e
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	log.Info("http api listening", "addr", ln.Addr().String(), "tls", cfg.TLSCert != "")
+	// No global WriteTimeout: a deploy's stream lasts minutes; the
+	// handler gives each write its own deadline instead.
 	return httpDoor("http api", ln, &http.Server{
 		Handler: &httpapi.Remote{
-			Service:    svc,
-			Verifier:   verifier,
-			Identities: svc.Identities(),
-			Forbidden:  func(err error) bool { return errors.Is(err, token.ErrForbidden) },
-			Log:        log,
+			Service:      svc,
+			Verifier:     verifier,
+			Identities:   svc.Identities(),
+			Forbidden:    func(err error) bool { return errors.Is(err, token.ErrForbidden) },
+			Log:          log,
+			MaxBodyBytes: cfg.MaxBodyBytes,
+			BodyTimeout:  cfg.BodyTimeout,
+			WriteTimeout: cfg.WriteTimeout,
 		},
-		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       limiter.ConnContext,
+		ReadHeaderTimeout: cfg.HeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 	}), nil
 }
