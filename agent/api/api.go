@@ -33,6 +33,30 @@ type DeployRequest struct {
 	Env map[string]string `json:"env,omitempty"`
 	// Registry is a credential for this request's pulls only.
 	Registry *RegistryAuth `json:"registry,omitempty"`
+	// Compose, when set, is the project's compose file shipped with the
+	// request (from the repository), deployed instead of the host's; only
+	// an identity with ship_compose may send one, and the project's policy
+	// decides what it may contain.
+	Compose *ComposeBundle `json:"compose,omitempty"`
+	// Source names what the release was built from, for the record (a
+	// commit: $CI_COMMIT_SHA).
+	Source string `json:"source,omitempty"`
+	// DryRun loads and checks the request, resolves the images and shows
+	// the plan, and changes nothing (no lock, no record).
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// ComposeBundle is a compose file shipped with a deploy request, with the
+// files it includes or extends.
+type ComposeBundle struct {
+	// Files maps each file's path, relative to the bundle's root
+	// (slash-separated, never absolute, never through ".."), to its
+	// content.
+	Files map[string]string `json:"files"`
+	// Main is the path of the compose file itself; empty means the first
+	// of compose.yaml, compose.yml, docker-compose.yaml and
+	// docker-compose.yml found at the root.
+	Main string `json:"main,omitempty"`
 }
 
 // RegistryAuth is a registry credential supplied with a request (a GitLab
