@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-deploy/berth/compose/trust"
 	"github.com/robfig/cron/v3"
 	"golang.org/x/crypto/ssh"
 	"gopkg.in/yaml.v3"
@@ -97,9 +98,14 @@ type Project struct {
 	// (`--env-file -`, the HTTP body's env); none by default. What they
 	// may change is decided by package compose/trust.
 	RequestVariables []string `yaml:"request_variables"`
-	// AllowedBindPaths is no longer supported (a request never chooses a
-	// bind mount's source); it is kept so a config that sets it gets a
-	// clear error rather than "unknown key".
+	// The policy for a compose file a deploy ships (package compose/trust,
+	// ShipPolicy); each allows nothing when empty. AllowedImages are
+	// globs of the image repositories a shipped file's services may run
+	// (after --image), AllowedPorts the host ports they may publish
+	// ("80", "8000-8099", "127.0.0.1:8000", "53/udp"), AllowedBindPaths
+	// the host directories under which a bind mount's source may be.
+	AllowedImages    []string `yaml:"allowed_images"`
+	AllowedPorts     []string `yaml:"allowed_ports"`
 	AllowedBindPaths []string `yaml:"allowed_bind_paths"`
 }
 
@@ -558,8 +564,20 @@ func (c *Config) Validate() error {
 		if p.DockerConfig != "" {
 			mustDir(&errs, "project "+name+": docker_config", p.DockerConfig)
 		}
-		if len(p.AllowedBindPaths) > 0 {
-			bad("project %s: allowed_bind_paths is no longer supported: a request's variables may not choose a bind mount's source (a path under an allowed directory may be a symlink to anywhere); write the path in the compose file or its env file, and list the variables a request may set in request_variables", name)
+		for _, v := range p.AllowedImages {
+			if err := trust.CheckImagePattern(v); err != nil {
+				bad("project %s: allowed_images: %v", name, err)
+			}
+		}
+		for _, v := range p.AllowedPorts {
+			if _, err := trust.ParsePortRule(v); err != nil {
+				bad("project %s: allowed_ports: %v", name, err)
+			}
+		}
+		for _, v := range p.AllowedBindPaths {
+			if err := trust.CheckBindPath(v); err != nil {
+				bad("project %s: allowed_bind_paths: %v", name, err)
+			}
 		}
 		for i, v := range p.RequestVariables {
 			switch {

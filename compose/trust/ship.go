@@ -126,7 +126,6 @@ var (
 		"env_file":          spec{"path": nil, "required": nil, "format": nil}, // checked: a shipped file
 		"label_file":        nil,                                               // checked: a shipped file
 		"labels":            anyKey,                                            // checked: not Berth's own
-		"annotations":       nil,                                               // refused by compose.Load, harmless
 		"working_dir":       nil,
 		"user":              nil,
 		"hostname":          nil,
