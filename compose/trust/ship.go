@@ -182,7 +182,7 @@ var (
 	}
 	topSpec = spec{
 		"name":     nil,
-		"volumes":  spec{"*": spec{"name": nil, "labels": anyKey}},                                                                        // checked: name, labels
+		"volumes":  spec{"*": spec{"name": nil, "labels": anyKey, "driver": nil}},                                                         // checked: name, labels, driver
 		"networks": spec{"*": spec{"name": nil, "labels": anyKey, "driver": nil, "internal": nil, "enable_ipv6": nil, "attachable": nil}}, // checked: name, labels, driver
 	}
 )
@@ -191,9 +191,11 @@ var (
 // those that keep the logs on the host, as docker compose does by default.
 var allowedLogDrivers = []string{"json-file", "local", "none"}
 
-// dockerSockets are where the Docker engine's socket usually is: a bind
-// of one, or of a directory above one, is root on the host.
-var dockerSockets = []string{"/var/run/docker.sock", "/run/docker.sock"}
+// dockerSockets are where the Docker engine's socket (and containerd's,
+// below it) usually are: a bind of one, or of a directory above one, is
+// root on the host.
+var dockerSockets = []string{"/var/run/docker.sock", "/run/docker.sock",
+	"/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock"}
 
 // CheckShipped lists what p, a project loaded from a compose file a deploy
 // shipped (with the --image overrides applied), holds beyond what pol
@@ -248,6 +250,9 @@ func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 			}
 			if d, ok := obj["driver"].(string); ok && kind == "networks" && d != "bridge" {
 				add("", kind+"."+key+".driver", d, "only the bridge driver is allowed for a shipped file's network")
+			}
+			if d, ok := obj["driver"].(string); ok && kind == "volumes" && d != "local" {
+				add("", kind+"."+key+".driver", d, "only the local driver is allowed for a shipped file's volume (another driver may mount anything)")
 			}
 			reservedLabels(obj["labels"], func(label string, v any) {
 				add("", kind+"."+key+".labels."+label, render(v), ReasonReserved)
@@ -642,7 +647,7 @@ func under(p, root string) bool {
 // link under an allowed directory cannot point out of it (as far as the
 // host shows now; see docs/compose.md). A path that cannot be resolved
 // resolves to "".
-var resolve = func(p string) string {
+func resolve(p string) string {
 	p = filepath.Clean(p)
 	var rest []string
 	for {

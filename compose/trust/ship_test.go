@@ -167,7 +167,9 @@ func TestCheckShippedRefuses(t *testing.T) {
 		{name: "a volume named like a project's but not its own", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    name: shop_other\n", want: []string{"|volumes.data.name|shop_other"}},
 		{name: "an external volume", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    external: true\n", want: []string{"|volumes.data.external|true", "|volumes.data.name|data"}},
 		{name: "a volume's driver options (a bind in disguise)", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    driver: local\n    driver_opts: {type: none, o: bind, device: /etc}\n",
-			want: []string{"|volumes.data.driver|local", "|volumes.data.driver_opts|{device: /etc, o: bind, type: none}"}},
+			want: []string{"|volumes.data.driver_opts|{device: /etc, o: bind, type: none}"}},
+		{name: "a volume driver", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    driver: rexray/ebs\n", want: []string{"|volumes.data.driver|rexray/ebs"}},
+		{name: "containerd's socket", file: svc("volumes: ['/run/containerd/containerd.sock:/c.sock']"), want: []string{"app|volumes[0]|/run/containerd/containerd.sock:/c.sock"}},
 		{name: "an image volume", file: svc("volumes: [{type: image, source: 'registry.test/other:1', target: /data}]"), loadRefuses: true,
 			want: []string{"app|volumes[0]|image registry.test/other:1:/data"}},
 
@@ -251,6 +253,8 @@ func TestCheckShippedAllows(t *testing.T) {
 		) + "volumes:\n  data:\n  named:\n    name: shop_named\n", nil},
 		{"the project's networks", svc("networks: {front: {aliases: [api]}, back: {}}") + "networks:\n  front:\n  back:\n    internal: true\n    driver: bridge\n    labels: {team: shop}\n", nil},
 		{"env and label files shipped or under the allowed path", svc("env_file: [shipped.env, $ALLOWED/host.env]", "label_file: [shipped.env]"), nil},
+		{"defaults written out", svc("privileged: false", "cap_add: []", "security_opt: []", "sysctls: {}", "read_only: false", "oom_score_adj: 0", "logging: {driver: json-file}", "volumes: ['data:/data']") +
+			"volumes:\n  data:\n    external: false\n    driver: local\nnetworks:\n  default:\n    name: shop_default\n    external: false\n", nil},
 		{"labels of the user's own", svc("labels: {traefik.enable: 'true', com.example.team: shop}"), nil},
 		{"images: a glob, a Docker Hub name, a /** prefix, an --image in the list", "services:\n  app:\n    image: registry.test/shop/web:v1\n  db:\n    image: postgres:15\n  official:\n    image: docker.io/library/postgres:16\n  deep:\n    image: registry.test/vendor/a/b/c:1\n",
 			map[string]string{"app": "registry.test/shop/web@sha256:" + strings.Repeat("b", 64)}},
