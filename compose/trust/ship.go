@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"maps"
 	"net/netip"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/berth-deploy/berth/compose"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/distribution/reference"
+	"gopkg.in/yaml.v3"
 )
 
 // ShipPolicy is what the operator lets a compose file that a deploy ships
@@ -60,6 +62,9 @@ const (
 	ReasonForeign = "names a volume or network outside the project (only PROJECT_KEY, as compose names it, is the project's own)"
 	// ReasonFile: a file read on the host at load time.
 	ReasonFile = "reads a host file outside the shipped files and the project's allowed_bind_paths"
+	// ReasonReference: an include or extends that may read a file outside
+	// the shipped ones.
+	ReasonReference = "may read a file outside the shipped files (an include or extends names a shipped file by a plain relative path: no absolute path, no .., no ${...}, no remote resource)"
 )
 
 // refused are the keys refused whatever their value, and why.
@@ -219,6 +224,7 @@ func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 	if err != nil {
 		return []Violation{{Reason: "cannot be read back: " + err.Error()}}
 	}
+	out = append(out, pol.checkReferences(p.ComposeFiles)...)
 	bindRoots, rootProblems := cleanRoots(pol.AllowedBindPaths)
 	for _, e := range rootProblems {
 		add("", "", "", "the project's allowed_bind_paths: "+e)
@@ -735,4 +741,138 @@ func (pol ShipPolicy) fileAllowed(f string, roots []string) bool {
 		}
 	}
 	return false
+}
+
+// maxIncludeDepth bounds how deep checkReferences follows includes and
+// extends (compose-go refuses cycles; this bounds a long chain).
+const maxIncludeDepth = 32
+
+// checkReferences reads the shipped compose files as written (before
+// interpolation) and refuses every include (its files, project_directory
+// and env_file) and extends.file that is not a plain relative path inside
+// the shipped files: compose-go reads those files while loading, and what
+// they hold (an include's env_file above all: variables for the included
+// file) never shows in the loaded project. It follows the shipped files
+// that are included or extended.
+func (pol ShipPolicy) checkReferences(mainFiles []string) []Violation {
+	if len(mainFiles) == 0 {
+		return nil
+	}
+	root := pol.BundleDir
+	if root == "" {
+		root = filepath.Dir(mainFiles[0])
+	}
+	root = filepath.Clean(root)
+	realRoot := resolveRoot(root)
+	var out []Violation
+	seen := map[string]bool{}
+	var visit func(file string, depth int)
+	visit = func(file string, depth int) {
+		if seen[file] {
+			return
+		}
+		seen[file] = true
+		// A field of an included file is named with the file.
+		prefix := ""
+		if depth > 0 {
+			rel, err := filepath.Rel(root, file)
+			if err != nil {
+				rel = file
+			}
+			prefix = filepath.ToSlash(rel) + ": "
+		}
+		bad := func(service, field, value, reason string) {
+			out = append(out, Violation{Service: service, Field: prefix + field, Value: value, Reason: reason})
+		}
+		if depth > maxIncludeDepth {
+			bad("", "include", "", fmt.Sprintf("includes or extends more than %d files deep", maxIncludeDepth))
+			return
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			bad("", "", "", "cannot be read to check its includes: "+err.Error())
+			return
+		}
+		var doc map[string]any
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			bad("", "", "", "cannot be read to check its includes: "+err.Error())
+			return
+		}
+		dir := filepath.Dir(file)
+		// ref checks one reference and returns the shipped file it names,
+		// or "".
+		ref := func(service, field string, v any) string {
+			s, ok := v.(string)
+			if !ok {
+				bad(service, field, render(v), ReasonReference)
+				return ""
+			}
+			if s == "" || filepath.IsAbs(s) || strings.ContainsAny(s, "$:") || slices.Contains(strings.Split(filepath.ToSlash(s), "/"), "..") {
+				bad(service, field, s, ReasonReference)
+				return ""
+			}
+			p := filepath.Join(dir, s)
+			if !under(p, root) || !under(resolve(p), realRoot) {
+				bad(service, field, s, ReasonReference)
+				return ""
+			}
+			return p
+		}
+		list := func(v any) []any {
+			if l, ok := v.([]any); ok {
+				return l
+			}
+			return []any{v}
+		}
+		if inc, ok := doc["include"]; ok {
+			for i, item := range list(inc) {
+				field := fmt.Sprintf("include[%d]", i)
+				m, isMap := item.(map[string]any)
+				if !isMap {
+					if f := ref("", field, item); f != "" {
+						visit(f, depth+1)
+					}
+					continue
+				}
+				for _, k := range slices.Sorted(maps.Keys(m)) {
+					switch k {
+					case "path":
+						for j, e := range list(m[k]) {
+							if f := ref("", fmt.Sprintf("%s.path[%d]", field, j), e); f != "" {
+								visit(f, depth+1)
+							}
+						}
+					case "env_file":
+						for j, e := range list(m[k]) {
+							ref("", fmt.Sprintf("%s.env_file[%d]", field, j), e)
+						}
+					case "project_directory":
+						ref("", field+".project_directory", m[k])
+					default:
+						bad("", field+"."+k, render(m[k]), ReasonNotListed)
+					}
+				}
+			}
+		}
+		services, _ := doc["services"].(map[string]any)
+		for _, name := range slices.Sorted(maps.Keys(services)) {
+			svc, _ := services[name].(map[string]any)
+			ext, ok := svc["extends"].(map[string]any)
+			if !ok {
+				continue // none, or a service of the same file
+			}
+			if file, ok := ext["file"]; ok {
+				if f := ref(name, "extends.file", file); f != "" {
+					visit(f, depth+1)
+				}
+			}
+		}
+	}
+	for _, f := range mainFiles {
+		if abs, err := filepath.Abs(f); err == nil {
+			f = abs
+		}
+		visit(f, 0)
+	}
+	return out
 }

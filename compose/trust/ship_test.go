@@ -404,3 +404,70 @@ func TestCheckBindPath(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckShippedReferences: an include or extends may name only shipped
+// files, by a plain relative path; what compose-go reads through them (an
+// include's env_file above all) never shows in the loaded project.
+func TestCheckShippedReferences(t *testing.T) {
+	f := newShipFixture(t)
+	extra := map[string]string{
+		"$BUNDLE/sub/part.yaml":   "services:\n  part:\n    image: registry.test/shop/part:1\n    environment: {LEAK: \"${OTHER_SECRET:-none}\"}\n",
+		"$BUNDLE/sub/part.env":    "OTHER_SECRET=shipped\n",
+		"$BUNDLE/sub/deeper.yaml": "include: [../../elsewhere/other.yaml]\n",
+		"$BUNDLE/base.yaml":       "services:\n  base:\n    image: registry.test/shop/web:v1\n    environment: {A: b}\n",
+		"$OUTSIDE/other.yaml":     "services:\n  other:\n    image: registry.test/shop/other:1\n",
+		"$OUTSIDE/secret.env":     "OTHER_SECRET=another-projects-secret\n",
+	}
+	r := strings.NewReplacer("$BUNDLE", f.bundle, "$ALLOWED", f.allowed, "$OUTSIDE", f.outside)
+	for name, content := range extra {
+		name = r.Replace(name)
+		if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		file string
+		want []string
+	}{
+		{"an include of shipped files, with a shipped env file", "include:\n  - path: sub/part.yaml\n    env_file: sub/part.env\n" + svc(), nil},
+		{"extends of a shipped file", svc("extends: {file: base.yaml, service: base}"), nil},
+		{"an include's env file outside", "include:\n  - path: sub/part.yaml\n    env_file: $OUTSIDE/secret.env\n" + svc(),
+			[]string{"|include[0].env_file[0]|$OUTSIDE/secret.env"}},
+		{"an include outside", "include: [$OUTSIDE/other.yaml]\n" + svc(), []string{"|include[0]|$OUTSIDE/other.yaml"}},
+		{"an include through ..", "include: [../elsewhere/other.yaml]\n" + svc(), []string{"|include[0]|../elsewhere/other.yaml"}},
+		{"an include of an include outside", "include: [sub/deeper.yaml]\n" + svc(), []string{"|sub/deeper.yaml: include[0]|../../elsewhere/other.yaml"}},
+		{"an include's project directory outside", "include:\n  - path: sub/part.yaml\n    project_directory: $OUTSIDE\n" + svc(),
+			[]string{"|include[0].project_directory|$OUTSIDE"}},
+		{"an include path from a variable", "include: ['${PART:-sub/part.yaml}']\n" + svc(), []string{"|include[0]|${PART:-sub/part.yaml}"}},
+		{"extends of a file outside", svc("extends: {file: $OUTSIDE/other.yaml, service: other}"), []string{"app|extends.file|$OUTSIDE/other.yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, loadRefused := f.loadShipped(t, tc.file, nil)
+			if loadRefused {
+				t.Fatal("compose.Load refused the file")
+			}
+			if part, ok := p.Services["part"]; ok && strings.Contains(tc.file, "secret.env") {
+				// What the include read shows in the project only as a
+				// value, which no key check can tell from another.
+				if v := part.Environment["LEAK"]; v == nil || *v != "another-projects-secret" {
+					t.Fatalf("the fixture does not leak: LEAK = %v", v)
+				}
+			}
+			var got []string
+			for _, v := range CheckShipped(p, f.policy()) {
+				got = append(got, v.Service+"|"+v.Field+"|"+v.Value)
+			}
+			var want []string
+			for _, w := range tc.want {
+				want = append(want, r.Replace(w))
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("refusals:\n got %q\nwant %q", got, want)
+			}
+		})
+	}
+}
