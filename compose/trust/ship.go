@@ -337,6 +337,10 @@ func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 			}
 		}
 	}
+	hide := redactor(p.Environment)
+	for i := range out {
+		out[i].Value = hide(out[i].Value)
+	}
 	slices.SortStableFunc(out, func(a, b Violation) int {
 		return strings.Compare(a.Service+"\x00"+a.Field, b.Service+"\x00"+b.Field)
 	})
@@ -875,4 +879,37 @@ func (pol ShipPolicy) checkReferences(mainFiles []string) []Violation {
 		visit(f, 0)
 	}
 	return out
+}
+
+// minRedacted is the shortest value of a variable that a refusal shows by
+// its name: shorter ones ("1", "true", "8080") would hide more than they
+// protect.
+const minRedacted = 8
+
+// redactor returns a function that writes, in a refused value, every value
+// of the project's interpolation variables (the host's env file, a
+// request's variables) of minRedacted characters or more as ${NAME}, as
+// the shipped file has it: a secret of the host's env file never reaches
+// the caller through a refusal. COMPOSE_ variables (the project's name)
+// are left as they are.
+func redactor(env types.Mapping) func(string) string {
+	type pair struct{ name, value string }
+	var vars []pair
+	for _, name := range slices.Sorted(maps.Keys(env)) {
+		if v := env[name]; len(v) >= minRedacted && !strings.HasPrefix(name, "COMPOSE_") {
+			vars = append(vars, pair{name, v})
+		}
+	}
+	// The longest first, so a value inside another does not cut it up; of
+	// equal values, the first name.
+	slices.SortStableFunc(vars, func(a, b pair) int { return len(b.value) - len(a.value) })
+	if len(vars) == 0 {
+		return func(s string) string { return s }
+	}
+	args := make([]string, 0, 2*len(vars))
+	for _, v := range vars {
+		args = append(args, v.value, "${"+v.name+"}")
+	}
+	r := strings.NewReplacer(args...)
+	return r.Replace
 }

@@ -471,3 +471,36 @@ func TestCheckShippedReferences(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckShippedHidesVariables: a value from the host's env file (or a
+// request's variable) is shown by its name in a refusal, never as it is.
+func TestCheckShippedHidesVariables(t *testing.T) {
+	f := newShipFixture(t)
+	hostEnv := filepath.Join(f.outside, "host.env")
+	if err := os.WriteFile(hostEnv, []byte("SECRET=s3cret-from-the-host\nHOSTDIR=/srv/private-dir\nSHORT=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := svc("sysctls: {kernel.msgmax: '${SECRET}'}", "volumes: ['${HOSTDIR}/x:/data']", "cpu_rt_runtime: ${SHORT}${SHORT}", "privileged: true",
+		"labels: {dev.berth.release: '${REQUESTED}'}")
+	path := filepath.Join(f.bundle, "compose.yaml")
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := compose.Load(context.Background(), compose.LoadOptions{Name: "shop", ComposeFile: path, EnvFiles: []string{hostEnv},
+		Env: map[string]string{"REQUESTED": "request-secret-value"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range CheckShipped(p, f.policy()) {
+		got = append(got, v.Service+"|"+v.Field+"|"+v.Value)
+		if s := v.String(); strings.Contains(s, "s3cret") || strings.Contains(s, "private-dir") || strings.Contains(s, "request-secret") {
+			t.Errorf("a variable's value in %q", s)
+		}
+	}
+	want := []string{"app|cpu_rt_runtime|11", "app|labels.dev.berth.release|${REQUESTED}", "app|privileged|true",
+		"app|sysctls|{kernel.msgmax: ${SECRET}}", "app|volumes[0]|${HOSTDIR}/x:/data"}
+	if !slices.Equal(got, want) {
+		t.Errorf("refusals:\n got %q\nwant %q", got, want)
+	}
+}
