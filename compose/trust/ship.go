@@ -214,7 +214,10 @@ var dockerSockets = []string{"/var/run/docker.sock", "/run/docker.sock",
 // AllowedBindPaths or read-only inside BundleDir), its labels (not
 // Berth's own), its env files, its logging driver; a volume or network
 // must be the project's own (PROJECT_KEY, neither external nor named
-// otherwise). Each violation names the service, the key and the value.
+// otherwise). The shipped files are also read as written: an include or
+// extends may name only shipped files (checkReferences). Each violation
+// names the service, the key and the value, with the values of the
+// project's variables of minRedacted characters or more shown as ${NAME}.
 func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 	var out []Violation
 	add := func(service, field, value, reason string) {
