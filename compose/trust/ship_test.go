@@ -146,6 +146,18 @@ func TestCheckShippedRefuses(t *testing.T) {
 		{name: "deploy placement and device reservations", file: svc("deploy:", "  placement: {constraints: [node.role==manager]}", "  resources: {reservations: {devices: [{capabilities: [gpu]}]}}"),
 			want: []string{"app|deploy.placement|{constraints: [node.role==manager]}", "app|deploy.resources.reservations.devices|[{capabilities: [gpu], count: -1}]"}},
 
+		{name: "cpu_rt_period", file: svc("cpu_rt_period: 1000000"), want: []string{"app|cpu_rt_period|1000000"}},
+		{name: "credential_spec", file: svc("credential_spec: {file: /etc/shadow}"), loadRefuses: true, want: []string{"app|credential_spec|{file: /etc/shadow}"}},
+		{name: "develop", file: svc("develop: {watch: [{path: ., action: sync, target: /app}]}"), want: []string{"app|develop|{watch: [{action: sync, path: $BUNDLE, target: /app}]}"}},
+		{name: "provider", file: "services:\n  app:\n    image: registry.test/shop/web:v1\n    provider: {type: /usr/local/bin/evil}\n", loadRefuses: true, want: []string{"app|provider|{type: /usr/local/bin/evil}"}},
+		{name: "models", file: svc("models: [llm]") + "models:\n  llm:\n    model: ai/smollm2\n", loadRefuses: true, want: []string{"|models|{llm: {model: ai/smollm2}}", "app|models|{llm}"}},
+		{name: "pre_start, post_start, pre_stop", file: svc("pre_start: [{command: [id]}]", "post_start: [{command: [id], privileged: true}]", "pre_stop: [{command: [id]}]"), loadRefuses: true,
+			want: []string{"app|post_start|[{command: [id], privileged: true}]", "app|pre_start|[{command: [id], image: registry.test/shop/web:v1, networks: {default}}]", "app|pre_stop|[{command: [id]}]"}},
+		{name: "deploy labels", file: svc("deploy: {labels: {com.docker.compose.project: other}}"), want: []string{"app|deploy.labels|{com.docker.compose.project: other}"}},
+		{name: "blkio_config", file: svc("blkio_config: {weight: 10}"), loadRefuses: true, want: []string{"app|blkio_config|{weight: 10}"}},
+		{name: "platform", file: svc("platform: linux/arm64"), loadRefuses: true, want: []string{"app|platform|linux/arm64"}},
+		{name: "attach", file: svc("attach: false"), want: []string{"app|attach|false"}},
+
 		// Keys no list names: a made-up future key, a rarely used one.
 		{name: "a service extension other than x-berth", file: svc("x-future: {privileged: true}"), want: []string{"app|x-future|{privileged: true}"}},
 		{name: "a top-level x-berth", file: "x-berth: {anything: 1}\n" + svc(), want: []string{"|x-berth|{anything: 1}"}},
@@ -502,5 +514,28 @@ func TestCheckShippedHidesVariables(t *testing.T) {
 		"app|sysctls|{kernel.msgmax: ${SECRET}}", "app|volumes[0]|${HOSTDIR}/x:/data"}
 	if !slices.Equal(got, want) {
 		t.Errorf("refusals:\n got %q\nwant %q", got, want)
+	}
+}
+
+// TestShippedKeysTheSchemaRefuses: keys in CheckShipped's refused list
+// that compose-go's schema already refuses, so no loaded project has them.
+// Should compose-go ever accept one, CheckShipped refuses it as not listed.
+func TestShippedKeysTheSchemaRefuses(t *testing.T) {
+	f := newShipFixture(t)
+	for _, line := range []string{"net: host", "log_driver: syslog", "log_opt: {syslog-address: 'udp://203.0.113.1:514'}", "volume_driver: evil"} {
+		path := filepath.Join(f.bundle, "compose.yaml")
+		if err := os.WriteFile(path, []byte(svc(line)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := compose.Load(context.Background(), compose.LoadOptions{Name: "shop", ComposeFile: path}); err == nil || !strings.Contains(err.Error(), "schema") {
+			t.Errorf("%s: compose.Load: %v, want a schema error", line, err)
+		}
+		key, _, _ := strings.Cut(line, ":")
+		if _, ok := serviceSpec[key]; ok {
+			t.Errorf("%s is allowed", key)
+		}
+		if _, ok := refused[key]; !ok {
+			t.Errorf("%s has no reason", key)
+		}
 	}
 }
