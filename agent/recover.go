@@ -12,8 +12,9 @@ import (
 // takes requests. A release still in progress in the journal was never
 // committed (agentd died during it): the project goes back to the release
 // before it, with the same machinery and gating, and the record says so.
-// For a committed release, containers it retired but did not remove yet
-// are removed. Every project is tried; the errors are returned together.
+// The record is marked interrupted. For a committed release, containers
+// it retired but did not remove yet are removed. Every project is tried;
+// the errors are returned together.
 func (s *Service) Recover(ctx context.Context) error {
 	var errs []error
 	for _, name := range s.cfg.ProjectNames() {
@@ -33,6 +34,7 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 		r := s.newRun(name, "agentd:recovery", nil)
 		r.pc = s.cfg.Projects[name]
 		r.release = unfinished
+		r.release.Interrupted = true
 		r.log.Warn("found a release agentd did not finish; restoring the release before it", "release", unfinished.Number, "previous", unfinished.Previous)
 		prev := api.Release{Project: name}
 		if unfinished.Previous != 0 {

@@ -111,6 +111,10 @@ type Release struct {
 	RollbackOf int `json:"rollback_of,omitempty"`
 	// RestoredTo is the release that was put back when this one failed.
 	RestoredTo int `json:"restored_to,omitempty"`
+	// Interrupted: agentd stopped (crashed, was killed) during the
+	// release, and recovery, when it started again, finished it: rolled
+	// back to RestoredTo (the outcome says whether that worked).
+	Interrupted bool `json:"interrupted,omitempty"`
 	// State is the desired state the release deployed, exactly as sent to
 	// the engine: what a rollback to it redeploys. Not sent by history.
 	State json.RawMessage `json:"state,omitempty"`
