@@ -6,15 +6,17 @@ import (
 	"fmt"
 
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/compose"
 )
 
 // Recover brings every project to one consistent release before agentd
 // takes requests. A release still in progress in the journal was never
 // committed (agentd died during it): the project goes back to the release
-// before it, with the same machinery and gating, and the record says so.
-// The record is marked interrupted. For a committed release, containers
-// it retired but did not remove yet are removed. Every project is tried;
-// the errors are returned together.
+// before it, with the same machinery and gating, and the record says so:
+// it is marked interrupted. For a committed release,
+// containers it retired but did not remove yet are removed. Either way,
+// hook containers agentd left (a migration, say) are stopped and removed
+// first. Every project is tried; the errors are returned together.
 func (s *Service) Recover(ctx context.Context) error {
 	var errs []error
 	for _, name := range s.cfg.ProjectNames() {
@@ -30,6 +32,12 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	// A hook of a release being rolled back must not go on changing the
+	// database under the release put back.
+	hooks := &compose.Executor{Engine: s.engine, Progress: func(svc, msg string) {
+		s.log.Warn(msg, "project", name, "service", svc, "phase", "recovery")
+	}}
+	hooksErr := hooks.RemoveHooks(ctx, name)
 	if ok {
 		r := s.newRun(name, "agentd:recovery", nil)
 		r.pc = s.cfg.Projects[name]
@@ -39,26 +47,26 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 		prev := api.Release{Project: name}
 		if unfinished.Previous != 0 {
 			if prev, err = s.store.Get(name, unfinished.Previous); err != nil {
-				return err
+				return errors.Join(hooksErr, err)
 			}
 		}
 		cause := errors.New("agentd stopped before the release was committed")
 		o := r.fail(ctx, prev, cause)
 		r.log.Warn("recovery done", "release", unfinished.Number, "exit_code", o.code, "result", o.err)
 		if o.code != api.ExitRolledBack {
-			return o.err
+			return errors.Join(hooksErr, o.err)
 		}
-		return nil
+		return hooksErr
 	}
 	cur, ok, err := s.store.Current(name)
 	if err != nil || !ok {
-		return err
+		return errors.Join(hooksErr, err)
 	}
 	desired, err := decodeState(cur)
 	if err != nil {
-		return err
+		return errors.Join(hooksErr, err)
 	}
-	return s.cleanup(ctx, name, desired, func(svc, msg string) {
+	return errors.Join(hooksErr, s.cleanup(ctx, name, desired, func(svc, msg string) {
 		s.log.Info(msg, "project", name, "service", svc, "release", cur.Number, "phase", "recovery")
-	})
+	}))
 }
