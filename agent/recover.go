@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/compose"
@@ -13,7 +14,9 @@ import (
 // takes requests. A release still in progress in the journal was never
 // committed (agentd died during it): the project goes back to the release
 // before it, with the same machinery and gating, and the record says so:
-// it is marked interrupted. For a committed release,
+// it is marked interrupted. Before that, recovery waits for the
+// project's containers to settle (recovery.settle): the engine finishes a
+// create the dead agentd had under way. For a committed release,
 // containers it retired but did not remove yet are removed. Either way,
 // hook containers agentd left (a migration, say) are stopped and removed
 // first. Every project is tried; the errors are returned together.
@@ -31,6 +34,22 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 	unfinished, ok, err := s.store.Unfinished(name)
 	if err != nil {
 		return err
+	}
+	if ok {
+		// The engine may still be carrying out the dead agentd's last
+		// request (a create): wait for it, or the plan below acts on a
+		// view the engine is about to change.
+		rc := s.cfg.Recovery
+		start := s.now()
+		settled, err := compose.Settle(ctx, s.engine, name, rc.Settle, rc.SettleLimit)
+		switch {
+		case err != nil:
+			return err
+		case !settled:
+			s.log.Warn("the project's containers did not settle; recovering anyway", "project", name, "settle", rc.Settle, "settle_limit", rc.SettleLimit)
+		default:
+			s.log.Info("the project's containers settled", "project", name, "waited", s.now().Sub(start).Round(time.Millisecond))
+		}
 	}
 	// A hook of a release being rolled back must not go on changing the
 	// database under the release put back.

@@ -41,6 +41,9 @@ type fakeEngine struct {
 	// -1 shows one connection for ever.
 	conns    map[string]int
 	connPort int
+	// unfound lists containers that are listed but not found by ID, as
+	// while the engine still creates them.
+	unfound map[string]bool
 }
 
 type fakeContainer struct {
@@ -121,7 +124,7 @@ func (f *fakeEngine) ContainerCreate(_ context.Context, cfg *container.Config, _
 
 func (f *fakeEngine) get(id string) (*fakeContainer, error) {
 	c, ok := f.containers[id]
-	if !ok {
+	if !ok || f.unfound[id] {
 		return nil, errdefs.NotFound(fmt.Errorf("no container %s", id))
 	}
 	return c, nil
