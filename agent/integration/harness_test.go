@@ -148,6 +148,21 @@ func (h *harness) stop() {
 	h.agentd = nil
 }
 
+// kill stops agentd with SIGKILL, as a crash or the OOM killer would:
+// nothing of it runs after this returns. start brings up a new agentd on
+// the same config and state directory (recovery runs before it is ready).
+func (h *harness) kill() {
+	h.t.Helper()
+	if h.agentd == nil {
+		h.t.Fatal("kill: agentd is not running")
+	}
+	if err := h.agentd.Process.Kill(); err != nil {
+		h.t.Fatalf("kill agentd: %v", err)
+	}
+	<-h.waited
+	h.agentd = nil
+}
+
 // ctl runs agentctl against this harness's agentd and returns its combined
 // output and exit code.
 func (h *harness) ctl(args ...string) (string, int) {

@@ -1,0 +1,371 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/docker/docker/errdefs"
+)
+
+// faultStack is release 1 of every fault row: one web replica, start-first.
+const faultStack = `
+services:
+  web:
+    image: $REGISTRY/web:v1
+    deploy:
+      update_config: {monitor: 1s}
+`
+
+// TestFaults is the fault injection of the trust suite: agentd is killed
+// with SIGKILL at each phase of a release and started again on the same
+// config and state directory. The phase is known from the deploy's own
+// event stream (agentctl deploy --json): agentd is killed as soon as the
+// event that opens the phase is read, and each phase is held open by the
+// test app (a slow health check, a hook that sleeps, a long monitor
+// window), so the kill lands inside it. After the restart:
+//
+//   - one consistent release runs: the one before (its very container) or,
+//     when the release had committed, the new one; a deploy of the live
+//     release's images finds nothing to change;
+//   - no lock is held: that deploy is accepted, and status shows no deploy
+//     in progress;
+//   - history says what happened: an interrupted release is recorded as
+//     interrupted and recovered to the release before it, never left in
+//     progress;
+//   - no container is left renamed aside (NAME-retired-ID), no hook's
+//     one-off container is left, and every service has its replicas, running,
+//     with the compose labels.
+func TestFaults(t *testing.T) {
+	docker := testenv.Docker(t)
+	reg := testenv.StartRegistry(t)
+	digests := map[string]string{}
+	for tag, img := range map[string]testenv.Image{
+		"v1": {Healthcheck: true, Env: map[string]string{"VERSION": "v1"}},
+		// Release 1 of the mid-rollback row: its health check passes only
+		// after 4s, so the rollback's gate on it is still waiting when
+		// agentd is killed.
+		"v1slow": {Healthcheck: true, Env: map[string]string{"VERSION": "v1", "HEALTHY_AFTER": "4s"}},
+		"v2":     {Healthcheck: true, Env: map[string]string{"VERSION": "v2"}},
+		"slow":   {Healthcheck: true, Env: map[string]string{"VERSION": "slow", "HEALTHY_AFTER": "10m"}},
+		// Healthy at once, dead 8s later: in the monitor window.
+		"crash": {Healthcheck: true, Env: map[string]string{"VERSION": "crash", "EXIT_AFTER": "8s", "EXIT_CODE": "3"}},
+	} {
+		digests[tag] = testenv.BuildAndPush(t, docker, reg.Ref("web:"+tag), img)
+	}
+	withWeb := func(extra string) string { return faultStack + extra }
+
+	for _, tc := range []struct {
+		name string
+		base string // the tag of release 1
+		// compose is the compose file of release 2, next is its web tag.
+		compose, next string
+		// at reports, from the events read so far, the last one newest,
+		// that the phase is open; then, if set, is polled on the engine
+		// after that until it holds. agentd is killed then.
+		at   func(seen []api.Event) bool
+		then func(h *harness) bool
+		// committed: release 2 was live before the kill, so it stays.
+		committed bool
+	}{
+		{
+			// The release is on record (in progress) and the first change
+			// is being made: agentd dies within a few milliseconds of
+			// recording it, before or at the first rename.
+			name: "journalled", base: "v1", compose: faultStack, next: "v2",
+			at: lastSays("", "release 2 replaces release 1"),
+		},
+		{
+			// The hook's container is running (a migration, say).
+			name: "in a pre-deploy hook", base: "v1", next: "v2",
+			compose: withWeb(`    x-berth:
+      pre_deploy:
+        - command: ["sleep", "10m"]
+`),
+			at:   lastSays("web", "running pre-deploy hook"),
+			then: running("-web-predeploy-2-1"),
+		},
+		{
+			// The old container is renamed aside and the engine is
+			// creating the new one, under the old one's name: the create
+			// completes after agentd is gone, while recovery looks.
+			name: "new container being created", base: "v1", compose: faultStack, next: "slow",
+			at:   lastSays("web", "creating"),
+			then: creating("-web-1"),
+		},
+		{
+			// The new container is up beside the old one, which was
+			// renamed aside, and is being gated.
+			name: "mid-switch", base: "v1", compose: faultStack, next: "slow",
+			at: lastSays("web", "waiting for 1 container(s) to be ready"),
+		},
+		{
+			// Switched: the old container is stopped and kept aside.
+			name: "in the monitor window", base: "v1", next: "v2",
+			compose: strings.Replace(faultStack, "monitor: 1s", "monitor: 10m", 1),
+			at:      lastSays("", "monitoring 1 new container(s)"),
+		},
+		{
+			// The new container died in the monitor window; the old one
+			// is started again and gated.
+			name: "mid-rollback", base: "v1slow", next: "crash",
+			compose: strings.Replace(faultStack, "monitor: 1s", "monitor: 10m", 1),
+			at: func(seen []api.Event) bool {
+				return lastSays("web", "waiting for 1 container(s) to be ready")(seen) &&
+					said(seen, "", "rolling back to release 1")
+			},
+		},
+		{
+			// Committed, and running a post-deploy hook: the new release
+			// stays.
+			name: "committed, in a post-deploy hook", base: "v1", next: "v2", committed: true,
+			compose: withWeb(`    x-berth:
+      post_deploy:
+        - command: ["sleep", "10m"]
+`),
+			at:   lastSays("web", "running post-deploy hook"),
+			then: running("-web-postdeploy-2-1"),
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			h := newHarness(t, faultStack, options{reg: reg})
+			h.start()
+			h.deploy(0, "--image", "web="+reg.Ref("web:"+tc.base))
+			before := h.ids()
+
+			h.writeCompose(tc.compose)
+			seen, code := h.deployKilledAt(tc.at, tc.then, "--image", "web="+reg.Ref("web:"+tc.next))
+			if code != api.ExitBroken {
+				t.Errorf("the client of the killed deploy exited %d, want %d", code, api.ExitBroken)
+			}
+			killed, killedLog := time.Now(), h.agentLog.String()
+			h.start()
+			t.Logf("killed %v into the row, after %q; ready again %v later", killed.Sub(start).Round(time.Millisecond),
+				seen[len(seen)-1].Message, time.Since(killed).Round(time.Millisecond))
+			defer func() {
+				if t.Failed() {
+					t.Logf("the killed agentd's log:\n%s\nthe new agentd's log:\n%s", killedLog, h.agentLog)
+				}
+			}()
+
+			live, liveTag := 1, tc.base
+			if tc.committed {
+				live, liveTag = 2, tc.next
+			}
+			h.checkConsistent(map[string]int{"web": 1})
+			web := h.containers()[h.project+"-web-1"]
+			if !strings.Contains(web.Image, digests[liveTag]) {
+				t.Errorf("web runs %s, want %s (%s)", web.Image, liveTag, digests[liveTag])
+			}
+			if !tc.committed {
+				h.sameIDs(before, "after recovery")
+			}
+
+			if st := h.status(); st.Current == nil || st.Current.Number != live || st.Deploying != nil || st.Locked != nil {
+				t.Errorf("status after recovery: %+v, want release %d live and no lock", st, live)
+			}
+			var rel2 *api.Release
+			hist := h.history()
+			for i := range hist {
+				if hist[i].Number == 2 {
+					rel2 = &hist[i]
+				}
+			}
+			switch {
+			case rel2 == nil:
+				t.Errorf("release 2 is not in the history: %+v", hist)
+			case tc.committed:
+				if rel2.Outcome != api.OutcomeSucceeded || rel2.Interrupted {
+					t.Errorf("release 2 (committed) after recovery: %+v", *rel2)
+				}
+			default:
+				if rel2.Outcome != api.OutcomeRolledBack || !rel2.Interrupted || rel2.RestoredTo != 1 || !strings.Contains(rel2.Error, "agentd stopped") {
+					t.Errorf("release 2 after recovery: outcome %s, interrupted %v, restored to %d, error %q; want rolled-back, interrupted, 1",
+						rel2.Outcome, rel2.Interrupted, rel2.RestoredTo, rel2.Error)
+				}
+				out, code := h.ctl("history", h.project)
+				if code != 0 || !strings.Contains(out, "interrupted") || !strings.Contains(out, "recovered to release 1") {
+					t.Errorf("agentctl history (exit %d) does not say release 2 was interrupted and recovered to release 1:\n%s", code, out)
+				}
+			}
+
+			// The lock is free, and what runs is exactly the live release.
+			if out := h.deploy(0, "--image", "web="+reg.Ref("web:"+liveTag)); !strings.Contains(out, "nothing to change") {
+				t.Errorf("a deploy of the live release after recovery changed something:\n%s", out)
+			}
+			t.Logf("row took %v", time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// lastSays matches when the newest event is progress of service (""
+// for the project) whose message contains text.
+func lastSays(service, text string) func([]api.Event) bool {
+	return func(seen []api.Event) bool {
+		return len(seen) > 0 && said(seen[len(seen)-1:], service, text)
+	}
+}
+
+// running matches when the project's container named PROJECT+suffix runs.
+func running(suffix string) func(*harness) bool {
+	return func(h *harness) bool {
+		c, ok := h.containers()[h.project+suffix]
+		return ok && c.State == "running"
+	}
+}
+
+// creating matches while the engine is still creating release 2's
+// container named PROJECT+suffix: it is listed but cannot be found by its
+// ID yet. If that moment is missed, it matches once the container has
+// left the created state (it is starting): agentd is killed a little
+// later than meant, and the test says so.
+func creating(suffix string) func(*harness) bool {
+	return func(h *harness) bool {
+		c, ok := h.containers()[h.project+suffix]
+		if !ok || c.Labels["dev.berth.release"] != "2" {
+			return false
+		}
+		if _, err := h.docker.ContainerInspect(h.t.Context(), c.ID); errdefs.IsNotFound(err) {
+			h.t.Logf("%s is listed but not found yet: the engine is still creating it", c.Names[0])
+			return true
+		}
+		if c.State != "created" {
+			h.t.Logf("missed the create of %s, now %s: killing agentd now", c.Names[0], c.State)
+			return true
+		}
+		return false
+	}
+}
+
+// said reports whether any of the events is progress of service whose
+// message contains text.
+func said(seen []api.Event, service, text string) bool {
+	for _, e := range seen {
+		if e.Type == api.EventProgress && e.Service == service && strings.Contains(e.Message, text) {
+			return true
+		}
+	}
+	return false
+}
+
+// deployKilledAt runs agentctl deploy --json, reads its events as they
+// come, and kills agentd with SIGKILL as soon as at says the phase is
+// open (and then, if set, holds on the engine). It returns the events
+// read up to the kill and the client's exit code. A deploy that ends
+// without reaching the phase fails the test.
+func (h *harness) deployKilledAt(at func([]api.Event) bool, then func(*harness) bool, args ...string) ([]api.Event, int) {
+	h.t.Helper()
+	bin := testenv.Binary(h.t, "./cmd/agentctl")
+	cmd := exec.CommandContext(h.t.Context(), bin, append([]string{"--socket", h.socket, "deploy", h.project, "--json"}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	var seen, all []api.Event
+	reached := false
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var e api.Event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			h.t.Fatalf("event %q: %v", sc.Text(), err)
+		}
+		all = append(all, e)
+		if !reached && at(all) {
+			if then != nil {
+				h.pollUntil(then)
+			}
+			reached = true
+			seen = all
+			h.kill()
+		}
+	}
+	err = cmd.Wait()
+	if !reached {
+		h.t.Fatalf("the deploy ended before the phase (%v, %s); its events:\n%s\nagentd log:\n%s", err, stderr.String(), eventLines(all), h.agentLog)
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return seen, 0
+	case errors.As(err, &ee):
+		return seen, ee.ExitCode()
+	default:
+		h.t.Fatalf("agentctl deploy: %v", err)
+		return nil, -1
+	}
+}
+
+// pollUntil polls cond every 10ms (a phase may last little longer than
+// that) until it holds; it fails the test after 30s.
+func (h *harness) pollUntil(cond func(*harness) bool) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.t.Context(), 30*time.Second)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond(h) {
+		select {
+		case <-ctx.Done():
+			h.t.Fatal("the phase was not reached on the engine within 30s")
+		case <-tick.C:
+		}
+	}
+}
+
+func eventLines(evs []api.Event) string {
+	var b strings.Builder
+	for _, e := range evs {
+		api.PrintEvent(&b, e)
+	}
+	return b.String()
+}
+
+// checkConsistent checks the project's containers on the engine: none
+// renamed aside, no one-off (a hook's) left, and for each service of
+// replicas exactly that many, running, with the compose labels.
+func (h *harness) checkConsistent(replicas map[string]int) {
+	h.t.Helper()
+	count := map[string]int{}
+	for name, c := range h.containers() {
+		if strings.Contains(name, "-retired-") {
+			h.t.Errorf("container %s (%s) is still renamed aside", name, c.State)
+		}
+		if !strings.EqualFold(c.Labels["com.docker.compose.oneoff"], "false") {
+			h.t.Errorf("one-off container %s (%s) is left: %s", name, c.State, c.Command)
+			continue
+		}
+		for _, l := range []string{"com.docker.compose.project", "com.docker.compose.service", "com.docker.compose.container-number", "com.docker.compose.config-hash"} {
+			if c.Labels[l] == "" {
+				h.t.Errorf("container %s has no %s label", name, l)
+			}
+		}
+		if c.State != "running" {
+			h.t.Errorf("container %s is %s", name, c.State)
+		}
+		count[c.Labels["com.docker.compose.service"]]++
+	}
+	for svc, n := range replicas {
+		if count[svc] != n {
+			h.t.Errorf("service %s has %d container(s), want %d", svc, count[svc], n)
+		}
+	}
+	for svc, n := range count {
+		if _, ok := replicas[svc]; !ok {
+			h.t.Errorf("service %s has %d container(s), want none", svc, n)
+		}
+	}
+}
