@@ -2,9 +2,11 @@ package integration
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -12,6 +14,8 @@ import (
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 )
 
 // faultStack is release 1 of every fault row: one web replica, start-first.
@@ -63,9 +67,14 @@ func TestFaults(t *testing.T) {
 
 	for _, tc := range []struct {
 		name string
-		base string // the tag of release 1
-		// compose is the compose file of release 2, next is its web tag.
+		// base is the web tag of release 1, first its compose file
+		// (default faultStack). With no base, the release killed is the
+		// project's first.
+		base, first string
+		// compose is the compose file of the release killed (default
+		// first), next its web tag.
 		compose, next string
+		replicas      int // of web (default 1)
 		// at reports, from the events read so far, the last one newest,
 		// that the phase is open; then, if set, is polled on the engine
 		// after that until it holds. agentd is killed then.
@@ -107,6 +116,28 @@ func TestFaults(t *testing.T) {
 			at: lastSays("web", "waiting for 1 container(s) to be ready"),
 		},
 		{
+			// Two replicas, one at a time: the first is switched (the old
+			// one stopped and kept aside), the second's new container is
+			// up beside its old one and being gated.
+			name: "mid-switch, second of two replicas", base: "v1", next: "v2", replicas: 2,
+			first: strings.Replace(faultStack, "    deploy:\n", "    deploy:\n      replicas: 2\n", 1),
+			at: func(seen []api.Event) bool {
+				n := 0
+				for _, e := range seen {
+					if e.Service == "web" && strings.Contains(e.Message, "waiting for 1 container(s) to be ready") {
+						n++
+					}
+				}
+				return n == 2 && lastSays("web", "waiting for 1 container(s)")(seen)
+			},
+		},
+		{
+			// The project's first release, mid-switch: there is no release
+			// to go back to, so it is undone, leaving nothing.
+			name: "first release, mid-switch", next: "slow",
+			at: lastSays("web", "waiting for 1 container(s) to be ready"),
+		},
+		{
 			// Switched: the old container is stopped and kept aside.
 			name: "in the monitor window", base: "v1", next: "v2",
 			compose: strings.Replace(faultStack, "monitor: 1s", "monitor: 10m", 1),
@@ -136,12 +167,23 @@ func TestFaults(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
-			h := newHarness(t, faultStack, options{reg: reg})
+			replicas := max(tc.replicas, 1)
+			first := cmp.Or(tc.first, faultStack)
+			h := newHarness(t, first, options{reg: reg})
 			h.start()
-			h.deploy(0, "--image", "web="+reg.Ref("web:"+tc.base))
+			// The interrupted release, and the one live after recovery
+			// (0: none).
+			interrupted, live, liveTag := 1, 0, ""
+			if tc.base != "" {
+				h.deploy(0, "--image", "web="+reg.Ref("web:"+tc.base))
+				interrupted, live, liveTag = 2, 1, tc.base
+			}
+			if tc.committed {
+				live, liveTag = interrupted, tc.next
+			}
 			before := h.ids()
 
-			h.writeCompose(tc.compose)
+			h.writeCompose(cmp.Or(tc.compose, first))
 			seen, code := h.deployKilledAt(tc.at, tc.then, "--image", "web="+reg.Ref("web:"+tc.next))
 			if code != api.ExitBroken {
 				t.Errorf("the client of the killed deploy exited %d, want %d", code, api.ExitBroken)
@@ -156,49 +198,61 @@ func TestFaults(t *testing.T) {
 				}
 			}()
 
-			live, liveTag := 1, tc.base
-			if tc.committed {
-				live, liveTag = 2, tc.next
+			if live == 0 {
+				// Undone over nothing: nothing is left, networks included.
+				h.checkConsistent(nil)
+				nets, err := h.docker.NetworkList(t.Context(), network.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+h.project))})
+				if err != nil || len(nets) != 0 {
+					t.Errorf("networks left after the first release was undone: %d (%v)", len(nets), err)
+				}
+			} else {
+				h.checkConsistent(map[string]int{"web": replicas})
 			}
-			h.checkConsistent(map[string]int{"web": 1})
-			web := h.containers()[h.project+"-web-1"]
-			if !strings.Contains(web.Image, digests[liveTag]) {
-				t.Errorf("web runs %s, want %s (%s)", web.Image, liveTag, digests[liveTag])
+			for name, c := range h.containers() {
+				if !strings.Contains(c.Image, digests[liveTag]) {
+					t.Errorf("%s runs %s, want %s (%s)", name, c.Image, liveTag, digests[liveTag])
+				}
 			}
 			if !tc.committed {
 				h.sameIDs(before, "after recovery")
 			}
 
-			if st := h.status(); st.Current == nil || st.Current.Number != live || st.Deploying != nil || st.Locked != nil {
-				t.Errorf("status after recovery: %+v, want release %d live and no lock", st, live)
+			st := h.status()
+			if (live == 0) != (st.Current == nil) || (st.Current != nil && st.Current.Number != live) || st.Deploying != nil || st.Locked != nil {
+				t.Errorf("status after recovery: %+v, want release %d live (0: none) and no lock", st, live)
 			}
-			var rel2 *api.Release
+			var rec *api.Release
 			hist := h.history()
 			for i := range hist {
-				if hist[i].Number == 2 {
-					rel2 = &hist[i]
+				if hist[i].Number == interrupted {
+					rec = &hist[i]
 				}
 			}
 			switch {
-			case rel2 == nil:
-				t.Errorf("release 2 is not in the history: %+v", hist)
+			case rec == nil:
+				t.Errorf("release %d is not in the history: %+v", interrupted, hist)
 			case tc.committed:
-				if rel2.Outcome != api.OutcomeSucceeded || rel2.Interrupted {
-					t.Errorf("release 2 (committed) after recovery: %+v", *rel2)
+				if rec.Outcome != api.OutcomeSucceeded || rec.Interrupted {
+					t.Errorf("release %d (committed) after recovery: %+v", interrupted, *rec)
 				}
 			default:
-				if rel2.Outcome != api.OutcomeRolledBack || !rel2.Interrupted || rel2.RestoredTo != 1 || !strings.Contains(rel2.Error, "agentd stopped") {
-					t.Errorf("release 2 after recovery: outcome %s, interrupted %v, restored to %d, error %q; want rolled-back, interrupted, 1",
-						rel2.Outcome, rel2.Interrupted, rel2.RestoredTo, rel2.Error)
+				if rec.Outcome != api.OutcomeRolledBack || !rec.Interrupted || rec.RestoredTo != live || !strings.Contains(rec.Error, "agentd stopped") {
+					t.Errorf("release %d after recovery: outcome %s, interrupted %v, restored to %d, error %q; want rolled-back, interrupted, %d",
+						interrupted, rec.Outcome, rec.Interrupted, rec.RestoredTo, rec.Error, live)
 				}
-				out, code := h.ctl("history", h.project)
-				if code != 0 || !strings.Contains(out, "interrupted") || !strings.Contains(out, "recovered to release 1") {
-					t.Errorf("agentctl history (exit %d) does not say release 2 was interrupted and recovered to release 1:\n%s", code, out)
+				want := fmt.Sprintf("interrupted (agentd stopped during it), recovered to release %d", live)
+				if live == 0 {
+					want = "interrupted (agentd stopped during it), recovered to no release: undone"
+				}
+				if out, code := h.ctl("history", h.project); code != 0 || !strings.Contains(out, want) {
+					t.Errorf("agentctl history (exit %d) does not say %q:\n%s", code, want, out)
 				}
 			}
 
 			// The lock is free, and what runs is exactly the live release.
-			if out := h.deploy(0, "--image", "web="+reg.Ref("web:"+liveTag)); !strings.Contains(out, "nothing to change") {
+			if live == 0 {
+				h.deploy(0, "--image", "web="+reg.Ref("web:v1"))
+			} else if out := h.deploy(0, "--image", "web="+reg.Ref("web:"+liveTag)); !strings.Contains(out, "nothing to change") {
 				t.Errorf("a deploy of the live release after recovery changed something:\n%s", out)
 			}
 			t.Logf("row took %v", time.Since(start).Round(time.Millisecond))
