@@ -80,6 +80,9 @@ func TestFaults(t *testing.T) {
 		// after that until it holds. agentd is killed then.
 		at   func(seen []api.Event) bool
 		then func(h *harness) bool
+		// again, if set, is the phase of the recovery in which the
+		// restarted agentd is killed too (polled on the engine).
+		again func(h *harness) bool
 		// committed: release 2 was live before the kill, so it stays.
 		committed bool
 	}{
@@ -154,6 +157,32 @@ func TestFaults(t *testing.T) {
 			},
 		},
 		{
+			// As in the monitor window, and the agentd started after it
+			// is killed too, while its recovery gates the old container
+			// it started again (still renamed aside; its health check
+			// passes only after 4s). The next recovery finishes the job.
+			name: "in the monitor window, then during recovery", base: "v1slow", next: "v2",
+			compose: strings.Replace(faultStack, "monitor: 1s", "monitor: 10m", 1),
+			at:      lastSays("", "monitoring 1 new container(s)"),
+			again: func(h *harness) bool {
+				for name, c := range h.containers() {
+					if strings.HasPrefix(name, h.project+"-web-1-retired-") && c.State == "running" {
+						return true
+					}
+				}
+				return false
+			},
+		},
+		{
+			// Committed: the release is live and agentd is removing the
+			// old container it had kept aside. Recovery finishes that.
+			name: "committed, removing the old container", base: "v1", next: "v2", committed: true,
+			at: func(seen []api.Event) bool {
+				e := seen[len(seen)-1]
+				return lastSays("web", "removing")(seen) && strings.Contains(e.Message, "-retired-")
+			},
+		},
+		{
 			// Committed, and running a post-deploy hook: the new release
 			// stays.
 			name: "committed, in a post-deploy hook", base: "v1", next: "v2", committed: true,
@@ -189,6 +218,13 @@ func TestFaults(t *testing.T) {
 				t.Errorf("the client of the killed deploy exited %d, want %d", code, api.ExitBroken)
 			}
 			killed, killedLog := time.Now(), h.agentLog.String()
+			if tc.again != nil {
+				h.launch()
+				h.pollUntil(tc.again)
+				h.kill()
+				killedLog += "\n(restarted, and killed again during recovery)\n" + h.agentLog.String()
+				t.Logf("killed again %v later, during recovery", time.Since(killed).Round(time.Millisecond))
+			}
 			h.start()
 			t.Logf("killed %v into the row, after %q; ready again %v later", killed.Sub(start).Round(time.Millisecond),
 				seen[len(seen)-1].Message, time.Since(killed).Round(time.Millisecond))
