@@ -403,7 +403,8 @@ func eventLines(evs []api.Event) string {
 
 // checkConsistent checks the project's containers on the engine: none
 // renamed aside, no one-off (a hook's) left, and for each service of
-// replicas exactly that many, running, with the compose labels.
+// replicas exactly that many, running and healthy, with the compose
+// labels.
 func (h *harness) checkConsistent(replicas map[string]int) {
 	h.t.Helper()
 	count := map[string]int{}
@@ -422,6 +423,13 @@ func (h *harness) checkConsistent(replicas map[string]int) {
 		}
 		if c.State != "running" {
 			h.t.Errorf("container %s is %s", name, c.State)
+		}
+		// Every test image has a health check: a release put back is
+		// ready, not merely running.
+		if in, err := h.docker.ContainerInspect(h.t.Context(), c.ID); err != nil {
+			h.t.Errorf("inspect %s: %v", name, err)
+		} else if in.State.Health == nil || in.State.Health.Status != "healthy" {
+			h.t.Errorf("container %s is not healthy: %s", name, c.Status)
 		}
 		count[c.Labels["com.docker.compose.service"]]++
 	}
