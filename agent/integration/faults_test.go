@@ -18,7 +18,8 @@ import (
 	"github.com/docker/docker/api/types/network"
 )
 
-// faultStack is release 1 of every fault row: one web replica, start-first.
+// faultStack is the compose file of most fault rows: one web replica,
+// start-first.
 const faultStack = `
 services:
   web:
@@ -35,17 +36,21 @@ services:
 // test app (a slow health check, a hook that sleeps, a long monitor
 // window), so the kill lands inside it. After the restart:
 //
-//   - one consistent release runs: the one before (its very container) or,
-//     when the release had committed, the new one; a deploy of the live
-//     release's images finds nothing to change;
+//   - one consistent release runs: the one before (its very containers),
+//     none when the release killed was the project's first, or the new one
+//     when it had committed; a deploy of the live release's images finds
+//     nothing to change;
 //   - no lock is held: that deploy is accepted, and status shows no deploy
 //     in progress;
 //   - history says what happened: an interrupted release is recorded as
 //     interrupted and recovered to the release before it, never left in
 //     progress;
 //   - no container is left renamed aside (NAME-retired-ID), no hook's
-//     one-off container is left, and every service has its replicas, running,
-//     with the compose labels.
+//     one-off container is left, and every service has its replicas,
+//     running and healthy, with the compose labels.
+//
+// One row also kills the agentd started after the first kill, during its
+// recovery.
 func TestFaults(t *testing.T) {
 	docker := testenv.Docker(t)
 	reg := testenv.StartRegistry(t)
