@@ -526,7 +526,37 @@ func (r *run) restore(ctx context.Context, prev api.Release) error {
 	if err != nil {
 		return err
 	}
-	return r.apply(ctx, plan, true)
+	if err := r.apply(ctx, plan, true); err != nil {
+		return err
+	}
+	if r.release.Interrupted {
+		// The rollout gates only the containers it starts. After a crash,
+		// a container of prev may be running that no gate has passed: the
+		// rollback the dead agentd did not finish had started it.
+		return r.gateRunning(ctx, desired)
+	}
+	return nil
+}
+
+// gateRunning waits until every running container of desired's services
+// is ready, as a rollout's gate would.
+func (r *run) gateRunning(ctx context.Context, desired *compose.Desired) error {
+	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
+	if err != nil {
+		return err
+	}
+	for _, spec := range desired.Services {
+		for _, c := range observed.Service(spec.Name) {
+			if !c.Running() {
+				continue
+			}
+			r.progress(spec.Name, "checking that %s is ready", c.Name)
+			if err := r.svc.checker.Gate(ctx, c.ID, spec.Policy.Health); err != nil {
+				return fmt.Errorf("service %s: %w", spec.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // commit makes the release live, then removes what it retired and runs

@@ -4,16 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/compose"
 )
 
 // Recover brings every project to one consistent release before agentd
 // takes requests. A release still in progress in the journal was never
 // committed (agentd died during it): the project goes back to the release
-// before it, with the same machinery and gating, and the record says so.
-// For a committed release, containers it retired but did not remove yet
-// are removed. Every project is tried; the errors are returned together.
+// before it, with the same machinery and gating, and the record says so:
+// it is marked interrupted. Before that, recovery waits for the
+// project's containers to settle (recovery.settle): the engine finishes a
+// create the dead agentd had under way. For a committed release,
+// containers it retired but did not remove yet are removed. Either way,
+// hook containers agentd left (a migration, say) are stopped and removed
+// first. Every project is tried; the errors are returned together.
 func (s *Service) Recover(ctx context.Context) error {
 	var errs []error
 	for _, name := range s.cfg.ProjectNames() {
@@ -30,31 +36,54 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 		return err
 	}
 	if ok {
+		// The engine may still be carrying out the dead agentd's last
+		// request (a create): wait for it, or the plan below acts on a
+		// view the engine is about to change.
+		rc := s.cfg.Recovery
+		start := s.now()
+		settled, err := compose.Settle(ctx, s.engine, name, rc.Settle, rc.SettleLimit)
+		switch {
+		case err != nil:
+			return err
+		case !settled:
+			s.log.Warn("the project's containers did not settle; recovering anyway", "project", name, "settle", rc.Settle, "settle_limit", rc.SettleLimit)
+		default:
+			s.log.Info("the project's containers settled", "project", name, "waited", s.now().Sub(start).Round(time.Millisecond))
+		}
+	}
+	// A hook of a release being rolled back must not go on changing the
+	// database under the release put back.
+	hooks := &compose.Executor{Engine: s.engine, Progress: func(svc, msg string) {
+		s.log.Warn(msg, "project", name, "service", svc, "phase", "recovery")
+	}}
+	hooksErr := hooks.RemoveHooks(ctx, name)
+	if ok {
 		r := s.newRun(name, "agentd:recovery", nil)
 		r.pc = s.cfg.Projects[name]
 		r.release = unfinished
+		r.release.Interrupted = true
 		r.log.Warn("found a release agentd did not finish; restoring the release before it", "release", unfinished.Number, "previous", unfinished.Previous)
 		prev := api.Release{Project: name}
 		if unfinished.Previous != 0 {
 			if prev, err = s.store.Get(name, unfinished.Previous); err != nil {
-				return err
+				return errors.Join(hooksErr, err)
 			}
 		}
 		cause := errors.New("agentd stopped before the release was committed")
 		o := r.fail(ctx, prev, cause)
 		r.log.Warn("recovery done", "release", unfinished.Number, "exit_code", o.code, "result", o.err)
 		if o.code != api.ExitRolledBack {
-			return o.err
+			return errors.Join(hooksErr, o.err)
 		}
-		return nil
+		return hooksErr
 	}
 	cur, ok, err := s.store.Current(name)
 	if err != nil || !ok {
-		return err
+		return errors.Join(hooksErr, err)
 	}
 	desired, err := decodeState(cur)
 	if err != nil {
-		return err
+		return errors.Join(hooksErr, err)
 	}
 	killed, err := s.cleanup(ctx, name, desired, func(svc, msg string) {
 		s.log.Info(msg, "project", name, "service", svc, "release", cur.Number, "phase", "recovery")
@@ -63,5 +92,5 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 		s.log.Warn("container killed at the end of its grace period", "project", name, "release", cur.Number, "phase", "recovery",
 			"service", k.Service, "container", k.Container, "signal", k.Signal, "grace_period", k.Grace, "stopped_after", k.Took)
 	}
-	return err
+	return errors.Join(hooksErr, err)
 }

@@ -47,6 +47,9 @@ type fakeEngine struct {
 	// SIGKILL, exit code 137.
 	stubborn map[string]bool
 	clock    time.Time
+	// unfound lists containers that are listed but not found by ID, as
+	// while the engine still creates them.
+	unfound map[string]bool
 }
 
 type fakeContainer struct {
@@ -128,7 +131,7 @@ func (f *fakeEngine) ContainerCreate(_ context.Context, cfg *container.Config, _
 
 func (f *fakeEngine) get(id string) (*fakeContainer, error) {
 	c, ok := f.containers[id]
-	if !ok {
+	if !ok || f.unfound[id] {
 		return nil, errdefs.NotFound(fmt.Errorf("no container %s", id))
 	}
 	return c, nil

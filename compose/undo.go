@@ -104,3 +104,35 @@ func (e *Executor) Undo(ctx context.Context, desired *Desired, release string) e
 	}
 	return errors.Join(errs...)
 }
+
+// RemoveHooks stops and removes the one-off containers of Berth's hooks
+// (one-off, labelled with a release) in a project. A hook's container is
+// removed as soon as the hook ends, so any found when agentd starts belongs
+// to a hook whose agentd died: a migration that may still be running for a
+// release that is being rolled back, or one that ended and was never
+// removed. `docker compose run` containers (no release label) are left
+// alone. It goes on after an error and returns them all.
+func (e *Executor) RemoveHooks(ctx context.Context, project string) error {
+	observed, err := Observe(ctx, e.Engine, project)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range observed.Containers {
+		if !c.Oneoff || c.Release == "" {
+			continue
+		}
+		e.say(c.Service, "removing %s (%s): a hook of release %s whose agentd stopped", c.Name, c.State, c.Release)
+		if c.State != "exited" && c.State != "dead" && c.State != "created" {
+			// No timeout given: the container's own stop_grace_period, so
+			// a migration can roll its transaction back.
+			if err := e.Engine.ContainerStop(ctx, c.ID, container.StopOptions{}); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("stop %s: %w", c.Name, err))
+			}
+		}
+		if err := e.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", c.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/docker/docker/api/types/container"
 )
 
 // TestUndoFirstReleaseOverComposeStack: a stack that `docker compose`
@@ -71,5 +73,54 @@ func TestUndoFirstReleaseOverNothing(t *testing.T) {
 	}
 	if ids := eng.ids(); len(ids) != 0 || len(eng.networks) != 0 {
 		t.Errorf("left after the undo: containers %v, networks %v", ids, slices.Collect(maps.Keys(eng.networks)))
+	}
+}
+
+// TestRemoveHooks: the one-off containers of Berth's hooks that agentd
+// left (one running, one never started) are stopped and removed; the
+// service's containers and a `docker compose run` one-off stay.
+func TestRemoveHooks(t *testing.T) {
+	eng := newFakeEngine()
+	d := desired(t, load(t, nil))
+	if err := (&Executor{Engine: eng, Release: "1"}).Apply(t.Context(), plan(t, eng, d)); err != nil {
+		t.Fatal(err)
+	}
+	services := eng.ids()
+	oneoff := func(name, release string, start bool) {
+		labels := map[string]string{LabelProject: "shop", LabelService: "web", LabelOneoff: "True"}
+		if release != "" {
+			labels[LabelRelease] = release
+		}
+		c, err := eng.ContainerCreate(t.Context(), &container.Config{Labels: labels}, nil, nil, nil, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if start {
+			eng.ContainerStart(t.Context(), c.ID, container.StartOptions{})
+		}
+	}
+	oneoff("shop-web-predeploy-2-1", "2", true)
+	oneoff("shop-web-postdeploy-1-1", "1", false)
+	oneoff("shop-web-run-1a2b", "", true)
+	eng.takeCalls()
+
+	if err := (&Executor{Engine: eng}).RemoveHooks(t.Context(), "shop"); err != nil {
+		t.Fatal(err)
+	}
+	want := maps.Clone(services)
+	for name, id := range eng.ids() {
+		if name == "shop-web-run-1a2b" {
+			want[name] = id
+		}
+	}
+	if got := eng.ids(); !maps.Equal(got, want) {
+		t.Errorf("left: %v\nwant the services' containers and the compose run one: %v", got, want)
+	}
+	calls := eng.takeCalls()
+	if i, j := slices.Index(calls, "stop shop-web-predeploy-2-1"), slices.Index(calls, "remove shop-web-predeploy-2-1"); i < 0 || j < i {
+		t.Errorf("the running hook must be stopped, then removed:\n%s", strings.Join(calls, "\n"))
+	}
+	if !slices.Contains(calls, "remove shop-web-postdeploy-1-1") {
+		t.Errorf("the hook that never started was not removed:\n%s", strings.Join(calls, "\n"))
 	}
 }

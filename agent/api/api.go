@@ -138,6 +138,10 @@ type Release struct {
 	// KilledOnStop lists the containers the release stopped that had not
 	// exited at the end of their grace period, so the engine killed them.
 	KilledOnStop []StopKilled `json:"killed_on_stop,omitempty"`
+	// Interrupted: agentd stopped (crashed, was killed) during the
+	// release, and recovery, when it started again, finished it: rolled
+	// back to RestoredTo (the outcome says whether that worked).
+	Interrupted bool `json:"interrupted,omitempty"`
 	// State is the desired state the release deployed, exactly as sent to
 	// the engine: what a rollback to it redeploys. Not sent by history.
 	State json.RawMessage `json:"state,omitempty"`

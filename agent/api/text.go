@@ -83,7 +83,14 @@ func PrintHistory(w io.Writer, project string, hist []Release, live int) {
 		if r.Error != "" {
 			fmt.Fprintf(w, "    error: %s\n", r.Error)
 		}
-		if r.Outcome == OutcomeRolledBack {
+		switch {
+		case r.Interrupted && r.Outcome == OutcomeRolledBack && r.RestoredTo == 0:
+			fmt.Fprintf(w, "    interrupted (agentd stopped during it), recovered to no release: undone\n")
+		case r.Interrupted && r.Outcome == OutcomeRolledBack:
+			fmt.Fprintf(w, "    interrupted (agentd stopped during it), recovered to release %d\n", r.RestoredTo)
+		case r.Interrupted:
+			fmt.Fprintf(w, "    interrupted (agentd stopped during it), and recovery failed: an operator is needed\n")
+		case r.Outcome == OutcomeRolledBack:
 			fmt.Fprintf(w, "    restored release %d\n", r.RestoredTo)
 		}
 		for _, k := range r.KilledOnStop {

@@ -19,3 +19,34 @@ func TestPrintHistoryKilledOnStop(t *testing.T) {
 		t.Errorf("history:\n%s\nlacks:\n%s", b.String(), want)
 	}
 }
+
+// TestPrintHistoryInterrupted: a release agentd did not finish says so,
+// and what recovery made of it; it is never shown as in progress.
+func TestPrintHistoryInterrupted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    Release
+		want string
+	}{
+		{"recovered", Release{Number: 4, Outcome: OutcomeRolledBack, RestoredTo: 3, Interrupted: true},
+			"interrupted (agentd stopped during it), recovered to release 3"},
+		{"first release undone", Release{Number: 1, Outcome: OutcomeRolledBack, Interrupted: true},
+			"interrupted (agentd stopped during it), recovered to no release: undone"},
+		{"recovery failed", Release{Number: 4, Outcome: OutcomeFailed, Interrupted: true},
+			"interrupted (agentd stopped during it), and recovery failed: an operator is needed"},
+		{"rolled back, not interrupted", Release{Number: 4, Outcome: OutcomeRolledBack, RestoredTo: 3},
+			"restored release 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.r.Kind, tc.r.Identity = KindDeploy, "ci"
+			var b strings.Builder
+			PrintHistory(&b, "shop", []Release{tc.r}, 3)
+			if !strings.Contains(b.String(), tc.want) {
+				t.Errorf("history lacks %q:\n%s", tc.want, b.String())
+			}
+			if !tc.r.Interrupted && strings.Contains(b.String(), "interrupted") {
+				t.Errorf("a release that was not interrupted is shown as interrupted:\n%s", b.String())
+			}
+		})
+	}
+}

@@ -57,11 +57,30 @@ type Config struct {
 	Notifications []Notification `yaml:"notifications"`
 	// Jobs are the scheduled jobs.
 	Jobs Jobs `yaml:"jobs"`
+	// Recovery tunes the crash recovery agentd runs before it serves.
+	Recovery Recovery `yaml:"recovery"`
 
 	// path is the file it was loaded from; relative paths resolve against
 	// its directory.
 	path string
 }
+
+// Recovery tunes how agentd, started again after it died during a
+// release, waits for the engine before it puts the release back.
+type Recovery struct {
+	// Settle is how long a project's containers must stay unchanged (and
+	// every listed one be found by its ID) before recovery acts on them:
+	// the engine finishes a create the dead agentd had under way.
+	Settle time.Duration `yaml:"settle"`
+	// SettleLimit bounds that wait; recovery goes ahead after it.
+	SettleLimit time.Duration `yaml:"settle_limit"`
+}
+
+// Recovery defaults.
+const (
+	DefaultRecoverySettle      = 2 * time.Second
+	DefaultRecoverySettleLimit = 30 * time.Second
+)
 
 // Socket configures the unix socket agentctl talks to.
 type Socket struct {
@@ -377,6 +396,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
+	}
+	if c.Recovery.Settle == 0 {
+		c.Recovery.Settle = DefaultRecoverySettle
+	}
+	if c.Recovery.SettleLimit == 0 {
+		c.Recovery.SettleLimit = DefaultRecoverySettleLimit
 	}
 	c.StateDir = abs(c.StateDir)
 	c.Socket.Path = abs(c.Socket.Path)
@@ -699,6 +724,9 @@ func (c *Config) validateFrontDoors() []error {
 				bad("%s: verbs: no verb %s (%s)", where, v, strings.Join(Verbs, ", "))
 			}
 		}
+	}
+	if r := c.Recovery; r.Settle <= 0 || r.SettleLimit < r.Settle {
+		bad("recovery: settle (%s) must be positive and settle_limit (%s) at least settle", r.Settle, r.SettleLimit)
 	}
 	if s := c.SSH; s != nil {
 		if _, _, err := net.SplitHostPort(s.Listen); err != nil {

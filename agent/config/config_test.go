@@ -178,3 +178,27 @@ http:
 		}
 	}
 }
+
+// TestRecoverySettle: the defaults, and a settle that is not positive or
+// a limit below it refused with every other problem.
+func TestRecoverySettle(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "compose.yaml", "services: {}\n")
+	c, err := Load(write(t, dir, "agentd.yaml", "projects:\n  shop:\n    compose_file: compose.yaml\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Recovery.Settle != DefaultRecoverySettle || c.Recovery.SettleLimit != DefaultRecoverySettleLimit {
+		t.Errorf("recovery = %+v, want the defaults", c.Recovery)
+	}
+	for _, body := range []string{"recovery:\n  settle: -1s\n", "recovery:\n  settle: 10s\n  settle_limit: 5s\n"} {
+		c, err := Load(write(t, dir, "agentd.yaml", body+"log:\n  format: xml\nprojects:\n  shop:\n    compose_file: compose.yaml\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "recovery: settle") || !strings.Contains(err.Error(), `log.format "xml"`) {
+			t.Errorf("%q: %v, want the recovery problem among the others", body, err)
+		}
+	}
+}

@@ -101,6 +101,13 @@ func (h *harness) image(name string, img testenv.Image) string {
 
 func (h *harness) start() {
 	h.t.Helper()
+	h.launch()
+	h.waitReady()
+}
+
+// launch starts agentd without waiting for it to be ready.
+func (h *harness) launch() {
+	h.t.Helper()
 	bin := testenv.Binary(h.t, "./cmd/agentd")
 	h.agentLog = &bytes.Buffer{}
 	h.agentd = exec.Command(bin, "--config", h.config)
@@ -112,7 +119,11 @@ func (h *harness) start() {
 	h.waited = make(chan error, 1)
 	go func(c *exec.Cmd) { h.waited <- c.Wait() }(h.agentd)
 	h.t.Cleanup(h.stop)
-	// Ready when the socket accepts connections.
+}
+
+// waitReady waits until agentd's socket accepts connections.
+func (h *harness) waitReady() {
+	h.t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -145,6 +156,21 @@ func (h *harness) stop() {
 		<-h.waited
 		h.t.Errorf("agentd did not stop within 30s of SIGTERM")
 	}
+	h.agentd = nil
+}
+
+// kill stops agentd with SIGKILL, as a crash or the OOM killer would:
+// nothing of it runs after this returns. start brings up a new agentd on
+// the same config and state directory (recovery runs before it is ready).
+func (h *harness) kill() {
+	h.t.Helper()
+	if h.agentd == nil {
+		h.t.Fatal("kill: agentd is not running")
+	}
+	if err := h.agentd.Process.Kill(); err != nil {
+		h.t.Fatalf("kill agentd: %v", err)
+	}
+	<-h.waited
 	h.agentd = nil
 }
 

@@ -13,13 +13,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/testenv"
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 )
 
@@ -347,67 +345,8 @@ services:
 	}
 }
 
-// 6. agentd killed with SIGKILL in the middle of a rollout: after a
-// restart the project runs one consistent release, the lock is free and
-// the history says what happened. Killed at two points: as soon as the new
-// release has created a container, and while that container is up and
-// being gated.
-func TestKilledMidRolloutRecovers(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		when func(c container.Summary) bool
-	}{
-		{"after create", func(container.Summary) bool { return true }},
-		{"during the health gate", func(c container.Summary) bool { return c.State == "running" }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, webStack, options{})
-			h.image("web:v1", testenv.Image{Healthcheck: true})
-			h.image("web:slow", testenv.Image{Healthcheck: true, Env: map[string]string{"HEALTHY_AFTER": "30s", "VERSION": "slow"}})
-			h.start()
-			h.deploy(0)
-			before := h.ids()
-
-			done := make(chan int, 1)
-			go func() {
-				_, code := h.ctl("deploy", h.project, "--image", "web="+h.reg.Ref("web:slow"))
-				done <- code
-			}()
-			waitFor(t, func() bool {
-				for _, c := range h.containers() {
-					if c.Labels["dev.berth.release"] == "2" && tc.when(c) {
-						return true
-					}
-				}
-				return false
-			})
-			h.agentd.Process.Signal(syscall.SIGKILL)
-			<-h.waited
-			h.agentd = nil
-			if code := <-done; code != api.ExitBroken {
-				t.Errorf("the client of the killed deploy exited %d, want 5", code)
-			}
-
-			h.start()
-			h.sameIDs(before, "after recovery")
-			for name, c := range h.containers() {
-				if c.State != "running" {
-					t.Errorf("%s is %s after recovery", name, c.State)
-				}
-			}
-			hist := h.history()
-			if hist[0].Number != 2 || hist[0].Outcome != api.OutcomeRolledBack || !strings.Contains(hist[0].Error, "agentd stopped") {
-				t.Errorf("release 2 after recovery: %+v", hist[0])
-			}
-			if st := h.status(); st.Current == nil || st.Current.Number != 1 || st.Deploying != nil {
-				t.Errorf("status after recovery: %+v", st)
-			}
-			if out := h.deploy(0); !strings.Contains(out, "nothing to change") {
-				t.Errorf("a deploy after recovery:\n%s", out)
-			}
-		})
-	}
-}
+// 6. agentd killed with SIGKILL in the middle of a rollout: see
+// TestFaults (faults_test.go), which kills it at each phase of a release.
 
 // 7. Two deploys of one project: one runs, the other exits 3 naming the
 // holder (see TestLockedAndDenied); two projects deploy at the same time.

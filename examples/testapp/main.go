@@ -19,6 +19,9 @@
 // "testapp check [URL]" performs a single HTTP GET (default
 // http://127.0.0.1:$PORT/healthz) and exits 0 on 200 and 1 otherwise; scratch
 // images use it as their HEALTHCHECK since they have no shell or curl.
+//
+// "testapp sleep D" waits for D (or until SIGTERM/SIGINT) and exits 0: a
+// one-off that takes its time, like a long migration run as a hook.
 package main
 
 import (
@@ -175,10 +178,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return nil
 	}
+	if len(args) > 0 && args[0] == "sleep" {
+		if len(args) != 2 {
+			return fmt.Errorf("parse args: sleep takes one duration, got %d arguments", len(args)-1)
+		}
+		d, err := time.ParseDuration(args[1])
+		if err != nil || d < 0 {
+			return fmt.Errorf("parse args: sleep %q: invalid duration", args[1])
+		}
+		return sleep(ctx, d, stdout)
+	}
 	if len(args) > 0 {
-		return fmt.Errorf("parse args: unknown sub-command %q (want none or \"check [URL]\")", args[0])
+		return fmt.Errorf("parse args: unknown sub-command %q (want none, \"check [URL]\" or \"sleep D\")", args[0])
 	}
 	return serve(ctx, cfg, stdout, stderr)
+}
+
+// sleep waits for d, or until ctx ends (a stop signal), which is no error.
+func sleep(ctx context.Context, d time.Duration, stdout io.Writer) error {
+	fmt.Fprintf(stdout, "testapp: sleeping %s\n", d)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(stdout, "testapp: stop requested while sleeping")
+	case <-t.C:
+		fmt.Fprintln(stdout, "testapp: slept")
+	}
+	return nil
 }
 
 // check performs one GET with a 2 s timeout and succeeds only on 200.

@@ -355,3 +355,34 @@ func TestMainSIGTERM(t *testing.T) {
 		t.Errorf("check on a closed port: %v, want exit code 1", err)
 	}
 }
+
+func TestSleep(t *testing.T) {
+	var stdout bytes.Buffer
+	start := time.Now()
+	if err := run(t.Context(), []string{"sleep", "200ms"}, env(), &stdout, io.Discard); err != nil {
+		t.Fatalf("sleep 200ms: %v", err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Errorf("sleep 200ms returned after %v", took)
+	}
+	if !strings.Contains(stdout.String(), "slept") {
+		t.Errorf("stdout = %q", stdout.String())
+	}
+
+	// A stop signal (ctx) ends the sleep at once, with no error.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	start = time.Now()
+	if err := run(ctx, []string{"sleep", "1h"}, env(), io.Discard, io.Discard); err != nil {
+		t.Errorf("sleep 1h, stopped: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("a stopped sleep returned after %v", took)
+	}
+
+	for _, args := range [][]string{{"sleep"}, {"sleep", "soon"}, {"sleep", "-1s"}, {"sleep", "1s", "2s"}} {
+		if err := run(t.Context(), args, env(), io.Discard, io.Discard); err == nil {
+			t.Errorf("%q: want an error", args)
+		}
+	}
+}
