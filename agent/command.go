@@ -1,12 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
@@ -33,7 +33,9 @@ const (
 // returns the exit code.
 //
 // A command longer than ssh.max_command_bytes is refused before it is
-// parsed; standard input (--env-file -) must end within ssh.stdin_timeout.
+// parsed; standard input (--env-file -, or --compose-file -: a tar archive
+// of the compose files, with the env file as its entry request.env) must
+// end within ssh.stdin_timeout.
 // Whatever the caller chose (words, remote address) is clipped in the log,
 // and a project that is not configured is refused without naming those
 // that are.
@@ -69,15 +71,11 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 		refused("unknown project", "verb", cmd.Verb, "project", clip.F(cmd.Project))
 		return refuse(api.ExitBadRequest, "%s %q: %v", cmd.Verb, cmd.Project, ErrUnknownProject)
 	}
-	if cmd.EnvFromStdin {
-		env, reg, err := readEnvWithin(ctx, stdin, stdinTimeout)
-		if err != nil {
-			// Not the error: a parse error may quote the env file, whose
-			// values are secrets.
-			refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
-			return refuse(api.ExitBadRequest, "--env-file -: %v", err)
-		}
-		cmd.Deploy.Env, cmd.Deploy.Registry = env, reg
+	if err := s.readCommandStdin(ctx, &cmd, stdin, stdinTimeout); err != nil {
+		// Not the error: a parse error may quote the env file, whose
+		// values are secrets.
+		refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
+		return refuse(api.ExitBadRequest, "%v", err)
 	}
 	emit := func(e api.Event) {
 		if cmd.JSON {
@@ -163,43 +161,77 @@ func commandBytes(args []string) int {
 	return n
 }
 
-// readEnvWithin is readEnv bounded in time: a caller that keeps standard
-// input open past d is refused. The read goes on in the background until
-// r ends (an SSH channel ends with its session).
-func readEnvWithin(ctx context.Context, r io.Reader, d time.Duration) (map[string]string, *api.RegistryAuth, error) {
+// readCommandStdin reads what a command takes on standard input into
+// its request: with --compose-file -, a tar archive of the compose files
+// (and, with --env-file - too, the env file as its entry request.env);
+// with --env-file - alone, the env file. Standard input must end within d.
+// The error may quote the env file: the caller, not the log.
+func (s *Service) readCommandStdin(ctx context.Context, cmd *api.Command, stdin io.Reader, d time.Duration) error {
+	switch {
+	case cmd.ComposeFromStdin:
+		lim := s.bundleLimits(cmd.Project)
+		data, err := readStdinWithin(ctx, stdin, d, lim.TarBytes(), "the tar archive")
+		if err != nil {
+			return fmt.Errorf("--compose-file -: %w", err)
+		}
+		bundle, envData, err := api.ReadComposeTar(bytes.NewReader(data), lim, cmd.EnvFromStdin)
+		if err != nil {
+			return fmt.Errorf("--compose-file -: %w", err)
+		}
+		cmd.Deploy.Compose = bundle
+		if cmd.EnvFromStdin {
+			if cmd.Deploy.Env, cmd.Deploy.Registry, err = parseEnv(envData); err != nil {
+				return fmt.Errorf("--env-file - (%s in the archive): %w", api.RequestEnvEntry, err)
+			}
+		}
+	case cmd.EnvFromStdin:
+		data, err := readStdinWithin(ctx, stdin, d, maxStdin, "the env file")
+		if err == nil {
+			cmd.Deploy.Env, cmd.Deploy.Registry, err = parseEnv(data)
+		}
+		if err != nil {
+			return fmt.Errorf("--env-file -: %w", err)
+		}
+	}
+	return nil
+}
+
+// readStdinWithin reads standard input to its end, at most max bytes,
+// bounded in time: a caller that keeps it open past d is refused. The
+// read goes on in the background until r ends (an SSH channel ends with
+// its session). what names what the caller should have sent.
+func readStdinWithin(ctx context.Context, r io.Reader, d time.Duration, max int64, what string) ([]byte, error) {
 	type result struct {
-		env map[string]string
-		reg *api.RegistryAuth
-		err error
+		data []byte
+		err  error
 	}
 	done := make(chan result, 1)
 	go func() {
-		env, reg, err := readEnv(r)
-		done <- result{env, reg, err}
+		data, err := io.ReadAll(io.LimitReader(r, max+1))
+		done <- result{data, err}
 	}()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case res := <-done:
-		return res.env, res.reg, res.err
+		switch {
+		case res.err != nil:
+			return nil, fmt.Errorf("read standard input: %w", res.err)
+		case int64(len(res.data)) > max:
+			return nil, fmt.Errorf("more than %d bytes on standard input", max)
+		}
+		return res.data, nil
 	case <-t.C:
-		return nil, nil, fmt.Errorf("standard input still open after %s (ssh.stdin_timeout): send the env file and close it", d)
+		return nil, fmt.Errorf("standard input still open after %s (ssh.stdin_timeout): send %s and close it", d, what)
 	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("read standard input: %w", ctx.Err())
+		return nil, fmt.Errorf("read standard input: %w", ctx.Err())
 	}
 }
 
-// readEnv reads a dotenv file from r: the variables for interpolation,
-// and the registry credential under the BERTH_REGISTRY keys.
-func readEnv(r io.Reader) (map[string]string, *api.RegistryAuth, error) {
-	data, err := io.ReadAll(io.LimitReader(r, maxStdin+1))
-	if err != nil {
-		return nil, nil, fmt.Errorf("read standard input: %w", err)
-	}
-	if len(data) > maxStdin {
-		return nil, nil, fmt.Errorf("more than %d bytes on standard input", maxStdin)
-	}
-	env, err := dotenv.ParseWithLookup(strings.NewReader(string(data)), func(string) (string, bool) { return "", false })
+// parseEnv parses a dotenv file: the variables for interpolation, and
+// the registry credential under the BERTH_REGISTRY keys.
+func parseEnv(data []byte) (map[string]string, *api.RegistryAuth, error) {
+	env, err := dotenv.ParseWithLookup(bytes.NewReader(data), func(string) (string, bool) { return "", false })
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse: %w", err)
 	}
@@ -213,4 +245,15 @@ func readEnv(r io.Reader) (map[string]string, *api.RegistryAuth, error) {
 	delete(env, EnvRegistryUser)
 	delete(env, EnvRegistryPassword)
 	return env, reg, nil
+}
+
+// Bounds of a compose bundle read from standard input.
+const (
+	maxShipFiles = 64
+	maxShipBytes = 1 << 20
+)
+
+// bundleLimits bounds the compose bundle a deploy of project may ship.
+func (s *Service) bundleLimits(project string) api.BundleLimits {
+	return api.BundleLimits{Files: maxShipFiles, Bytes: maxShipBytes, EnvBytes: maxStdin}
 }
