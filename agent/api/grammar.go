@@ -127,8 +127,8 @@ func ParseCommand(args []string) (Command, error) {
 	switch c.Verb {
 	case VerbDeploy:
 		c.Deploy = DeployRequest{Project: c.Project, Message: message, Wait: wait, Timeout: timeout, Source: source, DryRun: dryRun}
-		if fs.Changed("source") && !sourceRef.MatchString(source) {
-			return c, fmt.Errorf("%w: --source %q: want a commit or ref: 1 to 128 of A-Z a-z 0-9 . _ / @ + : -", ErrUsage, clip.F(source))
+		if err := CheckSource(source); err != nil || fs.Changed("source") && source == "" {
+			return c, fmt.Errorf("%w: --source %q: %s", ErrUsage, clip.F(source), sourceWant)
 		}
 		for _, im := range images {
 			svc, ref, ok := strings.Cut(im, "=")
@@ -168,6 +168,17 @@ func ParseCommand(args []string) (Command, error) {
 		c.Lock = LockRequest{Project: c.Project, Unlock: true}
 	}
 	return c, nil
+}
+
+const sourceWant = "want a commit or ref: 1 to 128 of A-Z a-z 0-9 . _ / @ + : -"
+
+// CheckSource checks a deploy's Source: empty, or a commit or ref as CI
+// names them (1 to 128 of A-Z a-z 0-9 . _ / @ + : -).
+func CheckSource(s string) error {
+	if s != "" && !sourceRef.MatchString(s) {
+		return fmt.Errorf("source %q: %s", clip.F(s), sourceWant)
+	}
+	return nil
 }
 
 // hasControl reports whether s has a control character: a newline or an

@@ -77,6 +77,10 @@ type Socket struct {
 	BodyTimeout  time.Duration `yaml:"body_timeout"`
 	IdleTimeout  time.Duration `yaml:"idle_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// MaxBodyBytes caps a request's body: a deploy that carries compose
+	// files (agentctl deploy --compose-file), or a command whose standard
+	// input is one (agentctl ssh-command, base64), must fit.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 }
 
 // Log configures agentd's logs (to stderr, where journald takes them).
@@ -293,6 +297,7 @@ const (
 	DefaultSSHHostKeyName  = "ssh_host_ed25519_key"
 	DefaultMaxCommandBytes = 4096
 	DefaultStdinTimeout    = 30 * time.Second
+	DefaultSocketMaxBody   = 4 << 20
 )
 
 // CommandLimits returns ssh.max_command_bytes and ssh.stdin_timeout, or
@@ -365,6 +370,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Socket.WriteTimeout == 0 {
 		c.Socket.WriteTimeout = DefaultHTTPWrite
+	}
+	if c.Socket.MaxBodyBytes == 0 {
+		c.Socket.MaxBodyBytes = DefaultSocketMaxBody
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
@@ -518,6 +526,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Socket.BodyTimeout <= 0 || c.Socket.IdleTimeout <= 0 || c.Socket.WriteTimeout <= 0 {
 		bad("socket: body_timeout, idle_timeout and write_timeout must be positive")
+	}
+	if c.Socket.MaxBodyBytes < 1 {
+		bad("socket.max_body_bytes %d: must be positive", c.Socket.MaxBodyBytes)
 	}
 	for _, u := range c.Socket.AllowUsers {
 		if _, err := user.Lookup(u); err != nil {

@@ -110,7 +110,7 @@ func TestHTTPAndSocketLimits(t *testing.T) {
 		h.BodyTimeout != DefaultHTTPBody || h.IdleTimeout != DefaultHTTPIdle || h.WriteTimeout != DefaultHTTPWrite {
 		t.Errorf("http defaults = %+v", h)
 	}
-	if s := c.Socket; s.BodyTimeout != DefaultHTTPBody || s.IdleTimeout != DefaultHTTPIdle || s.WriteTimeout != DefaultHTTPWrite {
+	if s := c.Socket; s.BodyTimeout != DefaultHTTPBody || s.IdleTimeout != DefaultHTTPIdle || s.WriteTimeout != DefaultHTTPWrite || s.MaxBodyBytes != DefaultSocketMaxBody {
 		t.Errorf("socket defaults = %+v", s)
 	}
 
@@ -119,6 +119,7 @@ func TestHTTPAndSocketLimits(t *testing.T) {
     compose_file: compose.yaml
 socket:
   idle_timeout: -1s
+  max_body_bytes: -1
 http:
   max_connections: -1
   body_timeout: -5s
@@ -130,6 +131,7 @@ http:
 	err = c.Validate()
 	for _, want := range []string{
 		"socket: body_timeout, idle_timeout and write_timeout must be positive",
+		"socket.max_body_bytes -1: must be positive",
 		"http: max_header_bytes, max_connections and max_body_bytes must be positive",
 		"http: header_timeout, body_timeout, idle_timeout and write_timeout must be positive",
 	} {
