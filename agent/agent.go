@@ -276,12 +276,13 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	} else {
 		r.progress("", "loading %s", src.file)
 	}
+	secrets := r.secretValues(req.Env, src.shipped != nil)
 	opts := loadOptions(r.project, r.pc, req.Images)
 	opts.ComposeFile = src.file
 	opts.Env = req.Env
 	project, err := compose.Load(ctx, opts)
 	if err != nil {
-		return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, req.Env))}
+		return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, secrets))}
 	}
 	if project.Name != r.project {
 		// The name is given to the loader; a name: in the file cannot
@@ -290,11 +291,11 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	}
 	// Before anything is resolved or pulled.
 	if err := checkRequest(ctx, opts, project); err != nil {
-		return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, req.Env))}
+		return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, secrets))}
 	}
 	if src.shipped != nil {
 		if err := r.checkShipped(project, src); err != nil {
-			return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, req.Env))}
+			return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, secrets))}
 		}
 	}
 	reg := r.registry()

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/compose-spec/compose-go/v2/dotenv"
 )
 
 // shippedDir is where shipped compose files are written, under state_dir:
@@ -208,3 +210,26 @@ func (src source) cutDir(err error) error {
 	}
 	return fmt.Errorf("%s", strings.ReplaceAll(strings.ReplaceAll(err.Error(), src.dir+string(filepath.Separator), ""), src.dir, "."))
 }
+
+// secretValues are the values a refusal must not show (nor agentd log):
+// the request's variables and, when the compose file was shipped, whose
+// author chooses where the host's variables go (a refused key, say), the
+// values of the host's env file too, those of 8 bytes or more.
+func (r *run) secretValues(env map[string]string, shipped bool) map[string]string {
+	if !shipped || r.pc.EnvFile == "" {
+		return env
+	}
+	host, err := dotenv.GetEnvFromFile(map[string]string{}, []string{r.pc.EnvFile})
+	if err != nil {
+		return env // the load fails too, and says why
+	}
+	// Short values ("true", "80", "web") are what a refusal is about more
+	// often than secrets: a secret is longer.
+	maps.DeleteFunc(host, func(_, v string) bool { return len(v) < minSecretLen })
+	maps.Copy(host, env)
+	return host
+}
+
+// minSecretLen is the shortest value of the host's env file that is
+// redacted from a shipped file's refusal.
+const minSecretLen = 8

@@ -108,7 +108,10 @@ services:
 // says which files and source it brought back.
 func TestShippedComposeFile(t *testing.T) {
 	reg := testenv.StartRegistry(t)
-	h := newHarness(t, webStack, options{reg: reg, project: fmt.Sprintf("    allowed_images: [%s/*]\n", reg.Addr)})
+	h := newHarness(t, webStack, options{reg: reg, project: fmt.Sprintf("    allowed_images: [%s/*]\n    env_file: app.env\n    request_variables: [WEB_USER]\n", reg.Addr)})
+	if err := os.WriteFile(filepath.Join(h.dir, "app.env"), []byte("SECRET_TOKEN=s3cr3t-value-42\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	h.image("web:v1", testenv.Image{Healthcheck: true})
 	h.start()
 	h.deploy(0)
@@ -183,6 +186,28 @@ func TestShippedComposeFile(t *testing.T) {
 	h.sameIDs(shippedIDs, "after the refused privileged file")
 	if n := len(h.history()); n != 2 {
 		t.Errorf("the refused deploy was recorded: %d releases", n)
+	}
+
+	// A host secret the shipped file puts where it is refused is not
+	// shown in the refusal (nor logged).
+	leak := h.shipped(strings.Replace(shippedStack, "    environment:", "    cap_add: [\"${SECRET_TOKEN}\"]\n    environment:", 1))
+	code, _, out = h.socketDeploy(api.DeployRequest{Project: h.project, Compose: leak})
+	if code != api.ExitBadRequest || !strings.Contains(out, "service web: cap_add") {
+		t.Errorf("cap_add: exit %d, want 2 naming service web: cap_add\n%s", code, out)
+	}
+	if strings.Contains(out, "s3cr3t-value-42") || strings.Contains(h.agentLog.String(), "s3cr3t-value-42") {
+		t.Errorf("the refusal or the log shows the host's secret:\n%s", out)
+	}
+	// The request policy still applies to the request's variables in a
+	// shipped file: they may set an environment value, not a user.
+	userFile := h.shipped(strings.Replace(shippedStack, "    environment:", "    user: \"${WEB_USER}\"\n    environment:", 1))
+	code, _, out = h.socketDeploy(api.DeployRequest{Project: h.project, Compose: userFile, Env: map[string]string{"WEB_USER": "1000"}})
+	if code != api.ExitBadRequest || !strings.Contains(out, "service web: user is set by the request's variable WEB_USER") {
+		t.Errorf("user from a request variable: exit %d, want 2 from the request policy\n%s", code, out)
+	}
+	h.sameIDs(shippedIDs, "after the refused files")
+	if n := len(h.history()); n != 2 {
+		t.Errorf("a refused deploy was recorded: %d releases", n)
 	}
 
 	// name: does not redirect the deploy to another project: the
