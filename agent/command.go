@@ -77,6 +77,10 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 		refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
 		return refuse(api.ExitBadRequest, "%v", err)
 	}
+	if cmd.Deploy.Compose != nil && !s.MayShip(p) {
+		refused("may not ship a compose file", "verb", cmd.Verb, "project", cmd.Project)
+		return refuse(api.ExitDenied, "identity %s may not ship a compose file (ship_compose)", p.Identity)
+	}
 	emit := func(e api.Event) {
 		if cmd.JSON {
 			b, _ := json.Marshal(e)
@@ -130,6 +134,16 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 		return printJSONOr(stdout, cmd.JSON, hist, func() { api.PrintHistory(stdout, cmd.Project, hist, live) })
 	}
 	return refuse(api.ExitBadRequest, "unknown verb %q", cmd.Verb)
+}
+
+// MayShip reports whether p may send a deploy's compose file with the
+// request: an identity with ship_compose, or a local user of the host
+// (who controls the host already).
+func (s *Service) MayShip(p auth.Principal) bool {
+	if p.Method == "local" && p.Identity == "" {
+		return true
+	}
+	return s.ids.MayShip(p.Identity)
 }
 
 // codeOf maps a status, history or lock error to an exit code.

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-deploy/berth/compose/trust"
 	"github.com/robfig/cron/v3"
 	"golang.org/x/crypto/ssh"
 	"gopkg.in/yaml.v3"
@@ -31,6 +32,10 @@ const (
 	DefaultSocket       = "/run/berth/agentd.sock"
 	DefaultSocketMode   = "0660"
 	DefaultKeepReleases = 10
+	// DefaultMaxComposeFiles and DefaultMaxComposeBytes bound a shipped
+	// compose file (projects.NAME.max_compose_files, max_compose_bytes).
+	DefaultMaxComposeFiles = 64
+	DefaultMaxComposeBytes = 1 << 20
 )
 
 // Config is agentd's configuration.
@@ -91,6 +96,9 @@ type Log struct {
 
 // Project is one compose project the agent deploys.
 type Project struct {
+	// ComposeFile is the host's compose file, deployed when a request
+	// carries none. A ship-only project has none: every deploy ships its
+	// compose file, or redeploys the live release's shipped files.
 	ComposeFile  string   `yaml:"compose_file"`
 	EnvFile      string   `yaml:"env_file"`
 	Profiles     []string `yaml:"profiles"`
@@ -101,10 +109,19 @@ type Project struct {
 	// (`--env-file -`, the HTTP body's env); none by default. What they
 	// may change is decided by package compose/trust.
 	RequestVariables []string `yaml:"request_variables"`
-	// AllowedBindPaths is no longer supported (a request never chooses a
-	// bind mount's source); it is kept so a config that sets it gets a
-	// clear error rather than "unknown key".
+	// AllowedImages, AllowedPorts and AllowedBindPaths are the policy for
+	// a compose file a deploy ships (package compose/trust, ShipPolicy):
+	// the image repositories its services may run (globs), the host ports
+	// they may publish, and the host directories under which a bind
+	// mount's source may be. Nothing by default.
+	AllowedImages    []string `yaml:"allowed_images"`
+	AllowedPorts     []string `yaml:"allowed_ports"`
 	AllowedBindPaths []string `yaml:"allowed_bind_paths"`
+	// MaxComposeFiles and MaxComposeBytes bound a compose file shipped
+	// with a request: its files (the compose file and those it includes
+	// or extends) and their bytes in all.
+	MaxComposeFiles int   `yaml:"max_compose_files"`
+	MaxComposeBytes int64 `yaml:"max_compose_bytes"`
 }
 
 // Identity is one caller and its scopes.
@@ -125,6 +142,10 @@ type Identity struct {
 	// Projects and Verbs scope the identity; "*" means all.
 	Projects []string `yaml:"projects"`
 	Verbs    []string `yaml:"verbs"`
+	// ShipCompose lets the identity send a deploy's compose file with the
+	// request (off by default); the project's policy decides what the
+	// file may contain.
+	ShipCompose bool `yaml:"ship_compose"`
 }
 
 // GitLabClaims are the claims of a GitLab CI ID token an identity accepts.
@@ -269,6 +290,13 @@ type PgDumpJob struct {
 	// hooks (migrations), and fails the release if the dump fails.
 	BeforeDeploy bool `yaml:"before_deploy"`
 }
+
+// The most max_compose_files and max_compose_bytes may be set to: a
+// shipped bundle is held in memory and written under state_dir.
+const (
+	MaxComposeFilesLimit = 1024
+	MaxComposeBytesLimit = 16 << 20
+)
 
 // Verbs of the command grammar, as scopes name them.
 var Verbs = []string{"deploy", "rollback", "status", "history", "lock", "unlock"}
@@ -495,6 +523,12 @@ func (c *Config) applyDefaults() {
 		if p.KeepReleases == 0 {
 			p.KeepReleases = DefaultKeepReleases
 		}
+		if p.MaxComposeFiles == 0 {
+			p.MaxComposeFiles = DefaultMaxComposeFiles
+		}
+		if p.MaxComposeBytes == 0 {
+			p.MaxComposeBytes = DefaultMaxComposeBytes
+		}
 		p.ComposeFile = abs(p.ComposeFile)
 		p.EnvFile = abs(p.EnvFile)
 		p.DockerConfig = abs(p.DockerConfig)
@@ -553,10 +587,36 @@ func (c *Config) Validate() error {
 		if !projectName.MatchString(name) {
 			bad("project %q: name must match %s", name, projectName)
 		}
-		if p.ComposeFile == "" {
-			bad("project %s: compose_file is required", name)
-		} else if err := readable(p.ComposeFile); err != nil {
-			bad("project %s: compose_file: %v", name, err)
+		switch {
+		case p.ComposeFile != "":
+			if err := readable(p.ComposeFile); err != nil {
+				bad("project %s: compose_file: %v", name, err)
+			}
+		case len(p.AllowedImages) == 0:
+			// Ship-only: every deploy ships its compose file, which
+			// could run no image at all.
+			bad("project %s: compose_file is required, unless every deploy ships the compose file: then allowed_images names the image repositories a shipped file may run", name)
+		}
+		for _, img := range p.AllowedImages {
+			if err := trust.CheckImagePattern(img); err != nil {
+				bad("project %s: allowed_images: %v", name, err)
+			}
+		}
+		for _, port := range p.AllowedPorts {
+			if _, err := trust.ParsePortRule(port); err != nil {
+				bad("project %s: allowed_ports: %v", name, err)
+			}
+		}
+		for _, dir := range p.AllowedBindPaths {
+			if err := trust.CheckBindPath(dir); err != nil {
+				bad("project %s: allowed_bind_paths: %v", name, err)
+			}
+		}
+		if p.MaxComposeFiles < 1 || p.MaxComposeFiles > MaxComposeFilesLimit {
+			bad("project %s: max_compose_files %d: want 1 to %d", name, p.MaxComposeFiles, MaxComposeFilesLimit)
+		}
+		if p.MaxComposeBytes < 1 || p.MaxComposeBytes > MaxComposeBytesLimit {
+			bad("project %s: max_compose_bytes %d: want 1 to %d", name, p.MaxComposeBytes, MaxComposeBytesLimit)
 		}
 		if p.EnvFile != "" {
 			if err := readable(p.EnvFile); err != nil {
@@ -568,9 +628,6 @@ func (c *Config) Validate() error {
 		}
 		if p.DockerConfig != "" {
 			mustDir(&errs, "project "+name+": docker_config", p.DockerConfig)
-		}
-		if len(p.AllowedBindPaths) > 0 {
-			bad("project %s: allowed_bind_paths is no longer supported: a request's variables may not choose a bind mount's source (a path under an allowed directory may be a symlink to anywhere); write the path in the compose file or its env file, and list the variables a request may set in request_variables", name)
 		}
 		for i, v := range p.RequestVariables {
 			switch {

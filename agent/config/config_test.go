@@ -61,8 +61,14 @@ projects:
     compose_file: ""
     keep_releases: -1
     env_file: absent.env
-    allowed_bind_paths: [/srv/blog/uploads]
+    allowed_bind_paths: [srv/blog/uploads, /]
+    allowed_images: ["registry.example.com/shop@sha256"]
+    allowed_ports: [http]
+    max_compose_files: 5000
+    max_compose_bytes: -1
     request_variables: [WEB_TAG, 1BAD, "A-B", BERTH_REGISTRY, COMPOSE_PROFILES, WEB_TAG]
+  news:
+    keep_releases: 3
 `)
 	c, err := Load(path)
 	if err != nil {
@@ -78,10 +84,15 @@ projects:
 		`log.format "xml"`,
 		`project "Shop": name must match`,
 		"project Shop: compose_file: open",
-		"project blog: compose_file is required",
+		"project news: compose_file is required, unless every deploy ships the compose file",
 		"project blog: env_file: open",
 		"project blog: keep_releases -1",
-		"project blog: allowed_bind_paths is no longer supported",
+		`project blog: allowed_bind_paths: "srv/blog/uploads" is not an absolute path`,
+		`project blog: allowed_bind_paths: "/" would allow every host path`,
+		`project blog: allowed_images: "registry.example.com/shop@sha256": a repository glob has no spaces and no digest`,
+		"project blog: allowed_ports: ",
+		"project blog: max_compose_files 5000: want 1 to 1024",
+		"project blog: max_compose_bytes -1: want 1 to 16777216",
 		`project blog: request_variables: "1BAD" is not a variable name`,
 		`project blog: request_variables: "A-B" is not a variable name`,
 		"project blog: request_variables: BERTH_REGISTRY: names starting with BERTH_ or COMPOSE_ are reserved",
@@ -138,5 +149,44 @@ http:
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("problems do not include %q:\n%v", want, err)
 		}
+	}
+}
+
+// TestShipOnlyProject: a project may go without a compose file on the host
+// when every deploy ships one, and then names the images a shipped file may
+// run; ship_compose is off unless an identity says so, and the limits of a
+// shipped file have defaults.
+func TestShipOnlyProject(t *testing.T) {
+	dir := t.TempDir()
+	path := write(t, dir, "agentd.yaml", `
+projects:
+  shop:
+    allowed_images: [registry.gitlab.com/group/shop/*]
+    allowed_ports: ["8000-8099"]
+    allowed_bind_paths: [/srv/shop]
+identities:
+  - name: ci
+    local_users: [root]
+    projects: [shop]
+    verbs: [deploy]
+    ship_compose: true
+  - name: ops
+    local_users: [root]
+    projects: [shop]
+    verbs: ["*"]
+`)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p := c.Projects["shop"]
+	if p.ComposeFile != "" || p.MaxComposeFiles != DefaultMaxComposeFiles || p.MaxComposeBytes != DefaultMaxComposeBytes {
+		t.Errorf("project = %+v", p)
+	}
+	if !c.Identities[0].ShipCompose || c.Identities[1].ShipCompose {
+		t.Errorf("ship_compose: ci %v, ops %v; want true, false", c.Identities[0].ShipCompose, c.Identities[1].ShipCompose)
 	}
 }

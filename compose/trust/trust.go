@@ -42,8 +42,10 @@ const (
 )
 
 // A Violation is one field of the project that a request's variables
-// change beyond the harmless ones. It never holds a value: values come
-// from the request or from the host's env file, and either may be secret.
+// change beyond the harmless ones (CheckRequest), or that a shipped compose
+// file may not hold (CheckShipped). CheckRequest never sets a value: values
+// come from the request or from the host's env file, and either may be
+// secret.
 type Violation struct {
 	// Service is the service the field belongs to, or "" for a field of the
 	// project (a volume's or a network's name, an x- extension).
@@ -55,12 +57,17 @@ type Violation struct {
 	// Variables are the request's variables found to reach the field,
 	// sorted; CheckRequest always names at least one.
 	Variables []string
-	// Reason is ReasonSet or ReasonUnchecked.
+	// Value is the field's value as the loaded file has it, for
+	// CheckShipped; "" for CheckRequest.
+	Value string
+	// Reason is ReasonSet or ReasonUnchecked for CheckRequest, why the
+	// field is refused for CheckShipped.
 	Reason string
 }
 
-// String describes v without any value, for example
-// "service web: uts: set by the request (UTS)".
+// String describes v, for example
+// "service web: uts: set by the request (UTS)", or with a Value
+// `service web: privileged "true": gives the container ...`.
 func (v Violation) String() string {
 	var b strings.Builder
 	if v.Service != "" {
@@ -72,6 +79,9 @@ func (v Violation) String() string {
 		b.WriteString(v.Field)
 	} else {
 		b.WriteString("the compose file")
+	}
+	if v.Value != "" {
+		fmt.Fprintf(&b, " %q", v.Value)
 	}
 	b.WriteString(": " + v.Reason)
 	if len(v.Variables) > 0 {
