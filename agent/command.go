@@ -12,6 +12,7 @@ import (
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/auth"
 	"github.com/berth-deploy/berth/agent/clip"
+	"github.com/berth-deploy/berth/agent/config"
 	"github.com/compose-spec/compose-go/v2/dotenv"
 )
 
@@ -71,15 +72,17 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 		refused("unknown project", "verb", cmd.Verb, "project", clip.F(cmd.Project))
 		return refuse(api.ExitBadRequest, "%s %q: %v", cmd.Verb, cmd.Project, ErrUnknownProject)
 	}
+	// Refused before standard input is read: an identity that may not
+	// ship a compose file gets no archive read.
+	if cmd.ComposeFromStdin && !s.MayShip(p) {
+		refused("may not ship a compose file", "verb", cmd.Verb, "project", cmd.Project)
+		return refuse(api.ExitDenied, "identity %s may not ship a compose file (ship_compose)", p.Identity)
+	}
 	if err := s.readCommandStdin(ctx, &cmd, stdin, stdinTimeout); err != nil {
 		// Not the error: a parse error may quote the env file, whose
 		// values are secrets.
 		refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
 		return refuse(api.ExitBadRequest, "%v", err)
-	}
-	if cmd.Deploy.Compose != nil && !s.MayShip(p) {
-		refused("may not ship a compose file", "verb", cmd.Verb, "project", cmd.Project)
-		return refuse(api.ExitDenied, "identity %s may not ship a compose file (ship_compose)", p.Identity)
 	}
 	emit := func(e api.Event) {
 		if cmd.JSON {
@@ -261,13 +264,17 @@ func parseEnv(data []byte) (map[string]string, *api.RegistryAuth, error) {
 	return env, reg, nil
 }
 
-// Bounds of a compose bundle read from standard input.
-const (
-	maxShipFiles = 64
-	maxShipBytes = 1 << 20
-)
-
-// bundleLimits bounds the compose bundle a deploy of project may ship.
+// bundleLimits bounds the compose bundle a deploy of project may ship:
+// its max_compose_files and max_compose_bytes, and for request.env what
+// --env-file - takes.
 func (s *Service) bundleLimits(project string) api.BundleLimits {
-	return api.BundleLimits{Files: maxShipFiles, Bytes: maxShipBytes, EnvBytes: maxStdin}
+	pc := s.cfg.Projects[project]
+	lim := api.BundleLimits{Files: pc.MaxComposeFiles, Bytes: pc.MaxComposeBytes, EnvBytes: maxStdin}
+	if lim.Files == 0 { // a config that was not loaded (tests): the defaults
+		lim.Files = config.DefaultMaxComposeFiles
+	}
+	if lim.Bytes == 0 {
+		lim.Bytes = config.DefaultMaxComposeBytes
+	}
+	return lim
 }

@@ -24,7 +24,7 @@ func newCommandService(t *testing.T, ssh *config.SSH) (*Service, *bytes.Buffer) 
 		Projects: map[string]config.Project{"shop": {}, "zeta-internal": {}},
 		Identities: []config.Identity{
 			{Name: "ci-shop", LocalUsers: []string{"root"}, Projects: []string{"shop"}, Verbs: []string{"deploy", "status"}},
-			{Name: "ops", LocalUsers: []string{"root"}, Projects: []string{"*"}, Verbs: []string{"*"}},
+			{Name: "ops", LocalUsers: []string{"root"}, Projects: []string{"*"}, Verbs: []string{"*"}, ShipCompose: true},
 		},
 		SSH: ssh,
 	}
@@ -251,3 +251,17 @@ func TestRunRefusesABadComposeArchive(t *testing.T) {
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// An identity without ship_compose that asks to ship a compose file is
+// refused with 4 before standard input is read: no archive is taken from
+// it, however large or slow.
+func TestRunRefusesShippingBeforeReading(t *testing.T) {
+	svc, _ := newCommandService(t, &config.SSH{MaxCommandBytes: 4096, StdinTimeout: 10 * time.Second})
+	stdin, w := io.Pipe() // never written to, never closed
+	defer w.Close()
+	began := time.Now()
+	code, out := runAs(t, svc, "ci-shop", stdin, "deploy", "shop", "--compose-file", "-", "--env-file", "-")
+	if took := time.Since(began); code != api.ExitDenied || !strings.Contains(out, "identity ci-shop may not ship a compose file (ship_compose)") || took > 5*time.Second {
+		t.Errorf("exit %d after %v, %q; want 4 at once", code, took, out)
+	}
+}

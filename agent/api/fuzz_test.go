@@ -144,7 +144,7 @@ func FuzzParseCommand(f *testing.F) {
 				t.Fatalf("%q: message %q", words, m)
 			}
 		}
-		if c.Deploy.Source != "" && !sourceRef.MatchString(c.Deploy.Source) {
+		if c.Deploy.Source != "" && !sourcePattern.MatchString(c.Deploy.Source) {
 			t.Fatalf("%q: source %q", words, c.Deploy.Source)
 		}
 		if c.Verb != VerbDeploy && (c.ComposeFromStdin || c.Deploy.DryRun || c.Deploy.Source != "") {

@@ -55,10 +55,6 @@ type Command struct {
 // projectName is what a project may be called (as the config requires).
 var projectName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 
-// sourceRef is what --source may be: a commit, a tag or a branch, as CI
-// names them ($CI_COMMIT_SHA, refs/tags/v1.2, main@3f2c1a0).
-var sourceRef = regexp.MustCompile(`^[A-Za-z0-9._/@+:-]{1,128}$`)
-
 // ParseCommand parses the words of a command (already split like a
 // shell would) into a Command. What it accepts is plain: a project name
 // as the config allows them, image overrides and messages without control
@@ -171,15 +167,6 @@ func ParseCommand(args []string) (Command, error) {
 }
 
 const sourceWant = "want a commit or ref: 1 to 128 of A-Z a-z 0-9 . _ / @ + : -"
-
-// CheckSource checks a deploy's Source: empty, or a commit or ref as CI
-// names them (1 to 128 of A-Z a-z 0-9 . _ / @ + : -).
-func CheckSource(s string) error {
-	if s != "" && !sourceRef.MatchString(s) {
-		return fmt.Errorf("source %q: %s", clip.F(s), sourceWant)
-	}
-	return nil
-}
 
 // hasControl reports whether s has a control character: a newline or an
 // escape in a message would forge lines of the output it is shown in.

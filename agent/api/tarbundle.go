@@ -19,10 +19,6 @@ import (
 // not a compose file, and never recorded.
 const RequestEnvEntry = "request.env"
 
-// DefaultComposeNames are the names the main compose file is looked for
-// under at a bundle's root when Main is empty, in this order.
-var DefaultComposeNames = []string{"compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"}
-
 // BundleLimits bound a compose bundle as a door reads it.
 type BundleLimits struct {
 	Files    int   // compose files, at most
@@ -53,8 +49,8 @@ var ErrArchive = errors.New("compose archive")
 // commit) is skipped, and anything else (symbolic or hard links, devices,
 // FIFOs, sparse files) is refused. A name must be a plain relative path:
 // not absolute, no "..", no control characters. Every file must be UTF-8
-// text. The main file is found as Main "" says: one of DefaultComposeNames
-// at the root.
+// text. The bundle must then pass ComposeBundle.Check: its main file is
+// found as Main "" says (one of DefaultComposeNames at the root).
 //
 // With withEnv, the entry request.env at the root is the request's env
 // file, returned apart and required; without it, an archive that has one
@@ -160,27 +156,10 @@ func ReadComposeTar(r io.Reader, lim BundleLimits, withEnv bool) (b *ComposeBund
 		return nil, nil, errors.New("no compose file in the archive")
 	}
 	b = &ComposeBundle{Files: files}
-	if _, err := b.MainFile(); err != nil {
+	if _, err := b.Check(lim.Files, lim.Bytes); err != nil {
 		return nil, nil, err
 	}
 	return b, env, nil
-}
-
-// MainFile returns the path of the bundle's compose file: Main, or the
-// first of DefaultComposeNames at the root.
-func (b *ComposeBundle) MainFile() (string, error) {
-	if b.Main != "" {
-		if _, ok := b.Files[b.Main]; !ok {
-			return "", fmt.Errorf("the main compose file %s is not among the bundle's files", clip.F(b.Main))
-		}
-		return b.Main, nil
-	}
-	for _, n := range DefaultComposeNames {
-		if _, ok := b.Files[n]; ok {
-			return n, nil
-		}
-	}
-	return "", fmt.Errorf("no compose file at the root: want one of %s", strings.Join(DefaultComposeNames, ", "))
 }
 
 // entryName is an entry's name as a path relative to the archive's root

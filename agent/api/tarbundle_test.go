@@ -71,7 +71,7 @@ func TestReadComposeTar(t *testing.T) {
 		if !maps.Equal(b.Files, want) || b.Main != "" || string(env) != "DJANGO_SECRET_KEY=s3cret\n" {
 			t.Errorf("%v: files %q, main %q, env %q", format, b.Files, b.Main, env)
 		}
-		if m, err := b.MainFile(); m != "compose.yaml" || err != nil {
+		if m, err := b.Check(testLimits.Files, testLimits.Bytes); m != "compose.yaml" || err != nil {
 			t.Errorf("%v: main file %q, %v", format, m, err)
 		}
 	}
@@ -122,7 +122,8 @@ func TestReadComposeTarRefuses(t *testing.T) {
 			entry{name: "4/", typ: tar.TypeDir}, entry{name: "5/", typ: tar.TypeDir}, entry{name: "6/", typ: tar.TypeDir}, entry{name: "7/", typ: tar.TypeDir}, entry{name: "8/", typ: tar.TypeDir}, entry{name: "9/", typ: tar.TypeDir}, entry{name: "10/", typ: tar.TypeDir}), false, "more than 10 entries"},
 		{"too large in all", archive(t, tar.FormatPAX, entry{name: "compose.yaml", body: strings.Repeat("#", 600)}, entry{name: "b.yaml", body: strings.Repeat("#", 401)}), false, "b.yaml: too large"},
 		{"not UTF-8", archive(t, tar.FormatPAX, main, entry{name: "b.yaml", body: "\xff\xfe"}), false, "b.yaml is not UTF-8 text"},
-		{"no main file", archive(t, tar.FormatPAX, entry{name: "sub/compose.yaml", body: "x"}), false, "no compose file at the root"},
+		{"no main file", archive(t, tar.FormatPAX, entry{name: "sub/compose.yaml", body: "x"}), false, "no compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml at the bundle's root"},
+		{"a root .env", archive(t, tar.FormatPAX, main, entry{name: ".env", body: "A=1\n"}), false, ".env: a shipped .env is not read"},
 		{"only directories", archive(t, tar.FormatPAX, entry{name: "sub/", typ: tar.TypeDir}), false, "no compose file in the archive"},
 		// request.env holds secrets: without --env-file - it is refused,
 		// not taken (and recorded) as a compose file.
@@ -240,7 +241,7 @@ func FuzzReadComposeTar(f *testing.F) {
 		if total > int(testLimits.Bytes) {
 			t.Fatalf("%d bytes of files", total)
 		}
-		if _, err := b.MainFile(); err != nil {
+		if _, err := b.Check(testLimits.Files, testLimits.Bytes); err != nil {
 			t.Fatal(err)
 		}
 	})
