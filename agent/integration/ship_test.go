@@ -183,6 +183,10 @@ func TestShippedComposeFile(t *testing.T) {
 	if !strings.Contains(out, `service web: privileged \"true\"`) || strings.Contains(out, "resolving") {
 		t.Errorf("the refusal does not name service, key and value, or it came after a resolve:\n%s", out)
 	}
+	// A dry run gives the same verdict.
+	if code, _, out := h.socketDeploy(api.DeployRequest{Project: h.project, Compose: bad, DryRun: true}); code != api.ExitBadRequest || !strings.Contains(out, `service web: privileged \"true\"`) {
+		t.Errorf("dry run of the privileged file: exit %d, want 2\n%s", code, out)
+	}
 	h.sameIDs(shippedIDs, "after the refused privileged file")
 	if n := len(h.history()); n != 2 {
 		t.Errorf("the refused deploy was recorded: %d releases", n)
