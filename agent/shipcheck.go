@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -10,7 +11,7 @@ import (
 
 // ErrShipPolicy marks a shipped compose file refused for what it holds:
 // exit code 2, nothing changed.
-var ErrShipPolicy = fmt.Errorf("refused by the project's policy for shipped compose files")
+var ErrShipPolicy = errors.New("refused by the project's policy for shipped compose files")
 
 // checkShipped refuses a shipped compose file that holds what the
 // project's policy does not allow, naming each service, key and value.

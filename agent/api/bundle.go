@@ -32,8 +32,9 @@ var ErrBundle = errors.New("shipped compose file")
 // compose file. Every path must be relative, slash-separated and clean:
 // not absolute, no "." or ".." element, no empty element, no backslash,
 // no control character (NUL included), valid UTF-8, at most 1024 bytes.
-// No path may be both a file and the directory of another file. A root
-// .env is refused: interpolation variables come from the host's env file
+// No path may be both a file and the directory of another file. A .env
+// is refused, anywhere (compose reads one beside the main file and beside
+// an included file): interpolation variables come from the host's env file
 // and the request's allowed variables, never from the shipped files.
 func (b *ComposeBundle) Check(maxFiles int, maxBytes int64) (string, error) {
 	if b == nil || len(b.Files) == 0 {
@@ -54,8 +55,10 @@ func (b *ComposeBundle) Check(maxFiles int, maxBytes int64) (string, error) {
 		if err := checkBundlePath(p); err != nil {
 			return "", fmt.Errorf("%w: %w", ErrBundle, err)
 		}
-		if p == ".env" {
-			return "", fmt.Errorf("%w: .env: a shipped .env is not read: the compose file's variables come from the host's env file (projects.NAME.env_file) and the request's allowed variables", ErrBundle)
+		if path.Base(p) == ".env" {
+			// compose reads a .env beside the main file, and beside an
+			// included one, for interpolation.
+			return "", fmt.Errorf("%w: %s: a shipped compose file comes without a .env: its variables come from the host's env file (projects.NAME.env_file) and the request's allowed variables", ErrBundle, p)
 		}
 	}
 	// Sorted, a directory comes right before the files under it... or

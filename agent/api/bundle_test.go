@@ -37,8 +37,10 @@ func TestBundleCheck(t *testing.T) {
 		{"too long a path", map[string]string{"compose.yaml": ok, strings.Repeat("a", 1025): ok}, "", "a path of 1025 bytes", true},
 		{"file and directory", map[string]string{"compose.yaml": ok, "conf": ok, "conf/nginx.conf": ok}, "", `"conf" is a file and the directory of "conf/nginx.conf"`, true},
 		{"file and directory, deeper", map[string]string{"compose.yaml": ok, "a/b": ok, "a/b/c/d": ok, "a/b-c": ok}, "", `"a/b" is a file and the directory of "a/b/c/d"`, true},
-		{"a root .env", map[string]string{"compose.yaml": ok, ".env": "SECRET=x"}, "", "a shipped .env is not read", true},
-		{"a .env below the root", map[string]string{"compose.yaml": ok, "app/.env": "A=1"}, "", "compose.yaml", false},
+		{"a root .env", map[string]string{"compose.yaml": ok, ".env": "SECRET=x"}, "", ".env: a shipped compose file comes without a .env", true},
+		{"a .env beside an included file", map[string]string{"compose.yaml": ok, "app/.env": "A=1"}, "", "app/.env: a shipped compose file comes without a .env", true},
+		{"a .env beside the main file", map[string]string{"deploy/compose.yaml": ok, "deploy/.env": "A=1"}, "deploy/compose.yaml", "deploy/.env: a shipped", true},
+		{"other env files", map[string]string{"compose.yaml": ok, "app.env": "A=1", ".env.example": "A=", "x/.envrc": ""}, "", "compose.yaml", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := &ComposeBundle{Files: tc.files, Main: tc.main}

@@ -123,7 +123,7 @@ func TestReadComposeTarRefuses(t *testing.T) {
 		{"too large in all", archive(t, tar.FormatPAX, entry{name: "compose.yaml", body: strings.Repeat("#", 600)}, entry{name: "b.yaml", body: strings.Repeat("#", 401)}), false, "b.yaml: too large"},
 		{"not UTF-8", archive(t, tar.FormatPAX, main, entry{name: "b.yaml", body: "\xff\xfe"}), false, "b.yaml is not UTF-8 text"},
 		{"no main file", archive(t, tar.FormatPAX, entry{name: "sub/compose.yaml", body: "x"}), false, "no compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml at the bundle's root"},
-		{"a root .env", archive(t, tar.FormatPAX, main, entry{name: ".env", body: "A=1\n"}), false, ".env: a shipped .env is not read"},
+		{"a root .env", archive(t, tar.FormatPAX, main, entry{name: ".env", body: "A=1\n"}), false, ".env: a shipped compose file comes without a .env"},
 		{"only directories", archive(t, tar.FormatPAX, entry{name: "sub/", typ: tar.TypeDir}), false, "no compose file in the archive"},
 		// request.env holds secrets: without --env-file - it is refused,
 		// not taken (and recorded) as a compose file.

@@ -109,11 +109,12 @@ type Project struct {
 	// (`--env-file -`, the HTTP body's env); none by default. What they
 	// may change is decided by package compose/trust.
 	RequestVariables []string `yaml:"request_variables"`
-	// AllowedImages, AllowedPorts and AllowedBindPaths are the policy for
-	// a compose file a deploy ships (package compose/trust, ShipPolicy):
-	// the image repositories its services may run (globs), the host ports
-	// they may publish, and the host directories under which a bind
-	// mount's source may be. Nothing by default.
+	// The policy for a compose file a deploy ships (package compose/trust,
+	// ShipPolicy); each allows nothing when empty. AllowedImages are
+	// globs of the image repositories a shipped file's services may run
+	// (after --image), AllowedPorts the host ports they may publish
+	// ("80", "8000-8099", "127.0.0.1:8000", "53/udp"), AllowedBindPaths
+	// the host directories under which a bind mount's source may be.
 	AllowedImages    []string `yaml:"allowed_images"`
 	AllowedPorts     []string `yaml:"allowed_ports"`
 	AllowedBindPaths []string `yaml:"allowed_bind_paths"`
@@ -597,21 +598,6 @@ func (c *Config) Validate() error {
 			// could run no image at all.
 			bad("project %s: compose_file is required, unless every deploy ships the compose file: then allowed_images names the image repositories a shipped file may run", name)
 		}
-		for _, img := range p.AllowedImages {
-			if err := trust.CheckImagePattern(img); err != nil {
-				bad("project %s: allowed_images: %v", name, err)
-			}
-		}
-		for _, port := range p.AllowedPorts {
-			if _, err := trust.ParsePortRule(port); err != nil {
-				bad("project %s: allowed_ports: %v", name, err)
-			}
-		}
-		for _, dir := range p.AllowedBindPaths {
-			if err := trust.CheckBindPath(dir); err != nil {
-				bad("project %s: allowed_bind_paths: %v", name, err)
-			}
-		}
 		if p.MaxComposeFiles < 1 || p.MaxComposeFiles > MaxComposeFilesLimit {
 			bad("project %s: max_compose_files %d: want 1 to %d", name, p.MaxComposeFiles, MaxComposeFilesLimit)
 		}
@@ -628,6 +614,21 @@ func (c *Config) Validate() error {
 		}
 		if p.DockerConfig != "" {
 			mustDir(&errs, "project "+name+": docker_config", p.DockerConfig)
+		}
+		for _, v := range p.AllowedImages {
+			if err := trust.CheckImagePattern(v); err != nil {
+				bad("project %s: allowed_images: %v", name, err)
+			}
+		}
+		for _, v := range p.AllowedPorts {
+			if _, err := trust.ParsePortRule(v); err != nil {
+				bad("project %s: allowed_ports: %v", name, err)
+			}
+		}
+		for _, v := range p.AllowedBindPaths {
+			if err := trust.CheckBindPath(v); err != nil {
+				bad("project %s: allowed_bind_paths: %v", name, err)
+			}
 		}
 		for i, v := range p.RequestVariables {
 			switch {

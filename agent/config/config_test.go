@@ -61,9 +61,9 @@ projects:
     compose_file: ""
     keep_releases: -1
     env_file: absent.env
-    allowed_bind_paths: [srv/blog/uploads, /]
-    allowed_images: ["registry.example.com/shop@sha256"]
-    allowed_ports: [http]
+    allowed_bind_paths: [/srv/blog/uploads, srv/relative, /, /var/run, /srv/x/../etc]
+    allowed_images: [registry.gitlab.com/group/blog/*, "reg/[", "a/**/b", "web@sha256:abc"]
+    allowed_ports: ["80", "127.0.0.1:8000-8099", "70000", "80-70", "::1:80", "80/icmp"]
     max_compose_files: 5000
     max_compose_bytes: -1
     request_variables: [WEB_TAG, 1BAD, "A-B", BERTH_REGISTRY, COMPOSE_PROFILES, WEB_TAG]
@@ -87,10 +87,17 @@ projects:
 		"project news: compose_file is required, unless every deploy ships the compose file",
 		"project blog: env_file: open",
 		"project blog: keep_releases -1",
-		`project blog: allowed_bind_paths: "srv/blog/uploads" is not an absolute path`,
+		`project blog: allowed_bind_paths: "srv/relative" is not an absolute path`,
 		`project blog: allowed_bind_paths: "/" would allow every host path`,
-		`project blog: allowed_images: "registry.example.com/shop@sha256": a repository glob has no spaces and no digest`,
-		"project blog: allowed_ports: ",
+		`project blog: allowed_bind_paths: "/var/run" holds the Docker engine's socket`,
+		`project blog: allowed_bind_paths: "/srv/x/../etc" is not clean`,
+		`project blog: allowed_images: "reg/[": syntax error in pattern`,
+		`project blog: allowed_images: "a/**/b": ** is allowed only as the last element`,
+		`project blog: allowed_images: "web@sha256:abc": a repository glob has no spaces and no digest`,
+		`project blog: allowed_ports: "70000": "70000" is not a port`,
+		`project blog: allowed_ports: "80-70": the range ends before it starts`,
+		`project blog: allowed_ports: "::1:80": write an IPv6 address in brackets`,
+		`project blog: allowed_ports: "80/icmp": protocol "icmp"`,
 		"project blog: max_compose_files 5000: want 1 to 1024",
 		"project blog: max_compose_bytes -1: want 1 to 16777216",
 		`project blog: request_variables: "1BAD" is not a variable name`,
@@ -102,6 +109,34 @@ projects:
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("problems do not include %q:\n%v", want, err)
 		}
+	}
+	for _, good := range []string{"/srv/blog/uploads", "registry.gitlab.com/group/blog/*", `"80"`, "127.0.0.1:8000-8099"} {
+		if strings.Contains(err.Error(), good) {
+			t.Errorf("a good value is refused: %s:\n%v", good, err)
+		}
+	}
+}
+
+func TestShipPolicyKeys(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "compose.yaml", "services: {}\n")
+	path := write(t, dir, "agentd.yaml", `projects:
+  shop:
+    compose_file: compose.yaml
+    allowed_images: [registry.gitlab.com/group/shop/*, postgres, "registry.test:5000/vendor/**"]
+    allowed_ports: ["80", "443", "8000-8099", "127.0.0.1:9000", "[::1]:9001", "53/udp"]
+    allowed_bind_paths: [/srv/shop/media]
+`)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	p := c.Projects["shop"]
+	if len(p.AllowedImages) != 3 || len(p.AllowedPorts) != 6 || len(p.AllowedBindPaths) != 1 || p.AllowedBindPaths[0] != "/srv/shop/media" {
+		t.Errorf("project = %+v", p)
 	}
 }
 

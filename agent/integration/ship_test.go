@@ -183,6 +183,10 @@ func TestShippedComposeFile(t *testing.T) {
 	if !strings.Contains(out, `service web: privileged \"true\"`) || strings.Contains(out, "resolving") {
 		t.Errorf("the refusal does not name service, key and value, or it came after a resolve:\n%s", out)
 	}
+	// A dry run gives the same verdict.
+	if code, _, out := h.socketDeploy(api.DeployRequest{Project: h.project, Compose: bad, DryRun: true}); code != api.ExitBadRequest || !strings.Contains(out, `service web: privileged \"true\"`) {
+		t.Errorf("dry run of the privileged file: exit %d, want 2\n%s", code, out)
+	}
 	h.sameIDs(shippedIDs, "after the refused privileged file")
 	if n := len(h.history()); n != 2 {
 		t.Errorf("the refused deploy was recorded: %d releases", n)
@@ -328,5 +332,76 @@ http:
 	}
 	if rel := h.history()[0]; rel.Shipped == nil || rel.Source != "abc" || !strings.HasPrefix(rel.Identity, "shipper (hmac") {
 		t.Errorf("the shipped release: identity %q, source %q, shipped %v", rel.Identity, rel.Source, rel.Shipped != nil)
+	}
+}
+
+// TestShipOnlyProject: a project without a compose file on the host takes
+// its compose file from the deploys: the first deploy must ship one (exit 2
+// otherwise), a shipped file's relative bind resolves to the shipped copy
+// under state_dir, and a later deploy that ships nothing (a new image, say)
+// redeploys the live release's files and records them again.
+func TestShipOnlyProject(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	h := newHarness(t, webStack, options{reg: reg, project: fmt.Sprintf("    allowed_images: [%s/*]\n", reg.Addr)})
+	cfg, err := os.ReadFile(h.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(cfg, []byte("    compose_file: compose.yaml\n")) {
+		t.Fatalf("the harness's config changed:\n%s", cfg)
+	}
+	os.WriteFile(h.config, bytes.Replace(cfg, []byte("    compose_file: compose.yaml\n"), nil, 1), 0o600)
+	os.Remove(filepath.Join(h.dir, "compose.yaml"))
+	h.image("web:v1", testenv.Image{Healthcheck: true})
+	h.image("web:v2", testenv.Image{Healthcheck: true, Env: map[string]string{"VERSION": "v2"}})
+	h.start()
+
+	out := h.deploy(api.ExitBadRequest)
+	if !strings.Contains(out, "has no compose_file on this host and its live release did not ship one") {
+		t.Errorf("a first deploy without a compose file:\n%s", out)
+	}
+	bundle := &api.ComposeBundle{Files: map[string]string{
+		"deploy/compose.yaml": strings.ReplaceAll(`
+services:
+  web:
+    image: $REGISTRY/web:v1
+    volumes: ["./conf/greeting.txt:/greeting.txt:ro"]
+    deploy:
+      update_config: {monitor: 1s}
+`, "$REGISTRY", h.reg.Addr),
+		"deploy/conf/greeting.txt": "hello\n",
+	}, Main: "deploy/compose.yaml"}
+	code, _, out := h.socketDeploy(api.DeployRequest{Project: h.project, Compose: bundle, Source: "v1"})
+	if code != 0 {
+		t.Fatalf("shipped deploy: exit %d\n%s\n%s", code, out, h.agentLog)
+	}
+	web := h.project + "-web-1"
+	c, err := h.docker.ContainerInspect(t.Context(), web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := filepath.Join(h.dir, "state", "shipped", h.project, bundle.ID(), "deploy", "conf", "greeting.txt")
+	if len(c.Mounts) != 1 || c.Mounts[0].Source != want || c.Mounts[0].RW {
+		t.Errorf("mounts of %s: %+v, want %s read-only", web, c.Mounts, want)
+	}
+	if b, err := os.ReadFile(want); err != nil || string(b) != "hello\n" {
+		t.Errorf("%s: %q, %v", want, b, err)
+	}
+
+	// No compose file in the request: the live release's files, with the
+	// request's image.
+	out = h.deploy(0, "--image", "web="+h.reg.Ref("web:v2"))
+	if !strings.Contains(out, "using the one live release 1 shipped") {
+		t.Errorf("a deploy without a compose file does not say which it used:\n%s", out)
+	}
+	rel := h.history()[0]
+	if rel.Number != 2 || rel.Shipped == nil || !maps.Equal(rel.Shipped.Files, bundle.Files) || rel.Shipped.Main != "deploy/compose.yaml" || rel.Source != "" {
+		t.Errorf("release 2: number %d, shipped %+v, source %q", rel.Number, rel.Shipped, rel.Source)
+	}
+	if got := h.env(web)["VERSION"]; got != "v2" {
+		t.Errorf("VERSION = %q after the deploy of web:v2", got)
+	}
+	if _, err := os.Stat(want); err != nil {
+		t.Errorf("the shipped file the live release binds: %v", err)
 	}
 }

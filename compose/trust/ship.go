@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"maps"
 	"net/netip"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/berth-deploy/berth/compose"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/distribution/reference"
+	"gopkg.in/yaml.v3"
 )
 
 // ShipPolicy is what the operator lets a compose file that a deploy ships
@@ -60,6 +62,9 @@ const (
 	ReasonForeign = "names a volume or network outside the project (only PROJECT_KEY, as compose names it, is the project's own)"
 	// ReasonFile: a file read on the host at load time.
 	ReasonFile = "reads a host file outside the shipped files and the project's allowed_bind_paths"
+	// ReasonReference: an include or extends that may read a file outside
+	// the shipped ones.
+	ReasonReference = "may read a file outside the shipped files (an include or extends names a shipped file by a plain relative path: no absolute path, no .., no ${...}, no remote resource)"
 )
 
 // refused are the keys refused whatever their value, and why.
@@ -126,7 +131,6 @@ var (
 		"env_file":          spec{"path": nil, "required": nil, "format": nil}, // checked: a shipped file
 		"label_file":        nil,                                               // checked: a shipped file
 		"labels":            anyKey,                                            // checked: not Berth's own
-		"annotations":       nil,                                               // refused by compose.Load, harmless
 		"working_dir":       nil,
 		"user":              nil,
 		"hostname":          nil,
@@ -183,7 +187,7 @@ var (
 	}
 	topSpec = spec{
 		"name":     nil,
-		"volumes":  spec{"*": spec{"name": nil, "labels": anyKey}},                                                                        // checked: name, labels
+		"volumes":  spec{"*": spec{"name": nil, "labels": anyKey, "driver": nil}},                                                         // checked: name, labels, driver
 		"networks": spec{"*": spec{"name": nil, "labels": anyKey, "driver": nil, "internal": nil, "enable_ipv6": nil, "attachable": nil}}, // checked: name, labels, driver
 	}
 )
@@ -192,9 +196,11 @@ var (
 // those that keep the logs on the host, as docker compose does by default.
 var allowedLogDrivers = []string{"json-file", "local", "none"}
 
-// dockerSockets are where the Docker engine's socket usually is: a bind
-// of one, or of a directory above one, is root on the host.
-var dockerSockets = []string{"/var/run/docker.sock", "/run/docker.sock"}
+// dockerSockets are where the Docker engine's socket (and containerd's,
+// below it) usually are: a bind of one, or of a directory above one, is
+// root on the host.
+var dockerSockets = []string{"/var/run/docker.sock", "/run/docker.sock",
+	"/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock"}
 
 // CheckShipped lists what p, a project loaded from a compose file a deploy
 // shipped (with the --image overrides applied), holds beyond what pol
@@ -208,7 +214,10 @@ var dockerSockets = []string{"/var/run/docker.sock", "/run/docker.sock"}
 // AllowedBindPaths or read-only inside BundleDir), its labels (not
 // Berth's own), its env files, its logging driver; a volume or network
 // must be the project's own (PROJECT_KEY, neither external nor named
-// otherwise). Each violation names the service, the key and the value.
+// otherwise). The shipped files are also read as written: an include or
+// extends may name only shipped files (checkReferences). Each violation
+// names the service, the key and the value, with the values of the
+// project's variables of minRedacted characters or more shown as ${NAME}.
 func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 	var out []Violation
 	add := func(service, field, value, reason string) {
@@ -218,6 +227,7 @@ func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 	if err != nil {
 		return []Violation{{Reason: "cannot be read back: " + err.Error()}}
 	}
+	out = append(out, pol.checkReferences(p.ComposeFiles)...)
 	bindRoots, rootProblems := cleanRoots(pol.AllowedBindPaths)
 	for _, e := range rootProblems {
 		add("", "", "", "the project's allowed_bind_paths: "+e)
@@ -249,6 +259,9 @@ func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 			}
 			if d, ok := obj["driver"].(string); ok && kind == "networks" && d != "bridge" {
 				add("", kind+"."+key+".driver", d, "only the bridge driver is allowed for a shipped file's network")
+			}
+			if d, ok := obj["driver"].(string); ok && kind == "volumes" && d != "local" {
+				add("", kind+"."+key+".driver", d, "only the local driver is allowed for a shipped file's volume (another driver may mount anything)")
 			}
 			reservedLabels(obj["labels"], func(label string, v any) {
 				add("", kind+"."+key+".labels."+label, render(v), ReasonReserved)
@@ -326,6 +339,10 @@ func CheckShipped(p *types.Project, pol ShipPolicy) []Violation {
 				bad("networks."+net, net, ReasonForeign)
 			}
 		}
+	}
+	hide := redactor(p.Environment)
+	for i := range out {
+		out[i].Value = hide(out[i].Value)
 	}
 	slices.SortStableFunc(out, func(a, b Violation) int {
 		return strings.Compare(a.Service+"\x00"+a.Field, b.Service+"\x00"+b.Field)
@@ -643,7 +660,7 @@ func under(p, root string) bool {
 // link under an allowed directory cannot point out of it (as far as the
 // host shows now; see docs/compose.md). A path that cannot be resolved
 // resolves to "".
-var resolve = func(p string) string {
+func resolve(p string) string {
 	p = filepath.Clean(p)
 	var rest []string
 	for {
@@ -731,4 +748,171 @@ func (pol ShipPolicy) fileAllowed(f string, roots []string) bool {
 		}
 	}
 	return false
+}
+
+// maxIncludeDepth bounds how deep checkReferences follows includes and
+// extends (compose-go refuses cycles; this bounds a long chain).
+const maxIncludeDepth = 32
+
+// checkReferences reads the shipped compose files as written (before
+// interpolation) and refuses every include (its files, project_directory
+// and env_file) and extends.file that is not a plain relative path inside
+// the shipped files: compose-go reads those files while loading, and what
+// they hold (an include's env_file above all: variables for the included
+// file) never shows in the loaded project. It follows the shipped files
+// that are included or extended.
+func (pol ShipPolicy) checkReferences(mainFiles []string) []Violation {
+	if len(mainFiles) == 0 {
+		return nil
+	}
+	root := pol.BundleDir
+	if root == "" {
+		root = filepath.Dir(mainFiles[0])
+	}
+	root = filepath.Clean(root)
+	realRoot := resolveRoot(root)
+	var out []Violation
+	seen := map[string]bool{}
+	var visit func(file string, depth int)
+	visit = func(file string, depth int) {
+		if seen[file] {
+			return
+		}
+		seen[file] = true
+		// A field of an included file is named with the file.
+		prefix := ""
+		if depth > 0 {
+			rel, err := filepath.Rel(root, file)
+			if err != nil {
+				rel = file
+			}
+			prefix = filepath.ToSlash(rel) + ": "
+		}
+		bad := func(service, field, value, reason string) {
+			out = append(out, Violation{Service: service, Field: prefix + field, Value: value, Reason: reason})
+		}
+		if depth > maxIncludeDepth {
+			bad("", "include", "", fmt.Sprintf("includes or extends more than %d files deep", maxIncludeDepth))
+			return
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			bad("", "", "", "cannot be read to check its includes: "+err.Error())
+			return
+		}
+		var doc map[string]any
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			bad("", "", "", "cannot be read to check its includes: "+err.Error())
+			return
+		}
+		dir := filepath.Dir(file)
+		// ref checks one reference and returns the shipped file it names,
+		// or "".
+		ref := func(service, field string, v any) string {
+			s, ok := v.(string)
+			if !ok {
+				bad(service, field, render(v), ReasonReference)
+				return ""
+			}
+			if s == "" || filepath.IsAbs(s) || strings.ContainsAny(s, "$:") || slices.Contains(strings.Split(filepath.ToSlash(s), "/"), "..") {
+				bad(service, field, s, ReasonReference)
+				return ""
+			}
+			p := filepath.Join(dir, s)
+			if !under(p, root) || !under(resolve(p), realRoot) {
+				bad(service, field, s, ReasonReference)
+				return ""
+			}
+			return p
+		}
+		list := func(v any) []any {
+			if l, ok := v.([]any); ok {
+				return l
+			}
+			return []any{v}
+		}
+		if inc, ok := doc["include"]; ok {
+			for i, item := range list(inc) {
+				field := fmt.Sprintf("include[%d]", i)
+				m, isMap := item.(map[string]any)
+				if !isMap {
+					if f := ref("", field, item); f != "" {
+						visit(f, depth+1)
+					}
+					continue
+				}
+				for _, k := range slices.Sorted(maps.Keys(m)) {
+					switch k {
+					case "path":
+						for j, e := range list(m[k]) {
+							if f := ref("", fmt.Sprintf("%s.path[%d]", field, j), e); f != "" {
+								visit(f, depth+1)
+							}
+						}
+					case "env_file":
+						for j, e := range list(m[k]) {
+							ref("", fmt.Sprintf("%s.env_file[%d]", field, j), e)
+						}
+					case "project_directory":
+						ref("", field+".project_directory", m[k])
+					default:
+						bad("", field+"."+k, render(m[k]), ReasonNotListed)
+					}
+				}
+			}
+		}
+		services, _ := doc["services"].(map[string]any)
+		for _, name := range slices.Sorted(maps.Keys(services)) {
+			svc, _ := services[name].(map[string]any)
+			ext, ok := svc["extends"].(map[string]any)
+			if !ok {
+				continue // none, or a service of the same file
+			}
+			if file, ok := ext["file"]; ok {
+				if f := ref(name, "extends.file", file); f != "" {
+					visit(f, depth+1)
+				}
+			}
+		}
+	}
+	for _, f := range mainFiles {
+		if abs, err := filepath.Abs(f); err == nil {
+			f = abs
+		}
+		visit(f, 0)
+	}
+	return out
+}
+
+// minRedacted is the shortest value of a variable that a refusal shows by
+// its name: shorter ones ("1", "true", "8080") would hide more than they
+// protect.
+const minRedacted = 8
+
+// redactor returns a function that writes, in a refused value, every value
+// of the project's interpolation variables (the host's env file, a
+// request's variables) of minRedacted characters or more as ${NAME}, as
+// the shipped file has it: a secret of the host's env file never reaches
+// the caller through a refusal. COMPOSE_ variables (the project's name)
+// are left as they are.
+func redactor(env types.Mapping) func(string) string {
+	type pair struct{ name, value string }
+	var vars []pair
+	for _, name := range slices.Sorted(maps.Keys(env)) {
+		if v := env[name]; len(v) >= minRedacted && !strings.HasPrefix(name, "COMPOSE_") {
+			vars = append(vars, pair{name, v})
+		}
+	}
+	// The longest first, so a value inside another does not cut it up; of
+	// equal values, the first name.
+	slices.SortStableFunc(vars, func(a, b pair) int { return len(b.value) - len(a.value) })
+	if len(vars) == 0 {
+		return func(s string) string { return s }
+	}
+	args := make([]string, 0, 2*len(vars))
+	for _, v := range vars {
+		args = append(args, v.value, "${"+v.name+"}")
+	}
+	r := strings.NewReplacer(args...)
+	return r.Replace
 }

@@ -146,6 +146,18 @@ func TestCheckShippedRefuses(t *testing.T) {
 		{name: "deploy placement and device reservations", file: svc("deploy:", "  placement: {constraints: [node.role==manager]}", "  resources: {reservations: {devices: [{capabilities: [gpu]}]}}"),
 			want: []string{"app|deploy.placement|{constraints: [node.role==manager]}", "app|deploy.resources.reservations.devices|[{capabilities: [gpu], count: -1}]"}},
 
+		{name: "cpu_rt_period", file: svc("cpu_rt_period: 1000000"), want: []string{"app|cpu_rt_period|1000000"}},
+		{name: "credential_spec", file: svc("credential_spec: {file: /etc/shadow}"), loadRefuses: true, want: []string{"app|credential_spec|{file: /etc/shadow}"}},
+		{name: "develop", file: svc("develop: {watch: [{path: ., action: sync, target: /app}]}"), want: []string{"app|develop|{watch: [{action: sync, path: $BUNDLE, target: /app}]}"}},
+		{name: "provider", file: "services:\n  app:\n    image: registry.test/shop/web:v1\n    provider: {type: /usr/local/bin/evil}\n", loadRefuses: true, want: []string{"app|provider|{type: /usr/local/bin/evil}"}},
+		{name: "models", file: svc("models: [llm]") + "models:\n  llm:\n    model: ai/smollm2\n", loadRefuses: true, want: []string{"|models|{llm: {model: ai/smollm2}}", "app|models|{llm}"}},
+		{name: "pre_start, post_start, pre_stop", file: svc("pre_start: [{command: [id]}]", "post_start: [{command: [id], privileged: true}]", "pre_stop: [{command: [id]}]"), loadRefuses: true,
+			want: []string{"app|post_start|[{command: [id], privileged: true}]", "app|pre_start|[{command: [id], image: registry.test/shop/web:v1, networks: {default}}]", "app|pre_stop|[{command: [id]}]"}},
+		{name: "deploy labels", file: svc("deploy: {labels: {com.docker.compose.project: other}}"), want: []string{"app|deploy.labels|{com.docker.compose.project: other}"}},
+		{name: "blkio_config", file: svc("blkio_config: {weight: 10}"), loadRefuses: true, want: []string{"app|blkio_config|{weight: 10}"}},
+		{name: "platform", file: svc("platform: linux/arm64"), loadRefuses: true, want: []string{"app|platform|linux/arm64"}},
+		{name: "attach", file: svc("attach: false"), want: []string{"app|attach|false"}},
+
 		// Keys no list names: a made-up future key, a rarely used one.
 		{name: "a service extension other than x-berth", file: svc("x-future: {privileged: true}"), want: []string{"app|x-future|{privileged: true}"}},
 		{name: "a top-level x-berth", file: "x-berth: {anything: 1}\n" + svc(), want: []string{"|x-berth|{anything: 1}"}},
@@ -167,7 +179,9 @@ func TestCheckShippedRefuses(t *testing.T) {
 		{name: "a volume named like a project's but not its own", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    name: shop_other\n", want: []string{"|volumes.data.name|shop_other"}},
 		{name: "an external volume", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    external: true\n", want: []string{"|volumes.data.external|true", "|volumes.data.name|data"}},
 		{name: "a volume's driver options (a bind in disguise)", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    driver: local\n    driver_opts: {type: none, o: bind, device: /etc}\n",
-			want: []string{"|volumes.data.driver|local", "|volumes.data.driver_opts|{device: /etc, o: bind, type: none}"}},
+			want: []string{"|volumes.data.driver_opts|{device: /etc, o: bind, type: none}"}},
+		{name: "a volume driver", file: svc("volumes: ['data:/data']") + "volumes:\n  data:\n    driver: rexray/ebs\n", want: []string{"|volumes.data.driver|rexray/ebs"}},
+		{name: "containerd's socket", file: svc("volumes: ['/run/containerd/containerd.sock:/c.sock']"), want: []string{"app|volumes[0]|/run/containerd/containerd.sock:/c.sock"}},
 		{name: "an image volume", file: svc("volumes: [{type: image, source: 'registry.test/other:1', target: /data}]"), loadRefuses: true,
 			want: []string{"app|volumes[0]|image registry.test/other:1:/data"}},
 
@@ -251,6 +265,8 @@ func TestCheckShippedAllows(t *testing.T) {
 		) + "volumes:\n  data:\n  named:\n    name: shop_named\n", nil},
 		{"the project's networks", svc("networks: {front: {aliases: [api]}, back: {}}") + "networks:\n  front:\n  back:\n    internal: true\n    driver: bridge\n    labels: {team: shop}\n", nil},
 		{"env and label files shipped or under the allowed path", svc("env_file: [shipped.env, $ALLOWED/host.env]", "label_file: [shipped.env]"), nil},
+		{"defaults written out", svc("privileged: false", "cap_add: []", "security_opt: []", "sysctls: {}", "read_only: false", "oom_score_adj: 0", "logging: {driver: json-file}", "volumes: ['data:/data']") +
+			"volumes:\n  data:\n    external: false\n    driver: local\nnetworks:\n  default:\n    name: shop_default\n    external: false\n", nil},
 		{"labels of the user's own", svc("labels: {traefik.enable: 'true', com.example.team: shop}"), nil},
 		{"images: a glob, a Docker Hub name, a /** prefix, an --image in the list", "services:\n  app:\n    image: registry.test/shop/web:v1\n  db:\n    image: postgres:15\n  official:\n    image: docker.io/library/postgres:16\n  deep:\n    image: registry.test/vendor/a/b/c:1\n",
 			map[string]string{"app": "registry.test/shop/web@sha256:" + strings.Repeat("b", 64)}},
@@ -397,6 +413,129 @@ func TestCheckBindPath(t *testing.T) {
 	for _, p := range []string{"", "srv/shop", "/", "/srv/../etc", "/srv/shop/", "/var/run", "/run", "/var"} {
 		if err := CheckBindPath(p); err == nil {
 			t.Errorf("%q: accepted", p)
+		}
+	}
+}
+
+// TestCheckShippedReferences: an include or extends may name only shipped
+// files, by a plain relative path; what compose-go reads through them (an
+// include's env_file above all) never shows in the loaded project.
+func TestCheckShippedReferences(t *testing.T) {
+	f := newShipFixture(t)
+	extra := map[string]string{
+		"$BUNDLE/sub/part.yaml":   "services:\n  part:\n    image: registry.test/shop/part:1\n    environment: {LEAK: \"${OTHER_SECRET:-none}\"}\n",
+		"$BUNDLE/sub/part.env":    "OTHER_SECRET=shipped\n",
+		"$BUNDLE/sub/deeper.yaml": "include: [../../elsewhere/other.yaml]\n",
+		"$BUNDLE/base.yaml":       "services:\n  base:\n    image: registry.test/shop/web:v1\n    environment: {A: b}\n",
+		"$OUTSIDE/other.yaml":     "services:\n  other:\n    image: registry.test/shop/other:1\n",
+		"$OUTSIDE/secret.env":     "OTHER_SECRET=another-projects-secret\n",
+	}
+	r := strings.NewReplacer("$BUNDLE", f.bundle, "$ALLOWED", f.allowed, "$OUTSIDE", f.outside)
+	for name, content := range extra {
+		name = r.Replace(name)
+		if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		file string
+		want []string
+	}{
+		{"an include of shipped files, with a shipped env file", "include:\n  - path: sub/part.yaml\n    env_file: sub/part.env\n" + svc(), nil},
+		{"extends of a shipped file", svc("extends: {file: base.yaml, service: base}"), nil},
+		{"an include's env file outside", "include:\n  - path: sub/part.yaml\n    env_file: $OUTSIDE/secret.env\n" + svc(),
+			[]string{"|include[0].env_file[0]|$OUTSIDE/secret.env"}},
+		{"an include outside", "include: [$OUTSIDE/other.yaml]\n" + svc(), []string{"|include[0]|$OUTSIDE/other.yaml"}},
+		{"an include through ..", "include: [../elsewhere/other.yaml]\n" + svc(), []string{"|include[0]|../elsewhere/other.yaml"}},
+		{"an include of an include outside", "include: [sub/deeper.yaml]\n" + svc(), []string{"|sub/deeper.yaml: include[0]|../../elsewhere/other.yaml"}},
+		{"an include's project directory outside", "include:\n  - path: sub/part.yaml\n    project_directory: $OUTSIDE\n" + svc(),
+			[]string{"|include[0].project_directory|$OUTSIDE"}},
+		{"an include path from a variable", "include: ['${PART:-sub/part.yaml}']\n" + svc(), []string{"|include[0]|${PART:-sub/part.yaml}"}},
+		{"extends of a file outside", svc("extends: {file: $OUTSIDE/other.yaml, service: other}"), []string{"app|extends.file|$OUTSIDE/other.yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, loadRefused := f.loadShipped(t, tc.file, nil)
+			if loadRefused {
+				t.Fatal("compose.Load refused the file")
+			}
+			if part, ok := p.Services["part"]; ok && strings.Contains(tc.file, "secret.env") {
+				// What the include read shows in the project only as a
+				// value, which no key check can tell from another.
+				if v := part.Environment["LEAK"]; v == nil || *v != "another-projects-secret" {
+					t.Fatalf("the fixture does not leak: LEAK = %v", v)
+				}
+			}
+			var got []string
+			for _, v := range CheckShipped(p, f.policy()) {
+				got = append(got, v.Service+"|"+v.Field+"|"+v.Value)
+			}
+			var want []string
+			for _, w := range tc.want {
+				want = append(want, r.Replace(w))
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("refusals:\n got %q\nwant %q", got, want)
+			}
+		})
+	}
+}
+
+// TestCheckShippedHidesVariables: a value from the host's env file (or a
+// request's variable) is shown by its name in a refusal, never as it is.
+func TestCheckShippedHidesVariables(t *testing.T) {
+	f := newShipFixture(t)
+	hostEnv := filepath.Join(f.outside, "host.env")
+	if err := os.WriteFile(hostEnv, []byte("SECRET=s3cret-from-the-host\nHOSTDIR=/srv/private-dir\nSHORT=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := svc("sysctls: {kernel.msgmax: '${SECRET}'}", "volumes: ['${HOSTDIR}/x:/data']", "cpu_rt_runtime: ${SHORT}${SHORT}", "privileged: true",
+		"labels: {dev.berth.release: '${REQUESTED}'}")
+	path := filepath.Join(f.bundle, "compose.yaml")
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := compose.Load(context.Background(), compose.LoadOptions{Name: "shop", ComposeFile: path, EnvFiles: []string{hostEnv},
+		Env: map[string]string{"REQUESTED": "request-secret-value"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range CheckShipped(p, f.policy()) {
+		got = append(got, v.Service+"|"+v.Field+"|"+v.Value)
+		if s := v.String(); strings.Contains(s, "s3cret") || strings.Contains(s, "private-dir") || strings.Contains(s, "request-secret") {
+			t.Errorf("a variable's value in %q", s)
+		}
+	}
+	want := []string{"app|cpu_rt_runtime|11", "app|labels.dev.berth.release|${REQUESTED}", "app|privileged|true",
+		"app|sysctls|{kernel.msgmax: ${SECRET}}", "app|volumes[0]|${HOSTDIR}/x:/data"}
+	if !slices.Equal(got, want) {
+		t.Errorf("refusals:\n got %q\nwant %q", got, want)
+	}
+}
+
+// TestShippedKeysTheSchemaRefuses: keys in CheckShipped's refused list
+// that compose-go's schema already refuses, so no loaded project has them.
+// Should compose-go ever accept one, CheckShipped refuses it as not listed.
+func TestShippedKeysTheSchemaRefuses(t *testing.T) {
+	f := newShipFixture(t)
+	for _, line := range []string{"net: host", "log_driver: syslog", "log_opt: {syslog-address: 'udp://203.0.113.1:514'}", "volume_driver: evil"} {
+		path := filepath.Join(f.bundle, "compose.yaml")
+		if err := os.WriteFile(path, []byte(svc(line)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := compose.Load(context.Background(), compose.LoadOptions{Name: "shop", ComposeFile: path}); err == nil || !strings.Contains(err.Error(), "schema") {
+			t.Errorf("%s: compose.Load: %v, want a schema error", line, err)
+		}
+		key, _, _ := strings.Cut(line, ":")
+		if _, ok := serviceSpec[key]; ok {
+			t.Errorf("%s is allowed", key)
+		}
+		if _, ok := refused[key]; !ok {
+			t.Errorf("%s has no reason", key)
 		}
 	}
 }

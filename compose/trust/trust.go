@@ -58,7 +58,8 @@ type Violation struct {
 	// sorted; CheckRequest always names at least one.
 	Variables []string
 	// Value is the field's value as the loaded file has it, for
-	// CheckShipped; "" for CheckRequest.
+	// CheckShipped, with the values of the interpolation variables written
+	// ${NAME} (see redactor); "" for CheckRequest.
 	Value string
 	// Reason is ReasonSet or ReasonUnchecked for CheckRequest, why the
 	// field is refused for CheckShipped.
