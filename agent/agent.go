@@ -298,6 +298,7 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 			return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, secrets))}
 		}
 	}
+	steadyShippedPaths(project, src)
 	reg := r.registry()
 	if a := req.Registry; a != nil {
 		reg.Override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}
