@@ -599,7 +599,12 @@ open(path, "w").write(src)
 PY
 step2_sha=$(ci_commit "compose.yaml: SHIPPED_BY, 3 web replicas") || die "cannot commit in $ci_repo"
 note "the CI repository is at $step2_sha: compose.yaml with SHIPPED_BY=e2e-step2 and 3 web replicas"
+# The services the new commit does not change keep their containers.
+unchanged_ids() { for s in db rabbitmq nginx; do container_of "$s"; done | tr '\n' ' '; }
+before_unchanged=$(unchanged_ids)
 ci_step step2 "$web_v2" 0 "v1 v2"
+[[ $(unchanged_ids) == "$before_unchanged" ]] ||
+  fail "step2: db, rabbitmq or nginx was recreated by a compose change to web, worker and beat only: $before_unchanged -> $(unchanged_ids)"
 d2=$dur
 version_is v2
 orders_check step2
@@ -648,6 +653,7 @@ message="e2e step 2b: dry run"
 DEPLOY_DRY_RUN=1 deploy_over_ssh "$web_v2" "$ci_repo" >"$work/step2b-dry.log" 2>&1 || rc=$?
 cat "$work/step2b-dry.log"
 ((rc == 0)) || fail "step2b: a dry run of the good file exited $rc, want 0"
+grep -q "nothing to change" "$work/step2b-dry.log" || fail "step2b: a dry run of the live compose file plans changes"
 d2b=$(since "$t")
 [[ $(engine_state) == "$before_containers" ]] || fail "step2b: the containers changed: before $before_containers, after $(engine_state)"
 [[ $(release_numbers) == "$before_releases" ]] || fail "step2b: the releases changed: before $(tr '\n' ' ' <<<"$before_releases"), after $(release_numbers | tr '\n' ' ')"
