@@ -21,11 +21,12 @@
 #      once, and /version answers only v1 or v2. The job ships the compose
 #      file of a new commit of the repository: a new environment variable
 #      (SHIPPED_BY, read back with docker inspect) and 3 web replicas instead
-#      of 2; the release records that commit (--source);
+#      of 2, while db, rabbitmq and nginx, which it does not change, keep
+#      their containers; the release records that commit (--source);
 #   2b. ships a compose file that adds `privileged: true` to web, as a dry run
 #      and as a deploy: both exit 2 naming web, privileged and true, and
 #      nothing changes (the same containers, the same live and newest
-#      release); a dry run of the good file exits 0 and changes nothing;
+#      release); a dry run of the live file exits 0 with nothing to change;
 #   3. deploys a broken v3 (v2's code, its /healthz answers 503: HEALTHZ_FAIL
 #      baked into the image) with the same job under the same load: the deploy
 #      must exit 1, v2 must keep serving (/version never answers v3), no
