@@ -404,4 +404,20 @@ services:
 	if _, err := os.Stat(want); err != nil {
 		t.Errorf("the shipped file the live release binds: %v", err)
 	}
+
+	// A compose file that includes another, shipped with it: a dry run
+	// loads both, and shows the change the included file makes.
+	included := &api.ComposeBundle{Files: map[string]string{
+		"compose.yaml": "include: [services/web.yaml]\n",
+		"services/web.yaml": strings.ReplaceAll(`
+services:
+  web:
+    image: $REGISTRY/web:v2
+    environment: {FROM_INCLUDE: "yes"}
+`, "$REGISTRY", h.reg.Addr),
+	}}
+	code, _, out = h.socketDeploy(api.DeployRequest{Project: h.project, Compose: included, DryRun: true})
+	if code != 0 || !strings.Contains(out, "dry run: the deploy would change web") {
+		t.Errorf("dry run of an including file: exit %d\n%s", code, out)
+	}
 }
