@@ -139,6 +139,9 @@ type run struct {
 	log      *slog.Logger
 	started  time.Time
 	release  api.Release
+	// dry is a dry run: no lock, no record, nothing changed, and the
+	// observers are not told.
+	dry bool
 }
 
 func (s *Service) newRun(project, identity string, emit Emit) *run {
@@ -174,7 +177,7 @@ func (r *run) finish(kind string, o outcome) int {
 	r.log.Info("finished", "release", r.release.Number, "exit_code", o.code, "result", msg)
 	code := o.code
 	r.event(api.Event{Type: api.EventResult, Message: msg, ExitCode: &code})
-	if len(r.svc.observers) > 0 {
+	if len(r.svc.observers) > 0 && !r.dry {
 		ev := api.RunEvent{Project: r.project, Kind: kind, ExitCode: code, Duration: r.svc.now().Sub(r.started),
 			Identity: r.identity, Message: msg, Release: r.release, Live: r.svc.Live(r.project), Time: r.svc.now()}
 		ev.Release.State = nil
@@ -218,8 +221,23 @@ func (r *run) begin(ctx context.Context, verb, message string, wait time.Duratio
 }
 
 // Deploy runs one deploy request for identity and returns its exit code.
-// The last event emitted is the result, with the same code.
+// The last event emitted is the result, with the same code. A dry run
+// (req.DryRun) loads and checks the request as a deploy does, resolves
+// the images (no pull) and shows the plan; it takes no lock, records
+// nothing and changes nothing: exit code 0, or 2 for what a deploy would
+// refuse.
 func (s *Service) Deploy(ctx context.Context, identity string, req api.DeployRequest, emit Emit) int {
+	if req.DryRun {
+		r := s.newRun(req.Project, identity, emit)
+		r.dry = true
+		pc, ok := s.cfg.Projects[req.Project]
+		if !ok {
+			return r.finish(api.KindDeploy, outcome{code: api.ExitBadRequest, err: fmt.Errorf("deploy %q: %w", req.Project, ErrUnknownProject)})
+		}
+		r.pc = pc
+		r.progress("", "dry run: no lock is taken and nothing is changed")
+		return r.finish(api.KindDeploy, r.deploy(ctx, req))
+	}
 	return s.locked(ctx, api.KindDeploy, req.Project, identity, req.Message, req.Wait, emit,
 		func(r *run) outcome { return r.deploy(ctx, req) })
 }
@@ -240,17 +258,47 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	if err := undeclared(r.project, r.pc, req.Env); err != nil {
 		return outcome{code: api.ExitBadRequest, err: err}
 	}
-	r.progress("", "loading %s", r.pc.ComposeFile)
+	if err := api.CheckSource(req.Source); err != nil {
+		return outcome{code: api.ExitBadRequest, err: err}
+	}
+	src, err := r.composeSource(req, req.DryRun)
+	if err != nil {
+		code := api.ExitBroken
+		if errors.Is(err, api.ErrBundle) || errors.Is(err, ErrNoComposeFile) {
+			code = api.ExitBadRequest
+		}
+		return outcome{code: code, err: err}
+	}
+	// A shipped file written for nothing is not kept.
+	defer func() { src.cleanup(r.release.Number != 0) }()
+	if src.shipped != nil {
+		r.progress("", "loading the shipped compose file %s", src.shipped.Describe())
+	} else {
+		r.progress("", "loading %s", src.file)
+	}
+	secrets := r.secretValues(req.Env, src.shipped != nil)
 	opts := loadOptions(r.project, r.pc, req.Images)
+	opts.ComposeFile = src.file
 	opts.Env = req.Env
 	project, err := compose.Load(ctx, opts)
 	if err != nil {
-		return outcome{code: api.ExitBadRequest, err: redact(err, req.Env)}
+		return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, secrets))}
+	}
+	if project.Name != r.project {
+		// The name is given to the loader; a name: in the file cannot
+		// change it, and this says so should that ever change.
+		return outcome{code: api.ExitBadRequest, err: fmt.Errorf("the compose file loaded as project %q, not %s: a compose file cannot choose its project's name", project.Name, r.project)}
 	}
 	// Before anything is resolved or pulled.
 	if err := checkRequest(ctx, opts, project); err != nil {
-		return outcome{code: api.ExitBadRequest, err: redact(err, req.Env)}
+		return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, secrets))}
 	}
+	if src.shipped != nil {
+		if err := r.checkShipped(project, src); err != nil {
+			return outcome{code: api.ExitBadRequest, err: src.cutDir(redact(err, secrets))}
+		}
+	}
+	steadyShippedPaths(project, src)
 	reg := r.registry()
 	if a := req.Registry; a != nil {
 		reg.Override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}
@@ -263,12 +311,17 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	for _, name := range project.ServiceNames() {
 		r.progress(name, "%s is %s", pins[name].Ref, pins[name].Digest)
 	}
-	if err := reg.Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
-		return outcome{code: api.ExitBadRequest, err: fmt.Errorf("pull images: %w", err)}
+	if !req.DryRun {
+		if err := reg.Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
+			return outcome{code: api.ExitBadRequest, err: fmt.Errorf("pull images: %w", err)}
+		}
 	}
 	desired, err := compose.NewDesired(project, pins)
 	if err != nil {
 		return outcome{code: api.ExitBadRequest, err: err}
+	}
+	if req.DryRun {
+		return r.dryRun(ctx, desired)
 	}
 	composeYAML, err := pinnedYAML(project, pins)
 	if err != nil {
@@ -279,7 +332,21 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 		Message:  req.Message,
 		Services: serviceImages(pins),
 		Compose:  redactText(string(composeYAML), req.Env),
+		Shipped:  src.shipped,
+		Source:   req.Source,
 	}, req.Timeout)
+}
+
+// dryRun shows the plan to desired and changes nothing.
+func (r *run) dryRun(ctx context.Context, desired *compose.Desired) outcome {
+	plan, err := r.plan(ctx, desired)
+	if err != nil {
+		return outcome{code: api.ExitBroken, err: err}
+	}
+	if plan.Empty() {
+		return outcome{code: api.ExitOK, msg: "dry run: nothing to change: the running containers already match this deploy"}
+	}
+	return outcome{code: api.ExitOK, msg: fmt.Sprintf("dry run: the deploy would change %s; nothing was changed", strings.Join(plan.ChangedServices(), ", "))}
 }
 
 // Rollback redeploys a recorded release, by digest, with the same gating.
@@ -298,6 +365,14 @@ func (r *run) rollback(ctx context.Context, req api.RollbackRequest) outcome {
 		return outcome{code: api.ExitBadRequest, err: err}
 	}
 	r.progress("", "rolling back to release %d (%s, by %s%s)", target.Number, target.Started.Format(time.DateTime), target.Identity, quoted(target.Message))
+	if target.Shipped != nil {
+		// Its containers may bind-mount a shipped file: put the files
+		// back should they be gone.
+		r.progress("", "release %d ran the shipped compose file %s%s", target.Number, target.Shipped.Describe(), sourceSuffix(target.Source))
+		if _, _, err := r.svc.writeBundle(r.project, target.Shipped, false); err != nil {
+			return outcome{code: api.ExitBroken, err: err}
+		}
+	}
 	pins := map[string]compose.Pin{}
 	for _, s := range desired.Services {
 		pins[s.Name] = s.Image
@@ -315,6 +390,8 @@ func (r *run) rollback(ctx context.Context, req api.RollbackRequest) outcome {
 		Message:    msg,
 		Services:   target.Services,
 		Compose:    target.Compose,
+		Shipped:    target.Shipped,
+		Source:     target.Source,
 	}, req.Timeout)
 }
 
@@ -593,6 +670,9 @@ func (r *run) commit(ctx context.Context, desired *compose.Desired, plan *compos
 	} else if n > 0 {
 		r.progress("", "pruned %d old release records (keeping %d)", n, r.pc.KeepReleases)
 	}
+	if err := r.svc.pruneShipped(r.project); err != nil {
+		r.log.Warn("prune shipped compose files", "err", err)
+	}
 	return outcome{code: api.ExitOK, msg: fmt.Sprintf("release %d is live", r.release.Number)}
 }
 
@@ -664,6 +744,13 @@ func redact(err error, env map[string]string) error {
 		return fmt.Errorf("%s", msg)
 	}
 	return err
+}
+
+func sourceSuffix(src string) string {
+	if src == "" {
+		return ""
+	}
+	return " from " + src
 }
 
 func quoted(msg string) string {

@@ -1,17 +1,18 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/auth"
 	"github.com/berth-deploy/berth/agent/clip"
+	"github.com/berth-deploy/berth/agent/config"
 	"github.com/compose-spec/compose-go/v2/dotenv"
 )
 
@@ -33,7 +34,9 @@ const (
 // returns the exit code.
 //
 // A command longer than ssh.max_command_bytes is refused before it is
-// parsed; standard input (--env-file -) must end within ssh.stdin_timeout.
+// parsed; standard input (--env-file -, or --compose-file -: a tar archive
+// of the compose files, with the env file as its entry request.env) must
+// end within ssh.stdin_timeout.
 // Whatever the caller chose (words, remote address) is clipped in the log,
 // and a project that is not configured is refused without naming those
 // that are.
@@ -69,15 +72,17 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 		refused("unknown project", "verb", cmd.Verb, "project", clip.F(cmd.Project))
 		return refuse(api.ExitBadRequest, "%s %q: %v", cmd.Verb, cmd.Project, ErrUnknownProject)
 	}
-	if cmd.EnvFromStdin {
-		env, reg, err := readEnvWithin(ctx, stdin, stdinTimeout)
-		if err != nil {
-			// Not the error: a parse error may quote the env file, whose
-			// values are secrets.
-			refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
-			return refuse(api.ExitBadRequest, "--env-file -: %v", err)
-		}
-		cmd.Deploy.Env, cmd.Deploy.Registry = env, reg
+	// Refused before standard input is read: an identity that may not
+	// ship a compose file gets no archive read.
+	if cmd.ComposeFromStdin && !s.MayShip(p) {
+		refused("may not ship a compose file", "verb", cmd.Verb, "project", cmd.Project)
+		return refuse(api.ExitDenied, "identity %s may not ship a compose file (ship_compose)", p.Identity)
+	}
+	if err := s.readCommandStdin(ctx, &cmd, stdin, stdinTimeout); err != nil {
+		// Not the error: a parse error may quote the env file, whose
+		// values are secrets.
+		refused("standard input", "verb", cmd.Verb, "project", cmd.Project)
+		return refuse(api.ExitBadRequest, "%v", err)
 	}
 	emit := func(e api.Event) {
 		if cmd.JSON {
@@ -134,6 +139,16 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 	return refuse(api.ExitBadRequest, "unknown verb %q", cmd.Verb)
 }
 
+// MayShip reports whether p may send a deploy's compose file with the
+// request: an identity with ship_compose, or a local user of the host
+// (who controls the host already).
+func (s *Service) MayShip(p auth.Principal) bool {
+	if p.Method == "local" && p.Identity == "" {
+		return true
+	}
+	return s.ids.MayShip(p.Identity)
+}
+
 // codeOf maps a status, history or lock error to an exit code.
 func codeOf(err error) int {
 	if errors.Is(err, ErrUnknownProject) {
@@ -163,43 +178,77 @@ func commandBytes(args []string) int {
 	return n
 }
 
-// readEnvWithin is readEnv bounded in time: a caller that keeps standard
-// input open past d is refused. The read goes on in the background until
-// r ends (an SSH channel ends with its session).
-func readEnvWithin(ctx context.Context, r io.Reader, d time.Duration) (map[string]string, *api.RegistryAuth, error) {
+// readCommandStdin reads what a command takes on standard input into
+// its request: with --compose-file -, a tar archive of the compose files
+// (and, with --env-file - too, the env file as its entry request.env);
+// with --env-file - alone, the env file. Standard input must end within d.
+// The error may quote the env file: the caller, not the log.
+func (s *Service) readCommandStdin(ctx context.Context, cmd *api.Command, stdin io.Reader, d time.Duration) error {
+	switch {
+	case cmd.ComposeFromStdin:
+		lim := s.bundleLimits(cmd.Project)
+		data, err := readStdinWithin(ctx, stdin, d, lim.TarBytes(), "the tar archive")
+		if err != nil {
+			return fmt.Errorf("--compose-file -: %w", err)
+		}
+		bundle, envData, err := api.ReadComposeTar(bytes.NewReader(data), lim, cmd.EnvFromStdin)
+		if err != nil {
+			return fmt.Errorf("--compose-file -: %w", err)
+		}
+		cmd.Deploy.Compose = bundle
+		if cmd.EnvFromStdin {
+			if cmd.Deploy.Env, cmd.Deploy.Registry, err = parseEnv(envData); err != nil {
+				return fmt.Errorf("--env-file - (%s in the archive): %w", api.RequestEnvEntry, err)
+			}
+		}
+	case cmd.EnvFromStdin:
+		data, err := readStdinWithin(ctx, stdin, d, maxStdin, "the env file")
+		if err == nil {
+			cmd.Deploy.Env, cmd.Deploy.Registry, err = parseEnv(data)
+		}
+		if err != nil {
+			return fmt.Errorf("--env-file -: %w", err)
+		}
+	}
+	return nil
+}
+
+// readStdinWithin reads standard input to its end, at most max bytes,
+// bounded in time: a caller that keeps it open past d is refused. The
+// read goes on in the background until r ends (an SSH channel ends with
+// its session). what names what the caller should have sent.
+func readStdinWithin(ctx context.Context, r io.Reader, d time.Duration, max int64, what string) ([]byte, error) {
 	type result struct {
-		env map[string]string
-		reg *api.RegistryAuth
-		err error
+		data []byte
+		err  error
 	}
 	done := make(chan result, 1)
 	go func() {
-		env, reg, err := readEnv(r)
-		done <- result{env, reg, err}
+		data, err := io.ReadAll(io.LimitReader(r, max+1))
+		done <- result{data, err}
 	}()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case res := <-done:
-		return res.env, res.reg, res.err
+		switch {
+		case res.err != nil:
+			return nil, fmt.Errorf("read standard input: %w", res.err)
+		case int64(len(res.data)) > max:
+			return nil, fmt.Errorf("more than %d bytes on standard input", max)
+		}
+		return res.data, nil
 	case <-t.C:
-		return nil, nil, fmt.Errorf("standard input still open after %s (ssh.stdin_timeout): send the env file and close it", d)
+		return nil, fmt.Errorf("standard input still open after %s (ssh.stdin_timeout): send %s and close it", d, what)
 	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("read standard input: %w", ctx.Err())
+		return nil, fmt.Errorf("read standard input: %w", ctx.Err())
 	}
 }
 
-// readEnv reads a dotenv file from r: the variables for interpolation,
-// and the registry credential under the BERTH_REGISTRY keys.
-func readEnv(r io.Reader) (map[string]string, *api.RegistryAuth, error) {
-	data, err := io.ReadAll(io.LimitReader(r, maxStdin+1))
-	if err != nil {
-		return nil, nil, fmt.Errorf("read standard input: %w", err)
-	}
-	if len(data) > maxStdin {
-		return nil, nil, fmt.Errorf("more than %d bytes on standard input", maxStdin)
-	}
-	env, err := dotenv.ParseWithLookup(strings.NewReader(string(data)), func(string) (string, bool) { return "", false })
+// parseEnv parses a dotenv file: the variables for interpolation, and
+// the registry credential under the BERTH_REGISTRY keys.
+func parseEnv(data []byte) (map[string]string, *api.RegistryAuth, error) {
+	env, err := dotenv.ParseWithLookup(bytes.NewReader(data), func(string) (string, bool) { return "", false })
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse: %w", err)
 	}
@@ -213,4 +262,19 @@ func readEnv(r io.Reader) (map[string]string, *api.RegistryAuth, error) {
 	delete(env, EnvRegistryUser)
 	delete(env, EnvRegistryPassword)
 	return env, reg, nil
+}
+
+// bundleLimits bounds the compose bundle a deploy of project may ship:
+// its max_compose_files and max_compose_bytes, and for request.env what
+// --env-file - takes.
+func (s *Service) bundleLimits(project string) api.BundleLimits {
+	pc := s.cfg.Projects[project]
+	lim := api.BundleLimits{Files: pc.MaxComposeFiles, Bytes: pc.MaxComposeBytes, EnvBytes: maxStdin}
+	if lim.Files == 0 { // a config that was not loaded (tests): the defaults
+		lim.Files = config.DefaultMaxComposeFiles
+	}
+	if lim.Bytes == 0 {
+		lim.Bytes = config.DefaultMaxComposeBytes
+	}
+	return lim
 }

@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +24,7 @@ func newCommandService(t *testing.T, ssh *config.SSH) (*Service, *bytes.Buffer) 
 		Projects: map[string]config.Project{"shop": {}, "zeta-internal": {}},
 		Identities: []config.Identity{
 			{Name: "ci-shop", LocalUsers: []string{"root"}, Projects: []string{"shop"}, Verbs: []string{"deploy", "status"}},
-			{Name: "ops", LocalUsers: []string{"root"}, Projects: []string{"*"}, Verbs: []string{"*"}},
+			{Name: "ops", LocalUsers: []string{"root"}, Projects: []string{"*"}, Verbs: []string{"*"}, ShipCompose: true},
 		},
 		SSH: ssh,
 	}
@@ -136,5 +139,161 @@ func TestRunDoesNotLogABadEnvFile(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "s3cret") || !strings.Contains(logs.String(), "reason=\"standard input\"") {
 		t.Errorf("log:\n%s", logs)
+	}
+}
+
+// tarOf is a tar archive of files (name, content, name, content...), as
+// `tar -cf -` writes one.
+func tarOf(t *testing.T, files ...string) *bytes.Reader {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for i := 0; i+1 < len(files); i += 2 {
+		if err := tw.WriteHeader(&tar.Header{Name: files[i], Mode: 0o644, Size: int64(len(files[i+1])), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(files[i+1]))
+	}
+	tw.Close()
+	return bytes.NewReader(buf.Bytes())
+}
+
+// With --compose-file -, standard input is a tar archive of the compose
+// files: they become the request's bundle; with --env-file - too, the
+// archive's request.env is the env file (variables and registry
+// credential), and not one of the bundle's files.
+func TestReadCommandStdinCompose(t *testing.T) {
+	svc, _ := newCommandService(t, nil)
+	const compose = "services:\n  web:\n    image: ${REGISTRY}/shop/web\n"
+	for _, tc := range []struct {
+		args  string
+		stdin *bytes.Reader
+		env   map[string]string
+		reg   bool
+	}{
+		{"deploy shop --compose-file - --source 3f2c1a0", tarOf(t, "compose.yaml", compose, "common/base.yaml", "services: {}\n"), nil, false},
+		{"deploy shop --compose-file - --env-file -", tarOf(t, "./compose.yaml", compose, "./common/base.yaml", "services: {}\n", "./request.env",
+			"DJANGO_SECRET_KEY=s3cret\nBERTH_REGISTRY=reg.example.com\nBERTH_REGISTRY_USER=ci\nBERTH_REGISTRY_PASSWORD=tok\n"),
+			map[string]string{"DJANGO_SECRET_KEY": "s3cret"}, true},
+	} {
+		cmd, err := api.ParseCommand(strings.Fields(tc.args))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := svc.readCommandStdin(t.Context(), &cmd, tc.stdin, time.Minute); err != nil {
+			t.Fatalf("%s: %v", tc.args, err)
+		}
+		b := cmd.Deploy.Compose
+		if b == nil || len(b.Files) != 2 || b.Files["compose.yaml"] != compose || b.Files["common/base.yaml"] != "services: {}\n" || b.Main != "" {
+			t.Errorf("%s: bundle %+v", tc.args, b)
+		}
+		if !maps.Equal(cmd.Deploy.Env, tc.env) || (cmd.Deploy.Registry != nil) != tc.reg {
+			t.Errorf("%s: env %v, registry %+v", tc.args, cmd.Deploy.Env, cmd.Deploy.Registry)
+		}
+		if tc.reg && (cmd.Deploy.Registry.Server != "reg.example.com" || cmd.Deploy.Registry.Password != "tok") {
+			t.Errorf("%s: registry %+v", tc.args, cmd.Deploy.Registry)
+		}
+	}
+}
+
+// What comes on standard input for --compose-file - is bounded in time
+// and bytes, must be a tar archive of plain files, and is refused with 2
+// before the deploy starts; a secret in it reaches neither the answer
+// (when it is not the caller's own env file) nor the log.
+func TestRunRefusesABadComposeArchive(t *testing.T) {
+	svc, logs := newCommandService(t, &config.SSH{MaxCommandBytes: 4096, StdinTimeout: 300 * time.Millisecond})
+	lim := svc.bundleLimits("shop")
+	for _, tc := range []struct {
+		name  string
+		stdin io.Reader
+		args  string
+		says  string
+	}{
+		{"an env file, not a tar", strings.NewReader("DJANGO_SECRET_KEY=s3cret\n" + strings.Repeat("#\n", 300)), "deploy shop --compose-file - --env-file -", "standard input is not a tar archive"},
+		{"a symbolic link", func() io.Reader {
+			var buf bytes.Buffer
+			tw := tar.NewWriter(&buf)
+			tw.WriteHeader(&tar.Header{Name: "compose.yaml", Typeflag: tar.TypeSymlink, Linkname: "/etc/shadow"})
+			tw.Close()
+			return &buf
+		}(), "deploy shop --compose-file -", "compose.yaml: a symbolic link"},
+		{"request.env without --env-file -", tarOf(t, "compose.yaml", "services: {}\n", "request.env", "DJANGO_SECRET_KEY=s3cret\n"), "deploy shop --compose-file -", "request.env is in the archive, but the command has no --env-file -"},
+		{"a bad request.env", tarOf(t, "compose.yaml", "services: {}\n", "request.env", "GOOD=1\nTOKEN=\"s3cret\n"), "deploy shop --compose-file - --env-file -", "--env-file - (request.env in the archive): parse"},
+		{"endless", io.MultiReader(tarOf(t, "compose.yaml", "services: {}\n"), zeros{}), "deploy shop --compose-file -", fmt.Sprintf("more than %d bytes on standard input", lim.TarBytes())},
+	} {
+		code, out := runAs(t, svc, "ops", tc.stdin, strings.Fields(tc.args)...)
+		if code != api.ExitBadRequest || !strings.Contains(out, tc.says) {
+			t.Errorf("%s: exit %d, %q; want 2 and %q", tc.name, code, out, tc.says)
+		}
+		if strings.Contains(out, "s3cret") && tc.name != "a bad request.env" {
+			t.Errorf("%s: the answer quotes a secret: %q", tc.name, out)
+		}
+	}
+	if strings.Contains(logs.String(), "s3cret") || !strings.Contains(logs.String(), "reason=\"standard input\"") {
+		t.Errorf("log:\n%s", logs)
+	}
+
+	// Standard input never closed: refused after ssh.stdin_timeout.
+	stdin, w := io.Pipe()
+	defer w.Close()
+	began := time.Now()
+	code, out := runAs(t, svc, "ops", stdin, "deploy", "shop", "--compose-file", "-", "--env-file", "-")
+	took := time.Since(began)
+	if code != api.ExitBadRequest || !strings.Contains(out, "standard input still open after 300ms (ssh.stdin_timeout): send the tar archive") {
+		t.Errorf("never closed: exit %d, %q", code, out)
+	}
+	if took < 300*time.Millisecond || took > 5*time.Second {
+		t.Errorf("refused after %v, want about 300ms", took)
+	}
+}
+
+// zeros is an endless standard input.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// An identity without ship_compose that asks to ship a compose file is
+// refused with 4 before standard input is read: no archive is taken from
+// it, however large or slow.
+func TestRunRefusesShippingBeforeReading(t *testing.T) {
+	svc, _ := newCommandService(t, &config.SSH{MaxCommandBytes: 4096, StdinTimeout: 10 * time.Second})
+	stdin, w := io.Pipe() // never written to, never closed
+	defer w.Close()
+	began := time.Now()
+	code, out := runAs(t, svc, "ci-shop", stdin, "deploy", "shop", "--compose-file", "-", "--env-file", "-")
+	if took := time.Since(began); code != api.ExitDenied || !strings.Contains(out, "identity ci-shop may not ship a compose file (ship_compose)") || took > 5*time.Second {
+		t.Errorf("exit %d after %v, %q; want 4 at once", code, took, out)
+	}
+}
+
+// TestMayShip: an identity ships a compose file only with ship_compose,
+// whichever door it comes through; a local user of the socket always may.
+func TestMayShip(t *testing.T) {
+	cfg := &config.Config{
+		Projects: map[string]config.Project{"shop": {}},
+		Identities: []config.Identity{
+			{Name: "ci", LocalUsers: []string{"root"}, Projects: []string{"shop"}, Verbs: []string{"deploy"}, ShipCompose: true},
+			{Name: "ops", LocalUsers: []string{"root"}, Projects: []string{"*"}, Verbs: []string{"*"}},
+		},
+	}
+	svc, err := New(cfg, nil, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		p    auth.Principal
+		want bool
+	}{
+		{auth.Principal{Identity: "ci", Method: "ssh"}, true},
+		{auth.Principal{Identity: "ci", Method: "ssh-command", Detail: "local:deploy"}, true},
+		{auth.Principal{Identity: "ops", Method: "ssh"}, false},
+		{auth.Principal{Identity: "ops", Method: "ssh-command", Detail: "local:root"}, false},
+		{auth.Principal{Identity: "nobody", Method: "hmac"}, false},
+		{auth.Principal{Method: "local", Detail: "alice"}, true},
+		{auth.Principal{Identity: "ops", Method: "local", Detail: "alice"}, false},
+	} {
+		if got := svc.MayShip(tc.p); got != tc.want {
+			t.Errorf("MayShip(%s) = %v, want %v", tc.p, got, tc.want)
+		}
 	}
 }

@@ -8,27 +8,38 @@
 # generator (examples/django/loadgen), starts agentd with the project `shop`
 # and its SSH server, and then:
 #   1. deploys v1 over SSH with the real OpenSSH client (ci/deploy.sh, host
-#      key pinned); creates orders through nginx and checks that Celery
-#      processed each of them into PostgreSQL;
+#      key pinned), which ships examples/django/compose.yaml with the request
+#      (the project has no compose file on the host: ship-only, with its
+#      policy: allowed_images, allowed_ports); creates orders through nginx
+#      and checks that Celery processed each of them into PostgreSQL;
 #   2. deploys v2 (APP_VERSION=v2 and an additive migration: a new nullable
 #      field) with the pipeline's deploy:production job, run by gitlab-ci-local
 #      (scripts/lib/gitlab-job.sh; the job runs the same ci/deploy.sh over
 #      SSH; with E2E_GITLAB=0, ci/deploy.sh runs directly) while the load generator
 #      sends steady traffic through nginx and Celery tasks are in flight: no
 #      request may fail, every order (old and new) must be processed exactly
-#      once, and /version answers only v1 or v2;
+#      once, and /version answers only v1 or v2. The job ships the compose
+#      file of a new commit of the repository: a new environment variable
+#      (SHIPPED_BY, read back with docker inspect) and 3 web replicas instead
+#      of 2, while db, rabbitmq and nginx, which it does not change, keep
+#      their containers; the release records that commit (--source);
+#   2b. ships a compose file that adds `privileged: true` to web, as a dry run
+#      and as a deploy: both exit 2 naming web, privileged and true, and
+#      nothing changes (the same containers, the same live and newest
+#      release); a dry run of the live file exits 0 with nothing to change;
 #   3. deploys a broken v3 (v2's code, its /healthz answers 503: HEALTHZ_FAIL
 #      baked into the image) with the same job under the same load: the deploy
 #      must exit 1, v2 must keep serving (/version never answers v3), no
 #      request may fail;
 #   4. `agentctl rollback shop --to 1` over the unix socket, under load: v1
-#      serves again on the v2 schema (the additive migration stays);
+#      serves again on the v2 schema (the additive migration stays), with
+#      release 1's recorded compose file (2 web replicas, no SHIPPED_BY);
 #   5. prints a table: requests sent and failed, tasks sent and completed
 #      exactly once, deploy and rollback times, per step.
 # After every step, `agentctl status shop --json` and `history shop --json`
 # are checked against the engine (the live release, its outcome, the image
-# every web/worker/beat container runs, by digest and image ID, the replicas)
-# and their text is printed.
+# every web/worker/beat container runs, by digest and image ID, the replicas,
+# the shipped compose file's SHIPPED_BY) and their text is printed.
 #
 # Any failed check fails the run (exit 1) with a FAIL line saying what; the
 # table is printed all the same. Everything started is removed at the end;
@@ -223,9 +234,12 @@ socket:
   path: $work/agentd.sock
 projects:
   $project:
-    compose_file: $here/compose.yaml
+    # No compose_file: every deploy ships it from the repository
+    # (ci/deploy.sh), within this policy.
     env_file: $work/shop.env
     request_variables: [DJANGO_SECRET_KEY, POSTGRES_PASSWORD, RABBITMQ_PASSWORD]
+    allowed_images: ["$registry/shop/*"]
+    allowed_ports: ["127.0.0.1:$http_port"]
 ssh:
   listen: "127.0.0.1:$ssh_port"
 identities:
@@ -234,6 +248,7 @@ identities:
       - '$(cat "$work/ci_key.pub")'
     projects: [$project]
     verbs: [deploy, status, history]
+    ship_compose: true
 YAML
 "$work/bin/agentd" --config "$work/agentd.yaml" --check
 "$work/bin/agentd" --config "$work/agentd.yaml" 2>"$work/agentd.log" &
@@ -250,17 +265,20 @@ printf '%s\n' "$known_hosts" >"$work/known_hosts"
 note "pinned host key: $known_hosts"
 ctl() { echo "\$ agentctl $*"; "$work/bin/agentctl" "$@"; }
 
-# deploy_over_ssh WEB_IMAGE: what the CI deploy job runs: ci/deploy.sh with
-# the real OpenSSH client, in a clean environment, to agentd's SSH server
-# with its host key pinned. The secrets go on stdin (--env-file -). Returns
-# the deploy's exit code. $message is recorded with the release.
+# deploy_over_ssh WEB_IMAGE [REPO]: what the CI deploy job runs: ci/deploy.sh
+# with the real OpenSSH client, in a clean environment, to agentd's SSH
+# server with its host key pinned. It ships REPO's compose.yaml (default
+# examples/django) and the secrets in a tar on stdin (--compose-file -
+# --env-file -). Returns the deploy's exit code. $message is recorded with
+# the release; DEPLOY_DRY_RUN=1 in the environment makes it a dry run.
 deploy_over_ssh() {
+  local repo=${2:-$here}
   env -i PATH="$PATH" HOME="$work" \
     DEPLOY_HOST=127.0.0.1 DEPLOY_PORT="$ssh_port" BERTH_SSH_KEY="$work/ci_key" \
     SSH_KNOWN_HOSTS="$known_hosts" BERTH_PROJECT=$project WEB_IMAGE="$1" \
-    DEPLOY_MESSAGE="$message" DEPLOY_WAIT=1m DEPLOY_TIMEOUT=5m \
+    DEPLOY_MESSAGE="$message" DEPLOY_WAIT=1m DEPLOY_TIMEOUT=5m DEPLOY_DRY_RUN="${DEPLOY_DRY_RUN:-0}" \
     DJANGO_SECRET_KEY="$secret_key" POSTGRES_PASSWORD="$pg_password" RABBITMQ_PASSWORD="$mq_password" \
-    sh "$here/ci/deploy.sh"
+    sh "$repo/ci/deploy.sh"
 }
 
 # Steps 2 and 3 run the pipeline's deploy job itself (deploy:production of
@@ -277,9 +295,33 @@ if [[ ${E2E_GITLAB:-1} == 1 ]]; then
   ci_via="gitlab job"
 fi
 
+# The repository CI deploys from: the pipeline's (gitlab-ci-local's copy of
+# examples/django), or with E2E_GITLAB=0 a copy of examples/django's
+# compose.yaml and ci/. Step 2 commits a changed compose.yaml to it.
+if [[ $ci_via == ssh ]]; then
+  ci_repo=$work/repo
+  mkdir -p "$ci_repo"
+  cp -a "$here/ci" "$here/compose.yaml" "$ci_repo/"
+  git -C "$ci_repo" init -q -b main
+  git -C "$ci_repo" add -A
+  git -C "$ci_repo" -c user.name=e2e -c user.email=e2e@berth.invalid commit -q -m "examples/django's compose.yaml"
+else
+  ci_repo=$work/gitlab/repo
+fi
+# ci_commit MESSAGE: commit what changed in the CI repository; its SHA.
+ci_commit() {
+  if [[ $ci_via == ssh ]]; then
+    git -C "$ci_repo" add -A
+    git -C "$ci_repo" -c user.name=e2e -c user.email=e2e@berth.invalid commit -q -m "$1"
+    git -C "$ci_repo" rev-parse HEAD
+  else
+    gitlab_job_commit "$work/gitlab" "$1"
+  fi
+}
+
 # ci_deploy WEB_IMAGE: steps 2 and 3's deploy, as CI runs it; the deploy's exit code.
 ci_deploy() {
-  [[ $ci_via == ssh ]] && { deploy_over_ssh "$1"; return; }
+  [[ $ci_via == ssh ]] && { deploy_over_ssh "$1" "$ci_repo"; return; }
   DEPLOY_HOST=127.0.0.1 DEPLOY_PORT="$ssh_port" BERTH_SSH_KEY="$work/ci_key" \
     SSH_KNOWN_HOSTS="$known_hosts" BERTH_PROJECT=$project WEB_IMAGE="$1" \
     DEPLOY_MESSAGE="$message" DEPLOY_WAIT=1m DEPLOY_TIMEOUT=5m \
@@ -393,24 +435,28 @@ orders_check() {
 
 image_id() { docker image inspect -f '{{.Id}}' "$1"; }
 
-# truth_check STEP LIVE NEWEST OUTCOME KIND WEB_IMAGE [KEY=VALUE...]: status
-# and history (JSON) against the engine: LIVE is the live release (status's
-# current), NEWEST history's newest release with OUTCOME and KIND, and every
-# web, worker and beat container runs WEB_IMAGE (by digest and image ID);
-# KEY=VALUE are more fields of the newest release (restored_to=2, rollback_of=1).
+# truth_check STEP LIVE NEWEST OUTCOME KIND WEB_IMAGE WEB_REPLICAS SHIPPED_BY
+# [KEY=VALUE...]: status and history (JSON) against the engine: LIVE is the
+# live release (status's current), NEWEST history's newest release with
+# OUTCOME and KIND, every web, worker and beat container runs WEB_IMAGE (by
+# digest and image ID) with SHIPPED_BY in its environment ("-": not set),
+# and web runs WEB_REPLICAS containers; the live release's record holds the
+# shipped compose file; KEY=VALUE are more fields of the newest release
+# (restored_to=2, rollback_of=1, source=SHA).
 truth_check() {
-  local name=$1 live=$2 newest=$3 outcome=$4 kind=$5 image=$6
-  shift 6
+  local name=$1 live=$2 newest=$3 outcome=$4 kind=$5 image=$6 web_replicas=$7 shipped_by=$8
+  shift 8
   "$work/bin/agentctl" status "$project" --json >"$work/status.json" || { fail "$name: agentctl status --json failed"; return; }
   "$work/bin/agentctl" history "$project" --json >"$work/history.json" || { fail "$name: agentctl history --json failed"; return; }
   docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker inspect >"$work/engine.json"
   local out
   out=$(py - "$work/status.json" "$work/history.json" "$work/engine.json" "$live" "$newest" "$outcome" "$kind" \
-    "${image#*@}" "$(image_id "$image")" "$@" <<'PY'
+    "${image#*@}" "$(image_id "$image")" "$web_replicas" "$shipped_by" "$@" <<'PY'
 import json, sys
 status, history, engine = (json.load(open(p)) for p in sys.argv[1:4])
 live, newest, outcome, kind, digest, image_id = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8], sys.argv[9]
-extra = dict(a.split("=", 1) for a in sys.argv[10:])
+web_replicas, shipped_by = int(sys.argv[10]), sys.argv[11]
+extra = dict(a.split("=", 1) for a in sys.argv[12:])
 bad = []
 def check(ok, msg):
     if not ok:
@@ -433,6 +479,10 @@ for k, v in extra.items():
     check(str(top.get(k)) == v, "history: release %s's %s is %s, want %s" % (top.get("number"), k, top.get(k), v))
 rec = [r for r in history if r.get("number") == live]
 check(len(rec) == 1 and rec[0].get("outcome") == "succeeded", "history: the live release %d is not recorded as succeeded" % live)
+# Every release ran a shipped compose file (the project has none on the host).
+for r in history:
+    check("compose.yaml" in ((r.get("shipped") or {}).get("files") or {}),
+          "history: release %s does not record its shipped compose.yaml" % r.get("number"))
 check(len(set(r.get("number") for r in history)) == len(history), "history: a release number appears twice")
 
 # The engine: the project's containers (not one-off hook containers).
@@ -442,6 +492,10 @@ for c in engine:
     if labels.get("com.docker.compose.oneoff") == "True" or not c["State"]["Running"]:
         continue
     running[c["Name"].lstrip("/")] = (labels.get("com.docker.compose.service"), c["Image"], c["Id"])
+    env = dict(e.split("=", 1) for e in c["Config"]["Env"] or [] if "=" in e)
+    if labels.get("com.docker.compose.service") in ("web", "worker", "beat"):
+        got = env.get("SHIPPED_BY", "-")
+        check(got == shipped_by, "engine: %s has SHIPPED_BY=%s, want %s" % (c["Name"].lstrip("/"), got, shipped_by))
 # status lists every running container, and only those.
 listed = {}
 for s in st.get("services", []):
@@ -453,7 +507,7 @@ for n, (svc, c) in listed.items():
     if n in running:
         check(running[n][2].startswith(c.get("id", "")) and c.get("id"), "status: %s has id %s, the engine %s" % (n, c.get("id"), running[n][2][:12]))
         check(running[n][0] == svc, "status: %s is in service %s, the engine says %s" % (n, svc, running[n][0]))
-want = {"web": 2, "worker": 2, "beat": 1, "db": 1, "rabbitmq": 1, "nginx": 1}
+want = {"web": web_replicas, "worker": 2, "beat": 1, "db": 1, "rabbitmq": 1, "nginx": 1}
 for svc, n in want.items():
     got = [name for name, r in running.items() if r[0] == svc]
     check(len(got) == n, "engine: %d running %s container(s), want %d: %s" % (len(got), svc, n, got))
@@ -462,9 +516,9 @@ for name, (svc, img, _) in sorted(running.items()):
         check(img == image_id, "engine: %s runs image %s, want %s (%s)" % (name, img[:19], image_id[:19], digest[:19]))
         c = listed.get(name, (None, {}))[1]
         check(digest in c.get("image", ""), "status: %s's image is %s, want the digest %s" % (name, c.get("image"), digest))
-print("%d running containers; live release %s (%s, %s); newest %s (%s, %s); web, worker and beat run %s" % (
+print("%d running containers; live release %s (%s, %s); newest %s (%s, %s, source %s); web, worker and beat run %s with SHIPPED_BY=%s; %d web" % (
     len(running), cur.get("number"), cur.get("kind"), cur.get("outcome"), top.get("number"), top.get("kind"),
-    top.get("outcome"), digest[:19]))
+    top.get("outcome"), top.get("source") or "-", digest[:19], shipped_by, web_replicas))
 for b in bad:
     print("BAD " + b)
 PY
@@ -505,7 +559,7 @@ load_stop
 load_report step1 v1
 orders_check step1
 row "1 deploy v1 (ssh)" "$sent" "$failed" "$tasks_sent" "$tasks_once" "$d1"
-truth_check step1 1 1 succeeded deploy "$web_v1"
+truth_check step1 1 1 succeeded deploy "$web_v1" 2 -
 echo "\$ ssh -p $ssh_port deploy@127.0.0.1 history $project  (the CI key's identity)"
 ssh -p "$ssh_port" -i "$work/ci_key" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes \
   -o UserKnownHostsFile="$work/known_hosts" -o GlobalKnownHostsFile=/dev/null \
@@ -528,16 +582,86 @@ ci_step() {
 }
 
 # --- 2 -----------------------------------------------------------------------
-step "2. deploy v2 (additive migration) with the CI deploy job ($ci_via) under load: $rate requests/s, every ${post_every}th a POST"
+step "2. deploy v2 (additive migration) and a changed compose file (SHIPPED_BY, 3 web) with the CI deploy job ($ci_via) under load: $rate requests/s, every ${post_every}th a POST"
 message="e2e step 2: v2, Order.note"
+# The repository's next commit: a new variable for the app's services, and
+# 3 web replicas instead of 2.
+py - "$ci_repo/compose.yaml" <<'PY' || die "cannot edit the CI repository's compose.yaml"
+import sys
+path = sys.argv[1]
+src = open(path).read()
+for old, new in [
+    ("    SWEEP_INTERVAL: ${SWEEP_INTERVAL:-30}\n", "    SWEEP_INTERVAL: ${SWEEP_INTERVAL:-30}\n    SHIPPED_BY: e2e-step2\n"),
+    ("      replicas: 2\n      update_config:\n        order: start-first      # explicit", "      replicas: 3\n      update_config:\n        order: start-first      # explicit"),
+]:
+    assert src.count(old) == 1, "compose.yaml changed: the step 2 edit needs a new anchor: %r" % old
+    src = src.replace(old, new)
+open(path, "w").write(src)
+PY
+step2_sha=$(ci_commit "compose.yaml: SHIPPED_BY, 3 web replicas") || die "cannot commit in $ci_repo"
+note "the CI repository is at $step2_sha: compose.yaml with SHIPPED_BY=e2e-step2 and 3 web replicas"
+# The services the new commit does not change keep their containers.
+unchanged_ids() { for s in db rabbitmq nginx; do container_of "$s"; done | tr '\n' ' '; }
+before_unchanged=$(unchanged_ids)
 ci_step step2 "$web_v2" 0 "v1 v2"
+[[ $(unchanged_ids) == "$before_unchanged" ]] ||
+  fail "step2: db, rabbitmq or nginx was recreated by a compose change to web, worker and beat only: $before_unchanged -> $(unchanged_ids)"
 d2=$dur
 version_is v2
 orders_check step2
 row "2 deploy v2 ($ci_via, load)" "$sent" "$failed" "$tasks_sent" "$tasks_once" "$d2"
 [[ $(psql_q "select data_type from information_schema.columns where table_name = 'orders_order' and column_name = 'note'") == text ]] ||
   fail "step2: the column orders_order.note is not there"
-truth_check step2 2 2 succeeded deploy "$web_v2"
+truth_check step2 2 2 succeeded deploy "$web_v2" 3 e2e-step2 source="$step2_sha"
+
+# --- 2b ----------------------------------------------------------------------
+step "2b. a shipped compose file that adds privileged: true to web: exit 2, nothing changes"
+# The engine's containers and agentd's releases, to compare after.
+engine_state() { docker ps -q --no-trunc --filter "label=com.docker.compose.project=$project" | sort | tr '\n' ' '; }
+release_numbers() {
+  "$work/bin/agentctl" history "$project" --json | py -c 'import json, sys; h = json.load(sys.stdin); print(len(h), h[0]["number"] if h else 0)'
+  "$work/bin/agentctl" status "$project" --json | py -c 'import json, sys; print((json.load(sys.stdin)[0].get("current") or {}).get("number"))'
+}
+before_containers=$(engine_state)
+before_releases=$(release_numbers)
+mkdir -p "$work/repo-privileged"
+cp -a "$ci_repo/ci" "$ci_repo/compose.yaml" "$work/repo-privileged/"
+py - "$work/repo-privileged/compose.yaml" <<'PY' || die "cannot edit the privileged compose.yaml"
+import sys
+path = sys.argv[1]
+src = open(path).read()
+old = "  web:\n    <<: *app\n"
+assert src.count(old) == 1, "compose.yaml changed: the step 2b edit needs a new anchor"
+open(path, "w").write(src.replace(old, old + "    privileged: true\n"))
+PY
+t=$EPOCHREALTIME
+message="e2e step 2b: privileged, refused"
+refusals=0
+for dry in 1 0; do
+  rc=0
+  DEPLOY_DRY_RUN=$dry deploy_over_ssh "$web_v2" "$work/repo-privileged" >"$work/step2b-$dry.log" 2>&1 || rc=$?
+  cat "$work/step2b-$dry.log"
+  ((rc == 2)) || fail "step2b: the privileged file (dry run: $dry) exited $rc, want 2"
+  if grep -q 'web' "$work/step2b-$dry.log" && grep -q 'privileged' "$work/step2b-$dry.log" && grep -q 'true' "$work/step2b-$dry.log"; then
+    refusals=$((refusals + 1))
+  else
+    fail "step2b: the refusal (dry run: $dry) does not name web, privileged and true"
+  fi
+done
+# A dry run of the good file: exit 0, the plan, nothing changed.
+rc=0
+message="e2e step 2b: dry run"
+DEPLOY_DRY_RUN=1 deploy_over_ssh "$web_v2" "$ci_repo" >"$work/step2b-dry.log" 2>&1 || rc=$?
+cat "$work/step2b-dry.log"
+((rc == 0)) || fail "step2b: a dry run of the good file exited $rc, want 0"
+grep -q "nothing to change" "$work/step2b-dry.log" || fail "step2b: a dry run of the live compose file plans changes"
+d2b=$(since "$t")
+[[ $(engine_state) == "$before_containers" ]] || fail "step2b: the containers changed: before $before_containers, after $(engine_state)"
+[[ $(release_numbers) == "$before_releases" ]] || fail "step2b: the releases changed: before $(tr '\n' ' ' <<<"$before_releases"), after $(release_numbers | tr '\n' ' ')"
+note "step2b: $refusals refusal(s) naming web, privileged and true; the same $(wc -w <<<"$before_containers") containers, releases (count, newest; live) $(tr '\n' ' ' <<<"$before_releases")"
+version_is v2
+row "2b privileged (ssh, exit 2)" - - - - "$d2b"
+truth_check step2b 2 2 succeeded deploy "$web_v2" 3 e2e-step2 source="$step2_sha"
 
 # --- 3 -----------------------------------------------------------------------
 step "3. deploy a broken v3 (/healthz answers 503) with the CI deploy job ($ci_via) under load: exit 1, v2 serves"
@@ -547,7 +671,7 @@ d3=$dur
 version_is v2
 orders_check step3
 row "3 broken v3 ($ci_via, exit 1)" "$sent" "$failed" "$tasks_sent" "$tasks_once" "$d3"
-truth_check step3 2 3 rolled-back deploy "$web_v2" restored_to=2
+truth_check step3 2 3 rolled-back deploy "$web_v2" 3 e2e-step2 restored_to=2 source="$step2_sha"
 if [[ -n $(docker ps -aq --filter "label=com.docker.compose.project=$project" --filter "ancestor=$(image_id "$web_v3")") ]]; then
   fail "step3: containers of v3 are left: $(docker ps -a --filter "ancestor=$(image_id "$web_v3")" --format '{{.Names}} {{.Status}}' | tr '\n' ';')"
 fi
@@ -570,7 +694,7 @@ row "4 rollback to v1 (agentctl, load)" "$sent" "$failed" "$tasks_sent" "$tasks_
 [[ $(psql_q "select count(*) from django_migrations where app = 'orders' and name like '%_order_note'") == 1 &&
    $(psql_q "select count(*) from information_schema.columns where table_name = 'orders_order' and column_name = 'note'") == 1 ]] ||
   fail "step4: v2's migration (orders_order.note) is gone"
-truth_check step4 4 4 succeeded rollback "$web_v1" rollback_of=1
+truth_check step4 4 4 succeeded rollback "$web_v1" 2 - rollback_of=1
 
 # --- 5 -----------------------------------------------------------------------
 print_table

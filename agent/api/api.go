@@ -131,6 +131,13 @@ type Release struct {
 	Compose  string                  `json:"compose"` // the compose file as deployed (images pinned)
 	Plan     string                  `json:"plan"`
 	Kind     string                  `json:"kind"`
+	// Shipped holds the compose files the release ran when they came with
+	// a request rather than from the host (verbatim, as sent: they hold no
+	// secrets, which come from the host's env file), or nil.
+	Shipped *ComposeBundle `json:"shipped,omitempty"`
+	// Source is what the caller said the release was built from (a
+	// commit: --source $CI_COMMIT_SHA).
+	Source string `json:"source,omitempty"`
 	// RollbackOf is the release a rollback redeployed.
 	RollbackOf int `json:"rollback_of,omitempty"`
 	// RestoredTo is the release that was put back when this one failed.

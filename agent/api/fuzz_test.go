@@ -18,6 +18,13 @@ var commandSeeds = []string{
 	"status shop --json",
 	"deploy shop --image web=registry.example.com/shop/web@sha256:0123 --env-file - -m 'from CI' --wait 1m --timeout 10m",
 	"deploy shop --image=web=reg/web:v2 --image worker=reg/worker:v2 --json",
+	"deploy shop --image web=reg/web@sha256:0123 --compose-file - --env-file - --source 0123456789abcdef0123456789abcdef01234567 -m 'from CI'",
+	"deploy shop --compose-file - --dry-run --source=refs/tags/v1.2+build:7",
+	"deploy shop --compose-file /srv/shop/compose.yaml",
+	"deploy shop --compose-file=",
+	"deploy shop --source ''",
+	"deploy shop --source 'main; reboot'",
+	"deploy shop --dry-run=false --source=a@b",
 	"rollback shop --to 3 --message \"bad release\"",
 	"history shop",
 	"lock shop --message 'maintenance window'",
@@ -137,6 +144,12 @@ func FuzzParseCommand(f *testing.F) {
 				t.Fatalf("%q: message %q", words, m)
 			}
 		}
+		if c.Deploy.Source != "" && !sourcePattern.MatchString(c.Deploy.Source) {
+			t.Fatalf("%q: source %q", words, c.Deploy.Source)
+		}
+		if c.Verb != VerbDeploy && (c.ComposeFromStdin || c.Deploy.DryRun || c.Deploy.Source != "") {
+			t.Fatalf("%q: deploy's flags on %s: %+v", words, c.Verb, c)
+		}
 		if c.Deploy.Wait < 0 || c.Deploy.Timeout < 0 || c.Rollback.Wait < 0 || c.Rollback.Timeout < 0 || c.Rollback.To < 0 {
 			t.Fatalf("%q: negative wait, timeout or release: %+v", words, c)
 		}
@@ -162,6 +175,13 @@ func canonical(c Command) []string {
 		if c.EnvFromStdin {
 			flag("env-file", "-")
 		}
+		if c.ComposeFromStdin {
+			flag("compose-file", "-")
+		}
+		if c.Deploy.Source != "" {
+			flag("source", c.Deploy.Source)
+		}
+		flag("dry-run", strconv.FormatBool(c.Deploy.DryRun))
 		flag("message", c.Deploy.Message)
 		flag("wait", c.Deploy.Wait.String())
 		flag("timeout", c.Deploy.Timeout.String())

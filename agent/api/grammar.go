@@ -25,7 +25,8 @@ const (
 
 // Usage is the command grammar, as shown to a caller who got it wrong.
 const Usage = `commands:
-  deploy PROJECT [--image SERVICE=REF]... [--env-file -] [--message M] [--wait D] [--timeout D] [--json]
+  deploy PROJECT [--image SERVICE=REF]... [--env-file -] [--compose-file -] [--source REF] [--dry-run]
+         [--message M] [--wait D] [--timeout D] [--json]
   rollback PROJECT [--to RELEASE] [--message M] [--wait D] [--timeout D] [--json]
   status [PROJECT] [--json]
   history PROJECT [--json]
@@ -42,9 +43,13 @@ type Command struct {
 	JSON    bool
 	// EnvFromStdin asks for an env file on standard input (--env-file -).
 	EnvFromStdin bool
-	Deploy       DeployRequest
-	Rollback     RollbackRequest
-	Lock         LockRequest
+	// ComposeFromStdin asks for the compose files on standard input, as a
+	// tar archive (--compose-file -); with EnvFromStdin too, the env file
+	// is the archive's entry request.env.
+	ComposeFromStdin bool
+	Deploy           DeployRequest
+	Rollback         RollbackRequest
+	Lock             LockRequest
 }
 
 // projectName is what a project may be called (as the config requires).
@@ -66,7 +71,8 @@ func ParseCommand(args []string) (Command, error) {
 	fs.SortFlags = false
 	fs.BoolVar(&c.JSON, "json", false, "")
 	var images []string
-	var envFile, message string
+	var envFile, composeFile, source, message string
+	var dryRun bool
 	var wait, timeout time.Duration
 	var to int
 	nargs := [2]int{1, 1} // positional arguments: min, max
@@ -74,6 +80,9 @@ func ParseCommand(args []string) (Command, error) {
 	case VerbDeploy:
 		fs.StringArrayVar(&images, "image", nil, "")
 		fs.StringVar(&envFile, "env-file", "", "")
+		fs.StringVar(&composeFile, "compose-file", "", "")
+		fs.StringVar(&source, "source", "", "")
+		fs.BoolVar(&dryRun, "dry-run", false, "")
 		fs.StringVarP(&message, "message", "m", "", "")
 		fs.DurationVar(&wait, "wait", 0, "")
 		fs.DurationVar(&timeout, "timeout", 0, "")
@@ -113,7 +122,10 @@ func ParseCommand(args []string) (Command, error) {
 	}
 	switch c.Verb {
 	case VerbDeploy:
-		c.Deploy = DeployRequest{Project: c.Project, Message: message, Wait: wait, Timeout: timeout}
+		c.Deploy = DeployRequest{Project: c.Project, Message: message, Wait: wait, Timeout: timeout, Source: source, DryRun: dryRun}
+		if err := CheckSource(source); err != nil || fs.Changed("source") && source == "" {
+			return c, fmt.Errorf("%w: --source %q: %s", ErrUsage, clip.F(source), sourceWant)
+		}
 		for _, im := range images {
 			svc, ref, ok := strings.Cut(im, "=")
 			if !ok || svc == "" || ref == "" || strings.ContainsFunc(im, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
@@ -134,6 +146,13 @@ func ParseCommand(args []string) (Command, error) {
 		default:
 			return c, fmt.Errorf("%w: --env-file %q: only - (standard input) is accepted: secrets never travel in arguments, and files stay on the caller's side", ErrUsage, clip.F(envFile))
 		}
+		switch {
+		case !fs.Changed("compose-file"):
+		case composeFile == "-":
+			c.ComposeFromStdin = true
+		default:
+			return c, fmt.Errorf("%w: --compose-file %q: only - is accepted: standard input is a tar archive of the compose files (tar -cf - compose.yaml ...), which stay on the caller's side", ErrUsage, clip.F(composeFile))
+		}
 	case VerbRollback:
 		c.Rollback = RollbackRequest{Project: c.Project, To: to, Message: message, Wait: wait, Timeout: timeout}
 	case VerbLock:
@@ -146,6 +165,8 @@ func ParseCommand(args []string) (Command, error) {
 	}
 	return c, nil
 }
+
+const sourceWant = "want a commit or ref: 1 to 128 of A-Z a-z 0-9 . _ / @ + : -"
 
 // hasControl reports whether s has a control character: a newline or an
 // escape in a message would forge lines of the output it is shown in.

@@ -83,6 +83,12 @@ func PrintHistory(w io.Writer, project string, hist []Release, live int) {
 		if r.Error != "" {
 			fmt.Fprintf(w, "    error: %s\n", r.Error)
 		}
+		if r.Source != "" {
+			fmt.Fprintf(w, "    source: %s\n", r.Source)
+		}
+		if r.Shipped != nil {
+			fmt.Fprintf(w, "    compose file: shipped %s\n", r.Shipped.Describe())
+		}
 		switch {
 		case r.Interrupted && r.Outcome == OutcomeRolledBack && r.RestoredTo == 0:
 			fmt.Fprintf(w, "    interrupted (agentd stopped during it), recovered to no release: undone\n")

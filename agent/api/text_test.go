@@ -50,3 +50,21 @@ func TestPrintHistoryInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// TestPrintHistoryShipped: history names the source and the shipped
+// compose file of a release.
+func TestPrintHistoryShipped(t *testing.T) {
+	var b strings.Builder
+	PrintHistory(&b, "shop", []Release{
+		{Number: 2, Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Kind: KindDeploy, Outcome: OutcomeSucceeded, Identity: "ci", Source: "3f2c1a0",
+			Shipped: &ComposeBundle{Files: map[string]string{"compose.yaml": "x", "nginx.conf": "y", "sub/a.yaml": "z"}}},
+		{Number: 1, Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Kind: KindDeploy, Outcome: OutcomeSucceeded, Identity: "ci"},
+	}, 2)
+	want := "by ci\n    source: 3f2c1a0\n    compose file: shipped compose.yaml (+2 files)\n"
+	if !strings.Contains(b.String(), want) {
+		t.Errorf("history:\n%s\nlacks:\n%s", b.String(), want)
+	}
+	if strings.Count(b.String(), "source:") != 1 || strings.Count(b.String(), "compose file:") != 1 {
+		t.Errorf("release 1 (host file, no source) shows either:\n%s", b.String())
+	}
+}

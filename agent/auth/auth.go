@@ -98,6 +98,13 @@ func (ids *Identities) Allowed(identity, project, verb string) bool {
 	return verbOK && projectOK
 }
 
+// MayShip reports whether identity may send a deploy's compose file with
+// the request (its ship_compose).
+func (ids *Identities) MayShip(identity string) bool {
+	id, ok := ids.byName[identity]
+	return ok && id.ShipCompose
+}
+
 // Projects filters names down to the projects identity may see.
 func (ids *Identities) Projects(identity string, names []string) []string {
 	var out []string

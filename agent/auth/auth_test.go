@@ -81,3 +81,17 @@ func TestMatchFrom(t *testing.T) {
 		}
 	}
 }
+
+func TestMayShip(t *testing.T) {
+	ids, err := New([]config.Identity{
+		{Name: "ci", LocalUsers: []string{"root"}, Projects: []string{"shop"}, Verbs: []string{"deploy"}, ShipCompose: true},
+		{Name: "ops", LocalUsers: []string{"root"}, Projects: []string{"*"}, Verbs: []string{"*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ids.MayShip("ci") || ids.MayShip("ops") || ids.MayShip("nobody") || ids.MayShip("") {
+		t.Errorf("MayShip: ci %v, ops %v, nobody %v, empty %v; want true, false, false, false",
+			ids.MayShip("ci"), ids.MayShip("ops"), ids.MayShip("nobody"), ids.MayShip(""))
+	}
+}

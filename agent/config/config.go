@@ -32,6 +32,10 @@ const (
 	DefaultSocket       = "/run/berth/agentd.sock"
 	DefaultSocketMode   = "0660"
 	DefaultKeepReleases = 10
+	// DefaultMaxComposeFiles and DefaultMaxComposeBytes bound a shipped
+	// compose file (projects.NAME.max_compose_files, max_compose_bytes).
+	DefaultMaxComposeFiles = 64
+	DefaultMaxComposeBytes = 1 << 20
 )
 
 // Config is agentd's configuration.
@@ -97,6 +101,10 @@ type Socket struct {
 	BodyTimeout  time.Duration `yaml:"body_timeout"`
 	IdleTimeout  time.Duration `yaml:"idle_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// MaxBodyBytes caps a request's body: a deploy that carries compose
+	// files (agentctl deploy --compose-file), or a command whose standard
+	// input is one (agentctl ssh-command, base64), must fit.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 }
 
 // Log configures agentd's logs (to stderr, where journald takes them).
@@ -107,6 +115,9 @@ type Log struct {
 
 // Project is one compose project the agent deploys.
 type Project struct {
+	// ComposeFile is the host's compose file, deployed when a request
+	// carries none. A ship-only project has none: every deploy ships its
+	// compose file, or redeploys the live release's shipped files.
 	ComposeFile  string   `yaml:"compose_file"`
 	EnvFile      string   `yaml:"env_file"`
 	Profiles     []string `yaml:"profiles"`
@@ -126,6 +137,11 @@ type Project struct {
 	AllowedImages    []string `yaml:"allowed_images"`
 	AllowedPorts     []string `yaml:"allowed_ports"`
 	AllowedBindPaths []string `yaml:"allowed_bind_paths"`
+	// MaxComposeFiles and MaxComposeBytes bound a compose file shipped
+	// with a request: its files (the compose file and those it includes
+	// or extends) and their bytes in all.
+	MaxComposeFiles int   `yaml:"max_compose_files"`
+	MaxComposeBytes int64 `yaml:"max_compose_bytes"`
 }
 
 // Identity is one caller and its scopes.
@@ -146,6 +162,10 @@ type Identity struct {
 	// Projects and Verbs scope the identity; "*" means all.
 	Projects []string `yaml:"projects"`
 	Verbs    []string `yaml:"verbs"`
+	// ShipCompose lets the identity send a deploy's compose file with the
+	// request (off by default); the project's policy decides what the
+	// file may contain.
+	ShipCompose bool `yaml:"ship_compose"`
 }
 
 // GitLabClaims are the claims of a GitLab CI ID token an identity accepts.
@@ -291,6 +311,13 @@ type PgDumpJob struct {
 	BeforeDeploy bool `yaml:"before_deploy"`
 }
 
+// The most max_compose_files and max_compose_bytes may be set to: a
+// shipped bundle is held in memory and written under state_dir.
+const (
+	MaxComposeFilesLimit = 1024
+	MaxComposeBytesLimit = 16 << 20
+)
+
 // Verbs of the command grammar, as scopes name them.
 var Verbs = []string{"deploy", "rollback", "status", "history", "lock", "unlock"}
 
@@ -318,6 +345,7 @@ const (
 	DefaultSSHHostKeyName  = "ssh_host_ed25519_key"
 	DefaultMaxCommandBytes = 4096
 	DefaultStdinTimeout    = 30 * time.Second
+	DefaultSocketMaxBody   = 4 << 20
 )
 
 // CommandLimits returns ssh.max_command_bytes and ssh.stdin_timeout, or
@@ -390,6 +418,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Socket.WriteTimeout == 0 {
 		c.Socket.WriteTimeout = DefaultHTTPWrite
+	}
+	if c.Socket.MaxBodyBytes == 0 {
+		c.Socket.MaxBodyBytes = DefaultSocketMaxBody
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
@@ -518,6 +549,12 @@ func (c *Config) applyDefaults() {
 		if p.KeepReleases == 0 {
 			p.KeepReleases = DefaultKeepReleases
 		}
+		if p.MaxComposeFiles == 0 {
+			p.MaxComposeFiles = DefaultMaxComposeFiles
+		}
+		if p.MaxComposeBytes == 0 {
+			p.MaxComposeBytes = DefaultMaxComposeBytes
+		}
 		p.ComposeFile = abs(p.ComposeFile)
 		p.EnvFile = abs(p.EnvFile)
 		p.DockerConfig = abs(p.DockerConfig)
@@ -550,6 +587,9 @@ func (c *Config) Validate() error {
 	if c.Socket.BodyTimeout <= 0 || c.Socket.IdleTimeout <= 0 || c.Socket.WriteTimeout <= 0 {
 		bad("socket: body_timeout, idle_timeout and write_timeout must be positive")
 	}
+	if c.Socket.MaxBodyBytes < 1 {
+		bad("socket.max_body_bytes %d: must be positive", c.Socket.MaxBodyBytes)
+	}
 	for _, u := range c.Socket.AllowUsers {
 		if _, err := user.Lookup(u); err != nil {
 			bad("socket.allow_users: %q: %v", u, err)
@@ -573,10 +613,21 @@ func (c *Config) Validate() error {
 		if !projectName.MatchString(name) {
 			bad("project %q: name must match %s", name, projectName)
 		}
-		if p.ComposeFile == "" {
-			bad("project %s: compose_file is required", name)
-		} else if err := readable(p.ComposeFile); err != nil {
-			bad("project %s: compose_file: %v", name, err)
+		switch {
+		case p.ComposeFile != "":
+			if err := readable(p.ComposeFile); err != nil {
+				bad("project %s: compose_file: %v", name, err)
+			}
+		case len(p.AllowedImages) == 0:
+			// Ship-only: every deploy ships its compose file, which
+			// could run no image at all.
+			bad("project %s: compose_file is required, unless every deploy ships the compose file: then allowed_images names the image repositories a shipped file may run", name)
+		}
+		if p.MaxComposeFiles < 1 || p.MaxComposeFiles > MaxComposeFilesLimit {
+			bad("project %s: max_compose_files %d: want 1 to %d", name, p.MaxComposeFiles, MaxComposeFilesLimit)
+		}
+		if p.MaxComposeBytes < 1 || p.MaxComposeBytes > MaxComposeBytesLimit {
+			bad("project %s: max_compose_bytes %d: want 1 to %d", name, p.MaxComposeBytes, MaxComposeBytesLimit)
 		}
 		if p.EnvFile != "" {
 			if err := readable(p.EnvFile); err != nil {

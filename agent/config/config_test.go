@@ -64,7 +64,11 @@ projects:
     allowed_bind_paths: [/srv/blog/uploads, srv/relative, /, /var/run, /srv/x/../etc]
     allowed_images: [registry.gitlab.com/group/blog/*, "reg/[", "a/**/b", "web@sha256:abc"]
     allowed_ports: ["80", "127.0.0.1:8000-8099", "70000", "80-70", "::1:80", "80/icmp"]
+    max_compose_files: 5000
+    max_compose_bytes: -1
     request_variables: [WEB_TAG, 1BAD, "A-B", BERTH_REGISTRY, COMPOSE_PROFILES, WEB_TAG]
+  news:
+    keep_releases: 3
 `)
 	c, err := Load(path)
 	if err != nil {
@@ -80,7 +84,7 @@ projects:
 		`log.format "xml"`,
 		`project "Shop": name must match`,
 		"project Shop: compose_file: open",
-		"project blog: compose_file is required",
+		"project news: compose_file is required, unless every deploy ships the compose file",
 		"project blog: env_file: open",
 		"project blog: keep_releases -1",
 		`project blog: allowed_bind_paths: "srv/relative" is not an absolute path`,
@@ -94,6 +98,8 @@ projects:
 		`project blog: allowed_ports: "80-70": the range ends before it starts`,
 		`project blog: allowed_ports: "::1:80": write an IPv6 address in brackets`,
 		`project blog: allowed_ports: "80/icmp": protocol "icmp"`,
+		"project blog: max_compose_files 5000: want 1 to 1024",
+		"project blog: max_compose_bytes -1: want 1 to 16777216",
 		`project blog: request_variables: "1BAD" is not a variable name`,
 		`project blog: request_variables: "A-B" is not a variable name`,
 		"project blog: request_variables: BERTH_REGISTRY: names starting with BERTH_ or COMPOSE_ are reserved",
@@ -150,7 +156,7 @@ func TestHTTPAndSocketLimits(t *testing.T) {
 		h.BodyTimeout != DefaultHTTPBody || h.IdleTimeout != DefaultHTTPIdle || h.WriteTimeout != DefaultHTTPWrite {
 		t.Errorf("http defaults = %+v", h)
 	}
-	if s := c.Socket; s.BodyTimeout != DefaultHTTPBody || s.IdleTimeout != DefaultHTTPIdle || s.WriteTimeout != DefaultHTTPWrite {
+	if s := c.Socket; s.BodyTimeout != DefaultHTTPBody || s.IdleTimeout != DefaultHTTPIdle || s.WriteTimeout != DefaultHTTPWrite || s.MaxBodyBytes != DefaultSocketMaxBody {
 		t.Errorf("socket defaults = %+v", s)
 	}
 
@@ -159,6 +165,7 @@ func TestHTTPAndSocketLimits(t *testing.T) {
     compose_file: compose.yaml
 socket:
   idle_timeout: -1s
+  max_body_bytes: -1
 http:
   max_connections: -1
   body_timeout: -5s
@@ -170,6 +177,7 @@ http:
 	err = c.Validate()
 	for _, want := range []string{
 		"socket: body_timeout, idle_timeout and write_timeout must be positive",
+		"socket.max_body_bytes -1: must be positive",
 		"http: max_header_bytes, max_connections and max_body_bytes must be positive",
 		"http: header_timeout, body_timeout, idle_timeout and write_timeout must be positive",
 	} {
@@ -200,5 +208,44 @@ func TestRecoverySettle(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "recovery: settle") || !strings.Contains(err.Error(), `log.format "xml"`) {
 			t.Errorf("%q: %v, want the recovery problem among the others", body, err)
 		}
+	}
+}
+
+// TestShipOnlyProject: a project may go without a compose file on the host
+// when every deploy ships one, and then names the images a shipped file may
+// run; ship_compose is off unless an identity says so, and the limits of a
+// shipped file have defaults.
+func TestShipOnlyProject(t *testing.T) {
+	dir := t.TempDir()
+	path := write(t, dir, "agentd.yaml", `
+projects:
+  shop:
+    allowed_images: [registry.gitlab.com/group/shop/*]
+    allowed_ports: ["8000-8099"]
+    allowed_bind_paths: [/srv/shop]
+identities:
+  - name: ci
+    local_users: [root]
+    projects: [shop]
+    verbs: [deploy]
+    ship_compose: true
+  - name: ops
+    local_users: [root]
+    projects: [shop]
+    verbs: ["*"]
+`)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p := c.Projects["shop"]
+	if p.ComposeFile != "" || p.MaxComposeFiles != DefaultMaxComposeFiles || p.MaxComposeBytes != DefaultMaxComposeBytes {
+		t.Errorf("project = %+v", p)
+	}
+	if !c.Identities[0].ShipCompose || c.Identities[1].ShipCompose {
+		t.Errorf("ship_compose: ci %v, ops %v; want true, false", c.Identities[0].ShipCompose, c.Identities[1].ShipCompose)
 	}
 }

@@ -130,13 +130,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("local user %s is not allowed to use agentd (socket.allow_users)", p.name))
 		return
 	}
-	h.mux.ServeHTTP(w, withCaller(r, caller{who: "local:" + p.name, allowed: func(string, string) bool { return true }}))
+	// A local user controls the host already: it may ship compose files.
+	h.mux.ServeHTTP(w, withCaller(r, caller{who: "local:" + p.name, allowed: func(string, string) bool { return true }, mayShip: true}))
 }
 
 // caller is who a request is from, and what it may do.
 type caller struct {
 	who     string                          // recorded in release history
 	allowed func(project, verb string) bool // its scopes
+	mayShip bool                            // it may send a compose file (ship_compose)
 }
 
 type callerKey struct{}
@@ -184,6 +186,11 @@ func writeJSON(w http.ResponseWriter, v any) {
 func (h *Handler) deploy(w http.ResponseWriter, r *http.Request) {
 	var req api.DeployRequest
 	if !h.decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbDeploy) {
+		return
+	}
+	if c := callerOf(r); req.Compose != nil && !c.mayShip {
+		h.Log.Warn("request refused", "identity", c.who, "reason", "may not ship a compose file", "project", clip.F(req.Project))
+		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("%s may not ship a compose file (ship_compose)", c.who))
 		return
 	}
 	h.stream(w, func(emit agent.Emit) { h.Service.Deploy(r.Context(), identity(r), req, emit) })

@@ -155,6 +155,7 @@ func (h *Remote) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, withCaller(r, caller{
 		who:     p.String(),
 		allowed: func(project, verb string) bool { return h.Identities.Allowed(p.Identity, project, verb) },
+		mayShip: h.Identities.MayShip(p.Identity),
 	}))
 }
 

@@ -87,21 +87,41 @@ func newRoot(stdout io.Writer) *cobra.Command {
 }
 
 func deployCmd(c *client) *cobra.Command {
-	var images []string
-	var message string
-	var asJSON bool
+	var images, composeFiles []string
+	var message, source string
+	var asJSON, dryRun bool
 	var wait, timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "deploy PROJECT [--image SERVICE=REF]... [--message M] [--wait D] [--timeout D] [--json]",
+		Use:   "deploy PROJECT [--image SERVICE=REF]... [--compose-file PATH]... [--source REF] [--dry-run] [--message M] [--wait D] [--timeout D] [--json]",
 		Short: "Deploy a new release of a project",
 		Long: `Deploy a new release: load the project's compose file, apply the --image
 overrides, pin every image to its digest, pull, journal the release, roll it
 out service by service with health gates, watch the monitor window, and
 commit; or roll the whole release back. Progress streams as it happens; the
-exit code says how it ended.`,
+exit code says how it ended.
+
+With --compose-file, the release deploys the files given instead of the
+project's compose file on the host (a checkout of the repository, say):
+the first is the compose file, the others the files it includes or
+extends, under their paths relative to the first one's directory. They are
+recorded with the release (with --source, the commit they come from), and
+the project's policy applies to them as to a file CI ships.
+
+With --dry-run, the request is checked and the plan printed, and nothing
+changes: no pull, no lock, no record.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.DeployRequest{Project: args[0], Message: message, Images: map[string]string{}, Wait: wait, Timeout: timeout}
+			req := api.DeployRequest{Project: args[0], Message: message, Images: map[string]string{}, Wait: wait, Timeout: timeout, Source: source, DryRun: dryRun}
+			if err := api.CheckSource(source); err != nil || cmd.Flags().Changed("source") && source == "" {
+				return &exitError{api.ExitBadRequest, fmt.Sprintf("--source %q: want a commit or ref: 1 to 128 of A-Z a-z 0-9 . _ / @ + : -", source)}
+			}
+			if len(composeFiles) > 0 {
+				b, err := readBundle(composeFiles)
+				if err != nil {
+					return &exitError{api.ExitBadRequest, "--compose-file: " + err.Error()}
+				}
+				req.Compose = b
+			}
 			for _, im := range images {
 				svc, ref, ok := strings.Cut(im, "=")
 				if !ok || svc == "" || ref == "" {
@@ -116,6 +136,9 @@ exit code says how it ended.`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&images, "image", nil, "set a service's image: SERVICE=REF (repeatable)")
+	cmd.Flags().StringArrayVar(&composeFiles, "compose-file", nil, "deploy this compose file instead of the host's (repeatable: the first is the compose file, the others files it includes or extends)")
+	cmd.Flags().StringVar(&source, "source", "", "what the release was built from, recorded (a commit: 1-128 of A-Z a-z 0-9 . _ / @ + : -)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "check the request and print the plan; change nothing")
 	cmd.Flags().StringVarP(&message, "message", "m", "", "why this release (recorded in history)")
 	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the project's lock instead of exiting 3")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "roll the release back if it is not live within this long (0: each service's health timeout applies)")

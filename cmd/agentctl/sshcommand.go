@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +28,7 @@ import (
 func sshCommandCmd(c *client) *cobra.Command {
 	var identity string
 	var maxBytes int
+	var maxStdin int64
 	var stdinTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "ssh-command --identity NAME",
@@ -40,10 +40,12 @@ command of a key in an OpenSSH authorized_keys file:
   command="agentctl ssh-command --identity ci-shop",restrict ssh-ed25519 AAAA... ci
 
 The host user sshd runs it as must be listed in the identity's local_users.
-Standard input is passed on when the command has --env-file -; it must end
-within --stdin-timeout. A command line longer than --max-command-bytes is
-refused (exit 2) before it reaches agentd, which applies its own
-ssh.max_command_bytes too.`,
+Standard input is passed on, byte for byte, when the command has
+--env-file - or --compose-file - (a tar archive of the compose files); it
+must end within --stdin-timeout and hold at most --max-stdin-bytes. A
+command line longer than --max-command-bytes is refused (exit 2) before it
+reaches agentd, which applies its own ssh.max_command_bytes, stdin timeout
+and bundle limits too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			line := os.Getenv("SSH_ORIGINAL_COMMAND")
@@ -62,7 +64,7 @@ ssh.max_command_bytes too.`,
 				req.Remote = fields[0]
 			}
 			if wantsStdin(args) {
-				if req.Stdin, err = readStdin(cmd.InOrStdin(), stdinTimeout); err != nil {
+				if req.Stdin, err = readStdin(cmd.InOrStdin(), stdinTimeout, maxStdin); err != nil {
 					return &exitError{api.ExitBadRequest, err.Error()}
 				}
 			}
@@ -71,41 +73,53 @@ ssh.max_command_bytes too.`,
 	}
 	cmd.Flags().StringVar(&identity, "identity", "", "the identity whose scopes apply (required)")
 	cmd.Flags().IntVar(&maxBytes, "max-command-bytes", 4096, "the longest SSH_ORIGINAL_COMMAND taken, in bytes")
-	cmd.Flags().DurationVar(&stdinTimeout, "stdin-timeout", 30*time.Second, "how long standard input may stay open (--env-file -)")
+	cmd.Flags().DurationVar(&stdinTimeout, "stdin-timeout", 30*time.Second, "how long standard input may stay open (--env-file -, --compose-file -)")
+	cmd.Flags().Int64Var(&maxStdin, "max-stdin-bytes", defaultMaxStdin, "the most standard input passed on, in bytes")
 	cmd.MarkFlagRequired("identity")
 	return cmd
 }
 
-// readStdin reads at most 1 MiB and one byte more (agentd refuses more)
-// from r, which must end within d: a client that keeps it open is not
-// waited for. The read is left behind when it does not end; agentctl
-// exits right after.
-func readStdin(r io.Reader, d time.Duration) ([]byte, error) {
+// defaultMaxStdin is --max-stdin-bytes by default: more than the largest
+// compose archive agentd takes by default (64 files, 1 MiB of them, 1 MiB
+// of request.env, and tar's headers and padding: 2.3 MiB), and within the
+// socket's max_body_bytes (4 MiB) once base64-encoded.
+const defaultMaxStdin = 3 << 20
+
+// readStdin reads standard input, at most max bytes, from r, which must
+// end within d: a client that keeps it open is not waited for. The read is
+// left behind when it does not end; agentctl exits right after.
+func readStdin(r io.Reader, d time.Duration, max int64) ([]byte, error) {
 	type result struct {
 		b   []byte
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		b, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
+		b, err := io.ReadAll(io.LimitReader(r, max+1))
 		done <- result{b, err}
 	}()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case res := <-done:
-		if res.err != nil {
+		switch {
+		case res.err != nil:
 			return nil, fmt.Errorf("read standard input: %w", res.err)
+		case int64(len(res.b)) > max:
+			return nil, fmt.Errorf("more than %d bytes on standard input (--max-stdin-bytes)", max)
 		}
 		return res.b, nil
 	case <-t.C:
-		return nil, fmt.Errorf("standard input still open after %s (--stdin-timeout): send the env file and close it", d)
+		return nil, fmt.Errorf("standard input still open after %s (--stdin-timeout): send the env file or archive and close it", d)
 	}
 }
 
+// wantsStdin reports whether the command reads standard input (--env-file
+// -, --compose-file -), as the grammar parses it; a command that does not
+// parse gets none, and agentd says what is wrong with it.
 func wantsStdin(args []string) bool {
-	i := slices.Index(args, "--env-file")
-	return (i >= 0 && i+1 < len(args) && args[i+1] == "-") || slices.Contains(args, "--env-file=-")
+	c, err := api.ParseCommand(args)
+	return err == nil && (c.EnvFromStdin || c.ComposeFromStdin)
 }
 
 func (c *client) command(ctx context.Context, req httpapi.CommandRequest, stdout, stderr io.Writer) error {

@@ -41,7 +41,7 @@ func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger, activat
 		}
 	}()
 	socket := &httpapi.Handler{Service: svc, Log: log, AllowUsers: cfg.Socket.AllowUsers,
-		BodyTimeout: cfg.Socket.BodyTimeout, WriteTimeout: cfg.Socket.WriteTimeout}
+		MaxBodyBytes: cfg.Socket.MaxBodyBytes, BodyTimeout: cfg.Socket.BodyTimeout, WriteTimeout: cfg.Socket.WriteTimeout}
 	if cfg.SSH != nil {
 		d, key, err := sshDoor(cfg.SSH, svc, log)
 		if err != nil {

@@ -24,11 +24,17 @@
 #   repository on branch main, so the pipeline is a push to main and the
 #   rules select deploy:production.
 #
+# gitlab_job_commit WORK MESSAGE
+#   Commits what the caller changed in WORK/repo (a new compose.yaml, say) on
+#   main: the next gitlab_deploy_job runs that commit (CI_COMMIT_SHA).
+#   Prints the commit's SHA.
+#
 # gitlab_deploy_job WORK
 #   Env in: DEPLOY_HOST, BERTH_SSH_KEY (path of a private key file),
 #   SSH_KNOWN_HOSTS (host key line), WEB_IMAGE (REPOSITORY@sha256:...);
 #   optional DEPLOY_PORT, BERTH_PROJECT, NGINX_IMAGE, APP_SERVICES,
-#   DEPLOY_MESSAGE, DEPLOY_WAIT, DEPLOY_TIMEOUT, DEPLOY_SECRETS and the
+#   DEPLOY_MESSAGE, DEPLOY_WAIT, DEPLOY_TIMEOUT, COMPOSE_FILES,
+#   DEPLOY_SOURCE, DEPLOY_DRY_RUN, DEPLOY_SECRETS and the
 #   variables DEPLOY_SECRETS names (see examples/django/ci/deploy.sh).
 #   They become the "CI/CD variables" of a local pipeline (a variables file
 #   that gitlab-ci-local reads, never its command line), BERTH_SSH_KEY as a
@@ -51,7 +57,7 @@ _gljob_as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # The variables a deploy job reads from its environment (ci/deploy.sh's).
 _gljob_variables=(DEPLOY_HOST DEPLOY_PORT SSH_KNOWN_HOSTS WEB_IMAGE NGINX_IMAGE BERTH_PROJECT
-  APP_SERVICES DEPLOY_MESSAGE DEPLOY_WAIT DEPLOY_TIMEOUT DEPLOY_SECRETS)
+  APP_SERVICES DEPLOY_MESSAGE DEPLOY_WAIT DEPLOY_TIMEOUT COMPOSE_FILES DEPLOY_SOURCE DEPLOY_DRY_RUN DEPLOY_SECRETS)
 
 _gljob_install_rsync() {
   command -v rsync >/dev/null && return 0
@@ -172,6 +178,19 @@ gitlab_job_setup() {
   _gljob_images "$base" "$work" || return 1
   _gljob_repo "$work" || return 1
   _gljob_log "ready in $((SECONDS - t))s: gitlab_deploy_job $work"
+}
+
+gitlab_job_commit() {
+  local work=${1:?usage: gitlab_job_commit WORK MESSAGE} msg=${2:?usage: gitlab_job_commit WORK MESSAGE}
+  [[ -d $work/repo/.git ]] || { _gljob_err "$work is not set up (run gitlab_job_setup $work BASE_IMAGE first)"; return 2; }
+  (
+    set -e
+    cd "$work/repo"
+    git add -A
+    git diff --cached --quiet || git commit -q -m "$msg"
+    git update-ref refs/remotes/origin/main HEAD
+  ) >&2 || { _gljob_err "committing in $work/repo failed"; return 1; }
+  git -C "$work/repo" rev-parse HEAD
 }
 
 # _gljob_write_variables FILE: the job's CI/CD variables, from the environment,
