@@ -214,35 +214,17 @@ func (s *Service) readCommandStdin(ctx context.Context, cmd *api.Command, stdin 
 }
 
 // readStdinWithin reads standard input to its end, at most max bytes,
-// bounded in time: a caller that keeps it open past d is refused. The
-// read goes on in the background until r ends (an SSH channel ends with
-// its session). what names what the caller should have sent.
+// within d (ssh.stdin_timeout). what names what the caller should have
+// sent.
 func readStdinWithin(ctx context.Context, r io.Reader, d time.Duration, max int64, what string) ([]byte, error) {
-	type result struct {
-		data []byte
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		data, err := io.ReadAll(io.LimitReader(r, max+1))
-		done <- result{data, err}
-	}()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case res := <-done:
-		switch {
-		case res.err != nil:
-			return nil, fmt.Errorf("read standard input: %w", res.err)
-		case int64(len(res.data)) > max:
-			return nil, fmt.Errorf("more than %d bytes on standard input", max)
-		}
-		return res.data, nil
-	case <-t.C:
+	data, err := api.ReadWithin(ctx, r, d, max)
+	switch {
+	case errors.Is(err, api.ErrInputTooLarge):
+		return nil, fmt.Errorf("more than %d bytes on standard input", max)
+	case errors.Is(err, api.ErrInputStillOpen):
 		return nil, fmt.Errorf("standard input still open after %s (ssh.stdin_timeout): send %s and close it", d, what)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("read standard input: %w", ctx.Err())
 	}
+	return data, err
 }
 
 // parseEnv parses a dotenv file: the variables for interpolation, and

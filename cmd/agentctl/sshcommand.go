@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -86,32 +87,16 @@ and bundle limits too.`,
 const defaultMaxStdin = 3 << 20
 
 // readStdin reads standard input, at most max bytes, from r, which must
-// end within d: a client that keeps it open is not waited for. The read is
-// left behind when it does not end; agentctl exits right after.
+// end within d: a client that keeps it open is not waited for.
 func readStdin(r io.Reader, d time.Duration, max int64) ([]byte, error) {
-	type result struct {
-		b   []byte
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		b, err := io.ReadAll(io.LimitReader(r, max+1))
-		done <- result{b, err}
-	}()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case res := <-done:
-		switch {
-		case res.err != nil:
-			return nil, fmt.Errorf("read standard input: %w", res.err)
-		case int64(len(res.b)) > max:
-			return nil, fmt.Errorf("more than %d bytes on standard input (--max-stdin-bytes)", max)
-		}
-		return res.b, nil
-	case <-t.C:
+	b, err := api.ReadWithin(context.Background(), r, d, max)
+	switch {
+	case errors.Is(err, api.ErrInputTooLarge):
+		return nil, fmt.Errorf("more than %d bytes on standard input (--max-stdin-bytes)", max)
+	case errors.Is(err, api.ErrInputStillOpen):
 		return nil, fmt.Errorf("standard input still open after %s (--stdin-timeout): send the env file or archive and close it", d)
 	}
+	return b, err
 }
 
 // wantsStdin reports whether the command reads standard input (--env-file
