@@ -38,9 +38,9 @@ const drainPoll = 100 * time.Millisecond
 // upstream blocks (Upstreams) or only their server lines (Servers).
 func (px *Proxy) lists() bool { return px.Upstreams != "" || px.Servers != "" }
 
-// proxyFile is a file Berth writes into a proxy container: its path under
-// the directory the archive is copied to, and what it holds (nil content:
-// a directory).
+// proxyFile is a file (or, with dir, a directory) Berth writes into a
+// proxy container: its path under the directory the archive is copied to,
+// and what it holds.
 type proxyFile struct {
 	name    string
 	dir     bool
@@ -117,7 +117,7 @@ func (e *Executor) proxyFiles(ctx context.Context, project string, px *Proxy, pr
 			continue
 		}
 		var b strings.Builder
-		fmt.Fprintf(&b, "# Written by Berth before every reload of this proxy: the ready containers\n")
+		b.WriteString("# Written by Berth before every reload of this proxy: the ready containers\n")
 		fmt.Fprintf(&b, "# of %s (x-berth proxy.servers), for its upstream block to include. Do not edit.\n", svc)
 		serverLines(&b, "", svc, port, px.ServerParameters, servers)
 		files = append(files, proxyFile{name: path.Join(path.Base(px.Servers), svc+".conf"), content: b.String()})
@@ -126,17 +126,6 @@ func (e *Executor) proxyFiles(ctx context.Context, project string, px *Proxy, pr
 		return path.Dir(path.Clean(px.Servers)), files, nil
 	}
 	return path.Dir(px.Upstreams), []proxyFile{{name: path.Base(px.Upstreams), content: upstreams.String()}}, nil
-}
-
-// upstreamsFile renders the file of a proxy in upstreams mode, or all of
-// its files one after the other in servers mode: what a proxy container
-// has loaded, to tell whether a reload would change anything.
-func (e *Executor) upstreamsFile(ctx context.Context, project string, px *Proxy, proxyNets []string, out []string) (string, error) {
-	_, files, err := e.proxyFiles(ctx, project, px, proxyNets, out)
-	if err != nil {
-		return "", err
-	}
-	return loaded(px, files), nil
 }
 
 // loaded is what a proxy container holds once files are written into it.

@@ -114,10 +114,11 @@ func TestDrainIsBounded(t *testing.T) {
 func TestUpstreamsWithoutReadyContainer(t *testing.T) {
 	eng := newFakeEngine()
 	exec := &Executor{Engine: eng}
-	got, err := exec.upstreamsFile(t.Context(), "shop", &Proxy{Fronts: []string{"web"}, Ports: map[string]int{"web": 8000}}, []string{"shop_default"}, nil)
+	_, files, err := exec.proxyFiles(t.Context(), "shop", &Proxy{Fronts: []string{"web"}, Upstreams: upstreamsPath, Ports: map[string]int{"web": 8000}}, []string{"shop_default"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := files[0].content
 	if !strings.Contains(got, "upstream web {\n    server 127.0.0.1:8000 down;") {
 		t.Errorf("upstreams:\n%s", got)
 	}
@@ -287,7 +288,9 @@ func TestServersWithoutReadyContainer(t *testing.T) {
 // TestReloadCount: a start-first batch reloads a proxy with an upstreams
 // file once (the new container in and the old one out in one reload), and
 // a proxy that resolves the service's name twice (to learn the new
-// container, then to forget the stopped one); the count ends the output.
+// container, then to forget the stopped one); a stop-first batch twice
+// (the old one out to drain it, the new one in); the count ends the
+// output.
 func TestReloadCount(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -308,6 +311,14 @@ func TestReloadCount(t *testing.T) {
 			web.Deploy.Replicas = &one
 			p.Services["web"] = web
 		}, 1},
+		{"servers-stop-first", func(p *types.Project) {
+			withServers(p, "")
+			web := p.Services["web"]
+			one := 1
+			web.Deploy.Replicas = &one
+			web.Deploy.UpdateConfig = &types.UpdateConfig{Order: StopFirst}
+			p.Services["web"] = web
+		}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			eng := newFakeEngine()
@@ -387,5 +398,26 @@ func TestProxyServersPolicy(t *testing.T) {
 	}
 	if err != nil && strings.Contains(err.Error(), "service ok") {
 		t.Errorf("valid server parameters refused:\n%v", err)
+	}
+}
+
+// TestUpstreamsServerParameters: in the upstreams mode too, the server
+// parameters are on every server line Berth writes (not on a down one).
+func TestUpstreamsServerParameters(t *testing.T) {
+	eng := newFakeEngine()
+	p := load(t, nil)
+	withUpstreams(p, "1s")
+	p.Services["proxy"].Extensions[ExtensionKey].(map[string]any)["proxy"].(map[string]any)["server_parameters"] = "weight=2 max_fails=1"
+	apply(t, eng, plan(t, eng, desired(t, p)))
+	ip := eng.containers[eng.ids()["shop-web-1"]].ip
+	got := eng.files["shop-proxy-1:"+upstreamsPath]
+	if want := "upstream web {\n    server " + ip + ":8080 weight=2 max_fails=1;  # shop-web-1\n}\n"; !strings.Contains(got, want) {
+		t.Errorf("upstreams:\n%s\nwant %q", got, want)
+	}
+	exec := &Executor{Engine: newFakeEngine()}
+	_, files, err := exec.proxyFiles(t.Context(), "shop", &Proxy{Fronts: []string{"web"}, Upstreams: upstreamsPath,
+		Ports: map[string]int{"web": 8000}, ServerParameters: []string{"max_fails=1"}}, nil, nil)
+	if err != nil || !strings.Contains(files[0].content, "    server 127.0.0.1:8000 down;  #") {
+		t.Errorf("upstreams of a service with no container (%v):\n%s", err, files[0].content)
 	}
 }
