@@ -32,7 +32,7 @@ func TestDjangoExample(t *testing.T) {
 			}
 		case "nginx":
 			px := s.Policy.Proxy
-			if px == nil || px.Upstreams != "/etc/nginx/berth/upstreams.conf" || px.Ports["web"] != 8000 || px.Drain != 30*time.Second {
+			if px == nil || px.Servers != "/etc/nginx/berth/servers" || px.Upstreams != "" || px.Ports["web"] != 8000 || px.Drain != 30*time.Second {
 				t.Errorf("nginx proxy = %+v", px)
 			}
 		}

@@ -56,6 +56,9 @@ type Executor struct {
 	// loaded; reloadedAt is when a proxy last reloaded.
 	upstreams  map[string]string
 	reloadedAt time.Time
+	// reloads counts, by proxy service, the rounds in which its
+	// containers were reloaded.
+	reloads map[string]int
 }
 
 // Started is a container an Apply started, with its service's monitor.
@@ -82,6 +85,7 @@ func (e *Executor) say(service, format string, args ...any) {
 // then the services no longer in the file. Volumes are never removed. It
 // stops at the first failure, which names the step.
 func (e *Executor) Apply(ctx context.Context, p *Plan) error {
+	defer e.sayReloads()
 	for _, n := range p.CreateNetworks {
 		e.say("", "creating network %s", n.Name)
 		if _, err := e.Engine.NetworkCreate(ctx, n.Name, n.Options); err != nil && !errdefs.IsConflict(err) {
@@ -446,10 +450,11 @@ func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string, w
 		if err != nil {
 			return fmt.Errorf("reload proxy %s: %w", proxy, err)
 		}
+		counted := false
 		for _, c := range list {
 			name := strings.TrimPrefix(firstName(c.Names), "/")
 			var content string
-			if px.Upstreams != "" {
+			if px.lists() {
 				var nets []string
 				if c.NetworkSettings != nil {
 					nets = slices.Sorted(maps.Keys(c.NetworkSettings.Networks))
@@ -474,10 +479,48 @@ func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string, w
 				}
 			}
 			e.wrote(c.ID, content)
+			if !counted {
+				counted = true
+				e.countReload(proxy)
+			}
 			e.say(proxy, "reloaded %s (for %s)", name, service)
 		}
 	}
 	return nil
+}
+
+// countReload counts a round of reloads of a proxy service.
+func (e *Executor) countReload(proxy string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.reloads == nil {
+		e.reloads = map[string]int{}
+	}
+	e.reloads[proxy]++
+}
+
+// Reloads returns, by proxy service, how many times its containers were
+// reloaded so far (a round that reloads every container of the proxy
+// counts once).
+func (e *Executor) Reloads() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.reloads)
+}
+
+// sayReloads tells how many times each proxy was reloaded: every reload
+// closes the proxy's idle keep-alive connections to its clients, and a
+// client that sends a request on one at that instant may see it fail.
+func (e *Executor) sayReloads() {
+	reloads := e.Reloads()
+	for _, proxy := range slices.Sorted(maps.Keys(reloads)) {
+		n := reloads[proxy]
+		times := "times"
+		if n == 1 {
+			times = "time"
+		}
+		e.say(proxy, "reloaded %d %s in this rollout", n, times)
+	}
 }
 
 // resolverWait bounds how long a proxy's view of a service name may lag.
@@ -623,7 +666,7 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 		cfg.Labels[LabelRelease] = e.Release
 	}
 	var prepare func(id string) error
-	if px := spec.Policy.Proxy; px != nil && px.Upstreams != "" {
+	if px := spec.Policy.Proxy; px != nil && px.lists() {
 		// A new proxy container starts with the upstreams as they are,
 		// not with whatever file its image holds.
 		var nets []string

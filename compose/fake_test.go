@@ -348,6 +348,10 @@ func (f *fakeEngine) CopyToContainer(_ context.Context, id, dir string, content 
 		if err != nil {
 			return err
 		}
+		if hdr.Typeflag == tar.TypeDir {
+			f.record("mkdir %s %s", c.name, path.Join(dir, hdr.Name))
+			continue
+		}
 		b, err := io.ReadAll(tr)
 		if err != nil {
 			return err

@@ -3,6 +3,8 @@ package compose
 import (
 	"bytes"
 	"fmt"
+	"path"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -75,8 +77,17 @@ type Proxy struct {
 	// Ports[service] of each of its ready containers. The proxy then sends
 	// nothing to a container Berth is about to stop, and Berth drains
 	// those before stopping them.
-	Upstreams string         `json:"upstreams,omitempty"`
-	Ports     map[string]int `json:"ports,omitempty"`
+	Upstreams string `json:"upstreams,omitempty"`
+	// Servers, when set, is a directory inside the proxy's containers
+	// where Berth writes, for each fronted service, SERVICE.conf holding
+	// only the server lines of its ready containers, for the user's own
+	// upstream block to include: its options (keepalive, least_conn, ...)
+	// stay the user's. Otherwise as Upstreams; a proxy has one or neither.
+	Servers string `json:"servers,omitempty"`
+	// ServerParameters are added to every server line Berth writes (nginx
+	// server parameters such as max_fails=3 fail_timeout=10s).
+	ServerParameters []string       `json:"server_parameters,omitempty"`
+	Ports            map[string]int `json:"ports,omitempty"`
 	// Drain bounds how long a container taken out of the upstreams is
 	// given to finish the requests it has before it is stopped.
 	Drain time.Duration `json:"drain,omitempty"`
@@ -117,7 +128,10 @@ type extension struct {
 		Validate  stringOrList `yaml:"validate"`
 		Reload    stringOrList `yaml:"reload"`
 		Upstreams string       `yaml:"upstreams"`
-		Drain     duration     `yaml:"drain"`
+		Servers   string       `yaml:"servers"`
+		// ServerParameters is a string of nginx server parameters.
+		ServerParameters string   `yaml:"server_parameters"`
+		Drain            duration `yaml:"drain"`
 	} `yaml:"proxy"`
 }
 
@@ -296,7 +310,8 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 		}
 	}
 	if px := ext.Proxy; px != nil {
-		pol.Proxy = &Proxy{Validate: px.Validate, Reload: px.Reload, Upstreams: px.Upstreams, Drain: time.Duration(px.Drain)}
+		pol.Proxy = &Proxy{Validate: px.Validate, Reload: px.Reload, Upstreams: px.Upstreams, Servers: px.Servers,
+			ServerParameters: strings.Fields(px.ServerParameters), Drain: time.Duration(px.Drain)}
 		if len(pol.Proxy.Validate) == 0 {
 			pol.Proxy.Validate = []string{"nginx", "-t"}
 		}
@@ -312,6 +327,24 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 		if px.Upstreams != "" && !strings.HasPrefix(px.Upstreams, "/") {
 			bad("%s.proxy.upstreams: %q must be an absolute path inside the proxy's containers", ExtensionKey, px.Upstreams)
 		}
+		if px.Servers != "" && (!strings.HasPrefix(px.Servers, "/") || path.Clean(px.Servers) == "/") {
+			bad("%s.proxy.servers: %q must be the absolute path of a directory inside the proxy's containers (not /)", ExtensionKey, px.Servers)
+		}
+		if px.Upstreams != "" && px.Servers != "" {
+			bad("%s.proxy: upstreams and servers are two ways to write the same upstreams: choose one (servers keeps your upstream blocks' options)", ExtensionKey)
+		}
+		if px.Drain < 0 {
+			bad("%s.proxy.drain: %s must not be negative", ExtensionKey, time.Duration(px.Drain))
+		}
+		lists := px.Upstreams != "" || px.Servers != ""
+		if len(pol.Proxy.ServerParameters) > 0 && !lists {
+			bad("%s.proxy.server_parameters: only with upstreams or servers (Berth writes no server line without them)", ExtensionKey)
+		}
+		for _, param := range pol.Proxy.ServerParameters {
+			if err := checkServerParameter(param); err != nil {
+				bad("%s.proxy.server_parameters: %v", ExtensionKey, err)
+			}
+		}
 		for _, f := range px.Fronts {
 			name, port, err := splitFront(f)
 			switch {
@@ -320,8 +353,8 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 				continue
 			case p.Services[name].Name == "":
 				bad("%s.proxy.fronts: no service %s", ExtensionKey, name)
-			case px.Upstreams != "" && port == 0:
-				bad("%s.proxy.fronts: %s: with upstreams, name the port the proxy sends to (%s:PORT)", ExtensionKey, name, name)
+			case lists && port == 0:
+				bad("%s.proxy.fronts: %s: with upstreams or servers, name the port the proxy sends to (%s:PORT)", ExtensionKey, name, name)
 			}
 			pol.Proxy.Fronts = append(pol.Proxy.Fronts, name)
 			if port != 0 {
@@ -401,4 +434,19 @@ func hasCheck(s types.ServiceConfig) bool {
 	}
 	ext, err := parseExtension(s)
 	return err == nil && ext.Health != nil
+}
+
+// serverParameter matches the nginx server parameters Berth may add to the
+// server lines it writes, with their values: a count, or a time.
+var serverParameter = regexp.MustCompile(`^(?:(?:weight|max_fails|max_conns)=[0-9]{1,6}|fail_timeout=[0-9]{1,6}(?:ms|s|m|h)?)$`)
+
+// checkServerParameter accepts weight=N, max_fails=N, max_conns=N and
+// fail_timeout=TIME: the parameters that say how nginx treats each server.
+// Others (down, backup, resolve, ...) change what a server is, which is
+// Berth's to say.
+func checkServerParameter(param string) error {
+	if !serverParameter.MatchString(param) {
+		return fmt.Errorf("%q is not one of weight=N, max_fails=N, max_conns=N, fail_timeout=TIME", param)
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package compose
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"path"
@@ -33,52 +34,122 @@ const drainSettle = time.Second
 // drainPoll is how often a draining container's connections are counted.
 const drainPoll = 100 * time.Millisecond
 
-// upstreamsFile renders the upstreams file of a proxy: one nginx upstream
-// block per fronted service, with the address (on a network the proxy is
-// on) and port of each running container of the service not in out.
-func (e *Executor) upstreamsFile(ctx context.Context, project string, px *Proxy, proxyNets []string, out []string) (string, error) {
-	var b strings.Builder
-	b.WriteString("# Written by Berth before every reload of this proxy: the ready containers\n")
-	b.WriteString("# of each service it fronts (x-berth proxy.upstreams). Do not edit.\n")
-	for _, svc := range px.Fronts {
-		port := px.Ports[svc]
-		list, err := e.running(ctx, project, svc)
-		if err != nil {
-			return "", err
-		}
-		type server struct{ name, addr string }
-		var servers []server
-		for _, c := range list {
-			if c.Labels[LabelOneoff] == "True" || slices.Contains(out, c.ID) || c.NetworkSettings == nil {
-				continue
-			}
-			for _, n := range proxyNets {
-				if ep := c.NetworkSettings.Networks[n]; ep != nil && ep.IPAddress != "" {
-					servers = append(servers, server{strings.TrimPrefix(firstName(c.Names), "/"), ep.IPAddress})
-					break
-				}
-			}
-		}
-		slices.SortFunc(servers, func(a, b server) int { return strings.Compare(a.name, b.name) })
-		fmt.Fprintf(&b, "upstream %s {\n", svc)
-		for _, s := range servers {
-			fmt.Fprintf(&b, "    server %s:%d;  # %s\n", s.addr, port, s.name)
-		}
-		if len(servers) == 0 {
-			fmt.Fprintf(&b, "    server 127.0.0.1:%d down;  # no container of %s is ready\n", port, svc)
-		}
-		b.WriteString("}\n")
-	}
-	return b.String(), nil
+// lists reports whether Berth writes the proxy's server lists: whole
+// upstream blocks (Upstreams) or only their server lines (Servers).
+func (px *Proxy) lists() bool { return px.Upstreams != "" || px.Servers != "" }
+
+// proxyFile is a file (or, with dir, a directory) Berth writes into a
+// proxy container: its path under the directory the archive is copied to,
+// and what it holds.
+type proxyFile struct {
+	name    string
+	dir     bool
+	content string
 }
 
-// writeUpstreams writes a proxy container's upstreams file, unless it holds
-// that content already, and says whether it wrote.
+// server is a ready container of a fronted service, as a proxy reaches it.
+type server struct{ name, addr string }
+
+// readyServers lists the running containers of a service not in out, with
+// their address on the first of proxyNets they are on, sorted by name.
+func (e *Executor) readyServers(ctx context.Context, project, service string, proxyNets, out []string) ([]server, error) {
+	list, err := e.running(ctx, project, service)
+	if err != nil {
+		return nil, err
+	}
+	var servers []server
+	for _, c := range list {
+		if c.Labels[LabelOneoff] == "True" || slices.Contains(out, c.ID) || c.NetworkSettings == nil {
+			continue
+		}
+		for _, n := range proxyNets {
+			if ep := c.NetworkSettings.Networks[n]; ep != nil && ep.IPAddress != "" {
+				servers = append(servers, server{strings.TrimPrefix(firstName(c.Names), "/"), ep.IPAddress})
+				break
+			}
+		}
+	}
+	slices.SortFunc(servers, func(a, b server) int { return strings.Compare(a.name, b.name) })
+	return servers, nil
+}
+
+// serverLines writes the nginx server lines of a service's ready
+// containers, indented by indent; a service with none gets a server that
+// is down, so that the upstream stays valid.
+func serverLines(b *strings.Builder, indent, service string, port int, params []string, servers []server) {
+	extra := ""
+	if len(params) > 0 {
+		extra = " " + strings.Join(params, " ")
+	}
+	for _, s := range servers {
+		fmt.Fprintf(b, "%sserver %s:%d%s;  # %s\n", indent, s.addr, port, extra, s.name)
+	}
+	if len(servers) == 0 {
+		fmt.Fprintf(b, "%sserver 127.0.0.1:%d down;  # no container of %s is ready\n", indent, port, service)
+	}
+}
+
+// proxyFiles renders what Berth writes into a proxy container, and the
+// directory the files go to: with Upstreams, one file of nginx upstream
+// blocks, one per fronted service; with Servers, the directory itself and
+// SERVICE.conf in it for each fronted service, holding only its server
+// lines. Each lists the address (on a network the proxy is on, proxyNets)
+// and port of every running container of the service not in out.
+func (e *Executor) proxyFiles(ctx context.Context, project string, px *Proxy, proxyNets, out []string) (string, []proxyFile, error) {
+	var upstreams strings.Builder
+	var files []proxyFile
+	if px.Servers != "" {
+		files = append(files, proxyFile{name: path.Base(px.Servers), dir: true})
+	} else {
+		upstreams.WriteString("# Written by Berth before every reload of this proxy: the ready containers\n")
+		upstreams.WriteString("# of each service it fronts (x-berth proxy.upstreams). Do not edit.\n")
+	}
+	for _, svc := range px.Fronts {
+		servers, err := e.readyServers(ctx, project, svc, proxyNets, out)
+		if err != nil {
+			return "", nil, err
+		}
+		port := px.Ports[svc]
+		if px.Servers == "" {
+			fmt.Fprintf(&upstreams, "upstream %s {\n", svc)
+			serverLines(&upstreams, "    ", svc, port, px.ServerParameters, servers)
+			upstreams.WriteString("}\n")
+			continue
+		}
+		var b strings.Builder
+		b.WriteString("# Written by Berth before every reload of this proxy: the ready containers\n")
+		fmt.Fprintf(&b, "# of %s (x-berth proxy.servers), for its upstream block to include. Do not edit.\n", svc)
+		serverLines(&b, "", svc, port, px.ServerParameters, servers)
+		files = append(files, proxyFile{name: path.Join(path.Base(px.Servers), svc+".conf"), content: b.String()})
+	}
+	if px.Servers != "" {
+		return path.Dir(path.Clean(px.Servers)), files, nil
+	}
+	return path.Dir(px.Upstreams), []proxyFile{{name: path.Base(px.Upstreams), content: upstreams.String()}}, nil
+}
+
+// loaded is what a proxy container holds once files are written into it.
+func loaded(px *Proxy, files []proxyFile) string {
+	if px.Servers == "" {
+		return files[0].content
+	}
+	var b strings.Builder
+	for _, f := range files {
+		if !f.dir {
+			fmt.Fprintf(&b, "==> %s <==\n%s", f.name, f.content)
+		}
+	}
+	return b.String()
+}
+
+// writeUpstreams writes a proxy container's upstreams file (or servers
+// files), unless it holds that content already, and says whether it wrote.
 func (e *Executor) writeUpstreams(ctx context.Context, project string, px *Proxy, id string, proxyNets, out []string) (string, bool, error) {
-	content, err := e.upstreamsFile(ctx, project, px, proxyNets, out)
+	dir, files, err := e.proxyFiles(ctx, project, px, proxyNets, out)
 	if err != nil {
 		return "", false, err
 	}
+	content := loaded(px, files)
 	e.mu.Lock()
 	same := e.upstreams[id] == content
 	e.mu.Unlock()
@@ -87,18 +158,25 @@ func (e *Executor) writeUpstreams(ctx context.Context, project string, px *Proxy
 	}
 	var tarball bytes.Buffer
 	tw := tar.NewWriter(&tarball)
-	hdr := &tar.Header{Name: path.Base(px.Upstreams), Mode: 0o644, Size: int64(len(content)), ModTime: time.Now()}
-	if err := tw.WriteHeader(hdr); err != nil {
-		return "", false, err
-	}
-	if _, err := tw.Write([]byte(content)); err != nil {
-		return "", false, err
+	now := time.Now()
+	for _, f := range files {
+		hdr := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.content)), ModTime: now}
+		if f.dir {
+			hdr = &tar.Header{Name: f.name + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return "", false, err
+		}
+		if _, err := tw.Write([]byte(f.content)); err != nil {
+			return "", false, err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return "", false, err
 	}
-	if err := e.Engine.CopyToContainer(ctx, id, path.Dir(px.Upstreams), &tarball, container.CopyToContainerOptions{}); err != nil {
-		return "", false, fmt.Errorf("write %s: %w", px.Upstreams, err)
+	what := cmp.Or(px.Servers, px.Upstreams)
+	if err := e.Engine.CopyToContainer(ctx, id, dir, &tarball, container.CopyToContainerOptions{}); err != nil {
+		return "", false, fmt.Errorf("write %s: %w", what, err)
 	}
 	return content, true, nil
 }
@@ -119,7 +197,7 @@ func (e *Executor) wrote(id, content string) {
 func (p *Plan) drainProxies(service string) []*Proxy {
 	var out []*Proxy
 	for _, name := range p.proxies[service] {
-		if spec := p.spec(name); spec != nil && spec.Policy.Proxy != nil && spec.Policy.Proxy.Upstreams != "" {
+		if spec := p.spec(name); spec != nil && spec.Policy.Proxy != nil && spec.Policy.Proxy.lists() {
 			out = append(out, spec.Policy.Proxy)
 		}
 	}

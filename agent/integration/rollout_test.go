@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"maps"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/compose"
 	"github.com/docker/docker/api/types/image"
 )
 
@@ -40,7 +43,6 @@ func poll(t *testing.T, url string, workers int) *poller {
 // pollWith is poll with another method; a POST sends a small body.
 func pollWith(t *testing.T, method, url string, workers int) *poller {
 	t.Helper()
-	p := &poller{bodies: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	client := &http.Client{Timeout: 10 * time.Second}
 	if method == http.MethodPost {
 		// A new connection for every POST: nginx closes its idle keep-alive
@@ -51,6 +53,13 @@ func pollWith(t *testing.T, method, url string, workers int) *poller {
 		// what this test measures.
 		client.Transport = &http.Transport{DisableKeepAlives: true}
 	}
+	return pollClient(t, method, url, workers, client)
+}
+
+// pollClient is pollWith with the given client.
+func pollClient(t *testing.T, method, url string, workers int, client *http.Client) *poller {
+	t.Helper()
+	p := &poller{bodies: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -492,7 +501,10 @@ services:
 // base image) under continuous HTTP load: zero failed requests. With
 // nginx resolving web through Docker's DNS, GETs (nginx retries them on
 // another upstream); with an upstreams file Berth writes, POSTs too: the
-// old containers are out of nginx and drained before they stop.
+// old containers are out of nginx and drained before they stop. With the
+// servers files Berth writes into the user's own upstream block, which
+// keeps idle connections to web open (keepalive 16), the same, and the
+// drain of each old container is not held by those idle connections.
 func TestStartFirstBehindNginxUnderLoad(t *testing.T) {
 	if !testenv.Required() {
 		t.Skip("needs the Debian base image (scripts/base-image.sh): runs under scripts/test.sh and in CI")
@@ -500,20 +512,20 @@ func TestStartFirstBehindNginxUnderLoad(t *testing.T) {
 	docker := testenv.Docker(t)
 	base := baseImage(t)
 	reg := testenv.StartRegistry(t)
-	for _, upstreams := range []bool{false, true} {
-		name := "dns"
-		if upstreams {
-			name = "upstreams"
-		}
-		t.Run(name, func(t *testing.T) {
-			nginxRef := reg.Ref("nginx:" + name)
-			buildNginx(t, base, nginxRef, upstreams)
+	for _, tc := range []struct {
+		mode    string
+		proxy   string
+		reloads int // by a start-first rollout of two replicas, one at a time
+	}{
+		{"dns", "{fronts: [web]}", 4},
+		{"upstreams", "{fronts: [\"web:8080\"], upstreams: /etc/nginx/berth/upstreams.conf}", 2},
+		{"servers", "{fronts: [\"web:8080\"], servers: /etc/nginx/berth/servers, server_parameters: \"max_fails=1 fail_timeout=5s\"}", 2},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			nginxRef := reg.Ref("nginx:" + tc.mode)
+			buildNginx(t, base, nginxRef, tc.mode)
 			reg.Push(t, docker, nginxRef)
 			port := freePort(t)
-			proxy := "{fronts: [web]}"
-			if upstreams {
-				proxy = "{fronts: [\"web:8080\"], upstreams: /etc/nginx/berth/upstreams.conf}"
-			}
 			h := newHarness(t, `
 services:
   web:
@@ -523,19 +535,24 @@ services:
       update_config: {monitor: 2s}
     stop_grace_period: 10s
   nginx:
-    image: $REGISTRY/nginx:`+name+`
+    image: $REGISTRY/nginx:`+tc.mode+`
     ports: ["127.0.0.1:`+port+`:80"]
     depends_on: [web]
     healthcheck:
       test: ["CMD", "curl", "-fsS", "http://127.0.0.1/"]
       interval: 1s
     x-berth:
-      proxy: `+proxy+`
+      proxy: `+tc.proxy+`
 `, options{reg: reg})
 			// Like gunicorn's sync workers: two requests at a time, 20 ms
 			// each, the rest waiting in the listen queue, which the kernel
-			// resets when the listener closes at SIGTERM.
+			// resets when the listener closes at SIGTERM. With upstream
+			// keepalive, like gunicorn's gthread workers (or uvicorn): a
+			// connection nginx keeps idle must not hold a worker.
 			app := map[string]string{"WORKERS": "2", "REQUEST_DELAY": "20ms"}
+			if tc.mode == "servers" {
+				delete(app, "WORKERS")
+			}
 			h.image("web:v1", testenv.Image{Base: base, Healthcheck: true, Env: with(app, "VERSION", "v1")})
 			h.image("web:v2", testenv.Image{Base: base, Healthcheck: true, Env: with(app, "VERSION", "v2")})
 			h.start()
@@ -543,9 +560,14 @@ services:
 			url := "http://127.0.0.1:" + port + "/"
 			httpDo(t, http.MethodGet, url, "")
 
+			// GETs keep their connections open; POSTs open one per request
+			// (see pollWith). The keep-alive POSTs are measured apart: a
+			// reload may close their connection as one is sent.
 			pollers := map[string]*poller{http.MethodGet: poll(t, url, 4)}
-			if upstreams {
+			var keptPOSTs *poller
+			if tc.mode != "dns" {
 				pollers[http.MethodPost] = pollWith(t, http.MethodPost, url, 4)
+				keptPOSTs = pollKeepAlive(t, http.MethodPost, url, 4)
 			}
 			for _, p := range pollers {
 				waitFor(t, func() bool { return p.ok.Load() > 50 })
@@ -559,18 +581,58 @@ services:
 				})
 				p.report(t, method+"s through nginx during a start-first rollout")
 			}
+			if keptPOSTs != nil {
+				keptPOSTs.end()
+				// Each reload closes each idle client connection once: at
+				// most one POST per client and reload can meet it.
+				failed, ok := keptPOSTs.failed.Load(), keptPOSTs.ok.Load()
+				keptPOSTs.mu.Lock()
+				lastErr := keptPOSTs.lastErr
+				keptPOSTs.mu.Unlock()
+				t.Logf("POSTs on kept-alive client connections: %d answered, %d failed over %d reloads (last error: %s)", ok, failed, tc.reloads, lastErr)
+				if failed > int64(4*tc.reloads) || ok == 0 {
+					t.Errorf("POSTs on kept-alive connections: %d failed over %d reloads by 4 clients, %d answered", failed, tc.reloads, ok)
+				}
+			}
 			if t.Failed() {
 				logs, _ := exec.Command("docker", "logs", "--timestamps", h.project+"-nginx-1").CombinedOutput()
 				t.Logf("deploy:\n%s\nnginx log:\n%s", out, logs)
 			}
-			if !strings.Contains(out, "reloaded") {
-				t.Errorf("nginx was never reloaded:\n%s", out)
+			if want := fmt.Sprintf("[nginx] reloaded %d times in this rollout", tc.reloads); !strings.Contains(out, want) {
+				t.Errorf("the deploy's output lacks %q:\n%s", want, out)
 			}
-			if upstreams && strings.Count(out, "drained "+h.project+"-web-") != 2 {
-				t.Errorf("the two old containers were not drained:\n%s", out)
+			if tc.mode == "dns" {
+				return
+			}
+			drains := drained.FindAllStringSubmatch(out, -1)
+			if len(drains) != 2 {
+				t.Fatalf("the two old containers were not drained:\n%s", out)
+			}
+			for _, m := range drains {
+				d, err := time.ParseDuration(m[2])
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("drained %s in %s (proxy.drain: %s)", m[1], d, compose.DefaultDrain)
+				// The drain waits 1 s after the reload, then for the
+				// connections to the old container: idle keep-alive ones
+				// from nginx's old workers are closed as they shut down.
+				if d > 5*time.Second {
+					t.Errorf("draining %s took %s, want well under proxy.drain (%s)", m[1], d, compose.DefaultDrain)
+				}
 			}
 		})
 	}
+}
+
+// drained matches the drain's progress line: container and time taken.
+var drained = regexp.MustCompile(`drained (\S+) in (\S+)`)
+
+// pollKeepAlive is pollWith whose clients keep their connections open
+// whatever the method.
+func pollKeepAlive(t *testing.T, method, url string, workers int) *poller {
+	t.Helper()
+	return pollClient(t, method, url, workers, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}})
 }
 
 // with returns a copy of env with key set to value.
@@ -607,15 +669,23 @@ func baseImage(t *testing.T) string {
 }
 
 // buildNginx builds an nginx image on the Debian base image whose config
-// proxies to the web service the way a Django stack's nginx does: by the
-// service's name, or through the upstream block in the file Berth writes
-// (the image's own copy names the service, for a start without Berth).
-func buildNginx(t *testing.T, base, ref string, upstreams bool) {
+// proxies to the web service the way a Django stack's nginx does, by mode:
+// "dns", by the service's name; "upstreams", through the upstream block in
+// the file Berth writes; "servers", through the user's own upstream block
+// (least_conn, keepalive 16) that includes the server lines Berth writes.
+// The image's own copies name the service, for a start without Berth.
+func buildNginx(t *testing.T, base, ref, mode string) {
 	t.Helper()
 	dir := t.TempDir()
-	include, pass := "", "http://web:8080"
-	if upstreams {
+	include, pass, keepalive := "", "http://web:8080", ""
+	switch mode {
+	case "upstreams":
 		include, pass = "include /etc/nginx/berth/upstreams.conf;", "http://web"
+	case "servers":
+		include = "upstream web { least_conn; keepalive 16; include /etc/nginx/berth/servers/web.conf; }"
+		pass = "http://web"
+		// Upstream keepalive needs HTTP/1.1 and no "Connection: close".
+		keepalive = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
 	}
 	conf := `worker_processes 2;
 error_log stderr warn;
@@ -628,6 +698,7 @@ http {
         listen 80;
         location / {
             proxy_pass ` + pass + `;
+            ` + keepalive + `
             # The one setting Berth asks of a proxy: upstreams are on this
             # host, so a connection that is not answered in 2s is to a
             # container that has just stopped; go to the next one.
@@ -639,7 +710,9 @@ http {
 	files := map[string]string{
 		"nginx.conf":     conf,
 		"upstreams.conf": "upstream web { server web:8080; }\n",
+		"web.conf":       "server web:8080;\n",
 		"Dockerfile": "FROM " + base + "\nCOPY nginx.conf /etc/nginx/nginx.conf\nCOPY upstreams.conf /etc/nginx/berth/upstreams.conf\n" +
+			"COPY web.conf /etc/nginx/berth/servers/web.conf\n" +
 			"STOPSIGNAL SIGQUIT\nCMD [\"nginx\", \"-g\", \"daemon off;\"]\n",
 	}
 	for name, body := range files {
