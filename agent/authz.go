@@ -23,14 +23,6 @@ type deniedError struct{ msg string }
 func (e *deniedError) Error() string        { return e.msg }
 func (e *deniedError) Is(target error) bool { return target == ErrDenied }
 
-// Local returns the principal of a local user of the host, on agentd's
-// unix socket.
-func Local(user string) auth.Principal { return auth.Principal{Method: "local", Detail: user} }
-
-// isLocal reports whether p is a local user of the host (the socket's
-// peer), rather than an identity of the config.
-func isLocal(p auth.Principal) bool { return p.Method == "local" && p.Identity == "" }
-
 // authorize is where the service decides whether p may use verb on
 // project, and, with ship, send the deploy's compose file with the
 // request. A door authenticates; this is the one decision of every door.
@@ -41,7 +33,7 @@ func isLocal(p auth.Principal) bool { return p.Method == "local" && p.Identity =
 // (status with no project: of those it may see), and ship a compose file
 // only with ship_compose.
 func (s *Service) authorize(p auth.Principal, verb, project string, ship bool) error {
-	if isLocal(p) {
+	if p.IsLocal() {
 		if allow := s.cfg.Socket.AllowUsers; len(allow) > 0 && !slices.Contains(allow, p.Detail) {
 			return s.deny(p, verb, project, "not in socket.allow_users",
 				fmt.Sprintf("local user %s is not allowed to use agentd (socket.allow_users)", p.Detail))
@@ -65,7 +57,7 @@ func (s *Service) authorize(p auth.Principal, verb, project string, ship bool) e
 // allowed reports whether p may use verb on project, without a word in
 // the log: for filtering what p is shown.
 func (s *Service) allowed(p auth.Principal, verb, project string) bool {
-	if isLocal(p) {
+	if p.IsLocal() {
 		allow := s.cfg.Socket.AllowUsers
 		return len(allow) == 0 || slices.Contains(allow, p.Detail)
 	}

@@ -277,7 +277,7 @@ func TestAuthorizationLocalUsers(t *testing.T) {
 				if ship {
 					v = api.VerbDeploy
 				}
-				code, told, seen := viaMethods(t, svc, Local(tc.user), v, project, ship)
+				code, told, seen := viaMethods(t, svc, auth.Local(tc.user), v, project, ship)
 				if !tc.ok {
 					want := fmt.Sprintf("local user %s is not allowed to use agentd (socket.allow_users)", tc.user)
 					if code != api.ExitDenied || told != want {
@@ -308,7 +308,7 @@ func TestAuthorizationLocalUsers(t *testing.T) {
 // as the door authenticated it.
 func TestAuthorizationIsRecordedAs(t *testing.T) {
 	svc, st, _ := newAuthzService(t)
-	for _, p := range []auth.Principal{Local("alice"), {Identity: "ops", Method: "oidc", Detail: "group/shop@main"}} {
+	for _, p := range []auth.Principal{auth.Local("alice"), {Identity: "ops", Method: "oidc", Detail: "group/shop@main"}} {
 		if _, err := svc.Lock(t.Context(), p, api.LockRequest{Project: "shop", Message: "why"}); err != nil {
 			t.Fatal(err)
 		}

@@ -29,7 +29,7 @@ const (
 
 // Run carries out one command of the grammar for an authenticated remote
 // principal (the SSH front door, or agentctl ssh-command): it parses the
-// words, checks the identity's scopes, runs the verb, and writes progress
+// words, authorizes the caller (authorize, as for every door), runs the verb, and writes progress
 // to stdout (text, or JSON lines with --json) and refusals to stderr. It
 // returns the exit code.
 //

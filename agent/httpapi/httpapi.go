@@ -114,7 +114,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The caller is the peer's user; the service decides what it may do
 	// (socket.allow_users). ssh-command acts as an identity whose
 	// local_users name the peer, and the host key is public.
-	h.mux.ServeHTTP(w, withPrincipal(r, agent.Local(p.name)))
+	h.mux.ServeHTTP(w, withPrincipal(r, auth.Local(p.name)))
 }
 
 type principalKey struct{}
