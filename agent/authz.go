@@ -33,29 +33,26 @@ func (e *deniedError) Is(target error) bool { return target == ErrDenied }
 // (status with no project: of those it may see), and ship a compose file
 // only with ship_compose.
 func (s *Service) authorize(p auth.Principal, verb, project string, ship bool) error {
-	if p.IsLocal() {
-		if allow := s.cfg.Socket.AllowUsers; len(allow) > 0 && !slices.Contains(allow, p.Detail) {
-			return s.deny(p, verb, project, "not in socket.allow_users",
-				fmt.Sprintf("local user %s is not allowed to use agentd (socket.allow_users)", p.Detail))
-		}
-		return nil
-	}
-	if !s.ids.Allowed(p.Identity, project, verb) {
+	switch {
+	case !s.allowed(p, verb, project) && p.IsLocal():
+		return s.deny(p, verb, project, "not in socket.allow_users",
+			fmt.Sprintf("local user %s is not allowed to use agentd (socket.allow_users)", p.Detail))
+	case !s.allowed(p, verb, project):
 		what := verb
 		if project != "" {
 			what += " " + project
 		}
 		return s.deny(p, verb, project, "not allowed", fmt.Sprintf("%s may not %s", subject(p), what))
-	}
-	if ship && !s.ids.MayShip(p.Identity) {
+	case ship && !p.IsLocal() && !s.ids.MayShip(p.Identity):
 		return s.deny(p, verb, project, "may not ship a compose file",
 			fmt.Sprintf("%s may not ship a compose file (ship_compose)", subject(p)))
 	}
 	return nil
 }
 
-// allowed reports whether p may use verb on project, without a word in
-// the log: for filtering what p is shown.
+// allowed reports whether p may use verb on project (shipping aside),
+// without a word in the log: authorize's rule, and the filter of what p
+// is shown.
 func (s *Service) allowed(p auth.Principal, verb, project string) bool {
 	if p.IsLocal() {
 		allow := s.cfg.Socket.AllowUsers
