@@ -220,13 +220,13 @@ func (r *run) begin(ctx context.Context, verb, message string, wait time.Duratio
 	return unlock, nil
 }
 
-// Deploy runs one deploy request for identity and returns its exit code.
+// deploy runs one deploy request for identity and returns its exit code.
 // The last event emitted is the result, with the same code. A dry run
 // (req.DryRun) loads and checks the request as a deploy does, resolves
 // the images (no pull) and shows the plan; it takes no lock, records
 // nothing and changes nothing: exit code 0, or 2 for what a deploy would
 // refuse.
-func (s *Service) Deploy(ctx context.Context, identity string, req api.DeployRequest, emit Emit) int {
+func (s *Service) deploy(ctx context.Context, identity string, req api.DeployRequest, emit Emit) int {
 	if req.DryRun {
 		r := s.newRun(req.Project, identity, emit)
 		r.dry = true
@@ -349,8 +349,8 @@ func (r *run) dryRun(ctx context.Context, desired *compose.Desired) outcome {
 	return outcome{code: api.ExitOK, msg: fmt.Sprintf("dry run: the deploy would change %s; nothing was changed", strings.Join(plan.ChangedServices(), ", "))}
 }
 
-// Rollback redeploys a recorded release, by digest, with the same gating.
-func (s *Service) Rollback(ctx context.Context, identity string, req api.RollbackRequest, emit Emit) int {
+// rollback redeploys a recorded release, by digest, with the same gating.
+func (s *Service) rollback(ctx context.Context, identity string, req api.RollbackRequest, emit Emit) int {
 	return s.locked(ctx, api.KindRollback, req.Project, identity, req.Message, req.Wait, emit,
 		func(r *run) outcome { return r.rollback(ctx, req) })
 }
@@ -811,10 +811,10 @@ func pinnedYAML(p *types.Project, pins map[string]compose.Pin) ([]byte, error) {
 	return b, nil
 }
 
-// Lock holds a project's deploys for identity (or, with req.Unlock,
+// lock holds a project's deploys for identity (or, with req.Unlock,
 // releases the hold). A held project refuses deploys and rollbacks with
 // exit code 3, naming who holds it, since when and why.
-func (s *Service) Lock(_ context.Context, identity string, req api.LockRequest) (*api.Holder, error) {
+func (s *Service) lock(_ context.Context, identity string, req api.LockRequest) (*api.Holder, error) {
 	if _, ok := s.cfg.Projects[req.Project]; !ok {
 		return nil, fmt.Errorf("lock %q: %w", req.Project, ErrUnknownProject)
 	}
@@ -838,9 +838,9 @@ func (s *Service) Lock(_ context.Context, identity string, req api.LockRequest) 
 	return h, nil
 }
 
-// Status reports the current release and containers of one project, or of
+// status reports the current release and containers of one project, or of
 // every project when name is empty.
-func (s *Service) Status(ctx context.Context, name string) ([]api.ProjectStatus, error) {
+func (s *Service) status(ctx context.Context, name string) ([]api.ProjectStatus, error) {
 	names := s.cfg.ProjectNames()
 	if name != "" {
 		if _, ok := s.cfg.Projects[name]; !ok {
@@ -901,9 +901,9 @@ func firstOf(s []string) string {
 	return s[0]
 }
 
-// History returns the recorded releases of a project, newest first,
+// history returns the recorded releases of a project, newest first,
 // without their recorded state.
-func (s *Service) History(_ context.Context, name string) ([]api.Release, error) {
+func (s *Service) history(_ context.Context, name string) ([]api.Release, error) {
 	if _, ok := s.cfg.Projects[name]; !ok {
 		return nil, fmt.Errorf("history %q: %w", name, ErrUnknownProject)
 	}

@@ -29,7 +29,7 @@ const (
 
 // Run carries out one command of the grammar for an authenticated remote
 // principal (the SSH front door, or agentctl ssh-command): it parses the
-// words, checks the identity's scopes, runs the verb, and writes progress
+// words, authorizes the caller (authorize, as for every door), runs the verb, and writes progress
 // to stdout (text, or JSON lines with --json) and refusals to stderr. It
 // returns the exit code.
 //
@@ -58,25 +58,18 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 	if err != nil {
 		return refuse(api.ExitBadRequest, "%v", err)
 	}
-	if !s.ids.Allowed(p.Identity, cmd.Project, cmd.Verb) {
-		what := cmd.Verb
-		if cmd.Project != "" {
-			what += " " + cmd.Project
-		}
-		refused("not allowed", "verb", cmd.Verb, "project", clip.F(cmd.Project))
-		return refuse(api.ExitDenied, "identity %s may not %s", p.Identity, what)
+	// Authorized before the project is looked up, so that a caller
+	// learns nothing of projects outside its scopes, and before standard
+	// input is read: an identity that may not ship a compose file gets no
+	// archive read.
+	if err := s.authorize(p, cmd.Verb, cmd.Project, cmd.ComposeFromStdin); err != nil {
+		return refuse(api.ExitDenied, "%v", err)
 	}
 	if _, ok := s.cfg.Projects[cmd.Project]; cmd.Project != "" && !ok {
 		// The configured projects are not listed: this caller may not
 		// be allowed to know them.
 		refused("unknown project", "verb", cmd.Verb, "project", clip.F(cmd.Project))
 		return refuse(api.ExitBadRequest, "%s %q: %v", cmd.Verb, cmd.Project, ErrUnknownProject)
-	}
-	// Refused before standard input is read: an identity that may not
-	// ship a compose file gets no archive read.
-	if cmd.ComposeFromStdin && !s.MayShip(p) {
-		refused("may not ship a compose file", "verb", cmd.Verb, "project", cmd.Project)
-		return refuse(api.ExitDenied, "identity %s may not ship a compose file (ship_compose)", p.Identity)
 	}
 	if err := s.readCommandStdin(ctx, &cmd, stdin, stdinTimeout); err != nil {
 		// Not the error: a parse error may quote the env file, whose
@@ -95,11 +88,11 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 	who := p.String()
 	switch cmd.Verb {
 	case api.VerbDeploy:
-		return s.Deploy(ctx, who, cmd.Deploy, emit)
+		return s.deploy(ctx, who, cmd.Deploy, emit)
 	case api.VerbRollback:
-		return s.Rollback(ctx, who, cmd.Rollback, emit)
+		return s.rollback(ctx, who, cmd.Rollback, emit)
 	case api.VerbLock, api.VerbUnlock:
-		h, err := s.Lock(ctx, who, cmd.Lock)
+		h, err := s.lock(ctx, who, cmd.Lock)
 		if err != nil {
 			return refuse(codeOf(err), "%v", err)
 		}
@@ -114,45 +107,28 @@ func (s *Service) Run(ctx context.Context, p auth.Principal, args []string, stdi
 			}
 		})
 	case api.VerbStatus:
-		st, err := s.Status(ctx, cmd.Project)
+		visible, err := s.visibleStatus(ctx, p, cmd.Project)
 		if err != nil {
 			return refuse(codeOf(err), "%v", err)
-		}
-		visible := st[:0]
-		for _, ps := range st {
-			if s.ids.Allowed(p.Identity, ps.Project, api.VerbStatus) {
-				visible = append(visible, ps)
-			}
 		}
 		return printJSONOr(stdout, cmd.JSON, visible, func() { api.PrintStatus(stdout, visible) })
 	case api.VerbHistory:
-		hist, err := s.History(ctx, cmd.Project)
+		hist, err := s.history(ctx, cmd.Project)
 		if err != nil {
 			return refuse(codeOf(err), "%v", err)
 		}
-		live := 0
-		if cur, ok, err := s.store.Current(cmd.Project); err == nil && ok {
-			live = cur.Number
-		}
-		return printJSONOr(stdout, cmd.JSON, hist, func() { api.PrintHistory(stdout, cmd.Project, hist, live) })
+		return printJSONOr(stdout, cmd.JSON, hist, func() { api.PrintHistory(stdout, cmd.Project, hist, s.Live(cmd.Project)) })
 	}
 	return refuse(api.ExitBadRequest, "unknown verb %q", cmd.Verb)
 }
 
-// MayShip reports whether p may send a deploy's compose file with the
-// request: an identity with ship_compose, or a local user of the host
-// (who controls the host already).
-func (s *Service) MayShip(p auth.Principal) bool {
-	if p.Method == "local" && p.Identity == "" {
-		return true
-	}
-	return s.ids.MayShip(p.Identity)
-}
-
 // codeOf maps a status, history or lock error to an exit code.
 func codeOf(err error) int {
-	if errors.Is(err, ErrUnknownProject) {
+	switch {
+	case errors.Is(err, ErrUnknownProject):
 		return api.ExitBadRequest
+	case errors.Is(err, ErrDenied):
+		return api.ExitDenied
 	}
 	return api.ExitBroken
 }

@@ -265,35 +265,3 @@ func TestRunRefusesShippingBeforeReading(t *testing.T) {
 		t.Errorf("exit %d after %v, %q; want 4 at once", code, took, out)
 	}
 }
-
-// TestMayShip: an identity ships a compose file only with ship_compose,
-// whichever door it comes through; a local user of the socket always may.
-func TestMayShip(t *testing.T) {
-	cfg := &config.Config{
-		Projects: map[string]config.Project{"shop": {}},
-		Identities: []config.Identity{
-			{Name: "ci", LocalUsers: []string{"root"}, Projects: []string{"shop"}, Verbs: []string{"deploy"}, ShipCompose: true},
-			{Name: "ops", LocalUsers: []string{"root"}, Projects: []string{"*"}, Verbs: []string{"*"}},
-		},
-	}
-	svc, err := New(cfg, nil, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		p    auth.Principal
-		want bool
-	}{
-		{auth.Principal{Identity: "ci", Method: "ssh"}, true},
-		{auth.Principal{Identity: "ci", Method: "ssh-command", Detail: "local:deploy"}, true},
-		{auth.Principal{Identity: "ops", Method: "ssh"}, false},
-		{auth.Principal{Identity: "ops", Method: "ssh-command", Detail: "local:root"}, false},
-		{auth.Principal{Identity: "nobody", Method: "hmac"}, false},
-		{auth.Principal{Method: "local", Detail: "alice"}, true},
-		{auth.Principal{Identity: "ops", Method: "local", Detail: "alice"}, false},
-	} {
-		if got := svc.MayShip(tc.p); got != tc.want {
-			t.Errorf("MayShip(%s) = %v, want %v", tc.p, got, tc.want)
-		}
-	}
-}

@@ -185,17 +185,17 @@ func TestDryRunTellsNoObserver(t *testing.T) {
 	svc.Observe(obs)
 	var last api.Event
 	emit := func(e api.Event) { last = e }
-	if code := svc.Deploy(t.Context(), "test", api.DeployRequest{Project: "nope", DryRun: true}, emit); code != api.ExitBadRequest || obs.n != 0 {
+	if code := svc.deploy(t.Context(), "test", api.DeployRequest{Project: "nope", DryRun: true}, emit); code != api.ExitBadRequest || obs.n != 0 {
 		t.Errorf("dry run of an unknown project: exit %d, observers told %d times; want 2, 0", code, obs.n)
 	}
 	if last.Type != api.EventResult || !strings.Contains(last.Message, "unknown project") {
 		t.Errorf("last event: %+v", last)
 	}
 	// A bad source is refused before anything is loaded.
-	if code := svc.Deploy(t.Context(), "test", api.DeployRequest{Project: "shop", DryRun: true, Source: "a b"}, emit); code != api.ExitBadRequest || obs.n != 0 {
+	if code := svc.deploy(t.Context(), "test", api.DeployRequest{Project: "shop", DryRun: true, Source: "a b"}, emit); code != api.ExitBadRequest || obs.n != 0 {
 		t.Errorf("dry run with a bad source: exit %d, observers told %d times; want 2, 0", code, obs.n)
 	}
-	if code := svc.Deploy(t.Context(), "test", api.DeployRequest{Project: "nope"}, emit); code != api.ExitBadRequest || obs.n != 1 {
+	if code := svc.deploy(t.Context(), "test", api.DeployRequest{Project: "nope"}, emit); code != api.ExitBadRequest || obs.n != 1 {
 		t.Errorf("deploy of an unknown project: exit %d, observers told %d times; want 2, 1", code, obs.n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -479,26 +480,51 @@ func baseImage(t *testing.T, root string) string {
 // ends.
 type container struct{ id string }
 
+// containerGrace is how long a container outlives its test's deadline
+// (go test -timeout) when nothing removed it.
+const containerGrace = 30 * time.Second
+
+// startContainer starts a container of image that is removed when the test
+// ends, and in any case once the test's deadline has passed: a test binary
+// that go test kills at its -timeout runs no cleanup, so the container runs
+// sleep for no longer than the test may last (plus containerGrace), with
+// --rm. Its name is chosen before docker run, so that a docker run cut short
+// after it created the container is removed too.
 func startContainer(t *testing.T, image string, volumes ...string) *container {
 	t.Helper()
-	args := []string{"run", "-d", "--init"}
+	c := &container{id: testenv.UniqueName("berth-packaging")}
+	t.Cleanup(func() { removeContainer(t, c.id) })
+	args := []string{"run", "-d", "--rm", "--init", "--name", c.id, "--label", containerLabel}
 	for _, v := range volumes {
 		args = append(args, "-v", v)
 	}
-	args = append(args, image, "sleep", "infinity")
-	out, err := run(t, "", 2*time.Minute, "docker", args...)
-	if err != nil {
+	args = append(args, image, "sleep", strconv.Itoa(int(containerLife(t).Seconds())))
+	if out, err := run(t, "", 2*time.Minute, "docker", args...); err != nil {
 		t.Fatalf("docker run: %v\n%s", err, out)
 	}
-	c := &container{id: strings.TrimSpace(out)}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if out, err := exec.CommandContext(ctx, "docker", "rm", "-f", c.id).CombinedOutput(); err != nil {
-			t.Errorf("docker rm -f %s: %v\n%s", c.id, err, out)
-		}
-	})
 	return c
+}
+
+// containerLabel marks the containers these tests start.
+const containerLabel = "org.berth.test=packaging"
+
+// containerLife is how long a container of t may run: until t's deadline
+// and containerGrace more, or two hours when go test set none.
+func containerLife(t *testing.T) time.Duration {
+	if d, ok := t.Deadline(); ok {
+		return time.Until(d) + containerGrace
+	}
+	return 2 * time.Hour
+}
+
+// removeContainer removes a container, which may be gone already.
+func removeContainer(t *testing.T, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", "rm", "-f", name).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "No such container") && !strings.Contains(string(out), "is already in progress") {
+		t.Errorf("docker rm -f %s: %v\n%s", name, err, out)
+	}
 }
 
 // sh runs a bash script in the container and returns its combined output

@@ -22,9 +22,17 @@ type Principal struct {
 	Remote   string // the peer's address, when there is one
 }
 
+// Local is the principal of a local user of the host: the peer of
+// agentd's unix socket, as the kernel names it.
+func Local(user string) Principal { return Principal{Method: "local", Detail: user} }
+
+// IsLocal reports whether p is a local user of the host rather than an
+// identity of the config.
+func (p Principal) IsLocal() bool { return p.Method == "local" && p.Identity == "" }
+
 // String is how a principal is recorded in release history and logs.
 func (p Principal) String() string {
-	if p.Method == "local" && p.Identity == "" {
+	if p.IsLocal() {
 		return "local:" + p.Detail
 	}
 	if p.Detail == "" {

@@ -95,3 +95,22 @@ func TestMayShip(t *testing.T) {
 			ids.MayShip("ci"), ids.MayShip("ops"), ids.MayShip("nobody"), ids.MayShip(""))
 	}
 }
+
+// A local user is a principal of method local without an identity; an
+// identity never is one, whatever its method says.
+func TestLocal(t *testing.T) {
+	for _, tc := range []struct {
+		p     Principal
+		local bool
+		str   string
+	}{
+		{Local("alice"), true, "local:alice"},
+		{Principal{Identity: "ops", Method: "local", Detail: "alice"}, false, "ops (local alice)"},
+		{Principal{Identity: "ci", Method: "ssh-command", Detail: "local:deploy"}, false, "ci (ssh-command local:deploy)"},
+		{Principal{}, false, " ()"},
+	} {
+		if tc.p.IsLocal() != tc.local || tc.p.String() != tc.str {
+			t.Errorf("%+v: IsLocal %v, String %q; want %v, %q", tc.p, tc.p.IsLocal(), tc.p.String(), tc.local, tc.str)
+		}
+	}
+}

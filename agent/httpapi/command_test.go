@@ -59,13 +59,13 @@ func TestCommandLogIsClipped(t *testing.T) {
 	}}}
 
 	long := strings.Repeat("x", 250_000)
-	for _, req := range []CommandRequest{
+	for _, req := range []api.CommandRequest{
 		{Identity: long, Args: []string{"status"}},
 		{Identity: "ci", Args: []string{"status", long}, Remote: long},
 		{Identity: "ci", Args: []string{long, long}},
 	} {
 		body, _ := json.Marshal(req)
-		resp, err := client.Post("http://agentd"+PathCommand, "application/json", bytes.NewReader(body))
+		resp, err := client.Post("http://agentd"+api.PathCommand, "application/json", bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"os/user"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,27 +28,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Deployer is the part of the deploy service the API exposes.
+// Deployer is the part of the deploy service the API exposes. Each verb
+// takes the authenticated caller and authorizes it: a refusal is an error
+// that is agent.ErrDenied (403, exit code 4), returned before anything is
+// emitted.
 type Deployer interface {
-	Deploy(ctx context.Context, identity string, req api.DeployRequest, emit agent.Emit) int
-	Rollback(ctx context.Context, identity string, req api.RollbackRequest, emit agent.Emit) int
-	Lock(ctx context.Context, identity string, req api.LockRequest) (*api.Holder, error)
+	Deploy(ctx context.Context, p auth.Principal, req api.DeployRequest, emit agent.Emit) (int, error)
+	Rollback(ctx context.Context, p auth.Principal, req api.RollbackRequest, emit agent.Emit) (int, error)
+	Lock(ctx context.Context, p auth.Principal, req api.LockRequest) (*api.Holder, error)
 	Run(ctx context.Context, p auth.Principal, args []string, stdin io.Reader, stdout, stderr io.Writer) int
 	Identities() *auth.Identities
-	Status(ctx context.Context, project string) ([]api.ProjectStatus, error)
-	History(ctx context.Context, project string) ([]api.Release, error)
+	Status(ctx context.Context, p auth.Principal, project string) ([]api.ProjectStatus, error)
+	History(ctx context.Context, p auth.Principal, project string) ([]api.Release, error)
 }
-
-// Paths of the API.
-const (
-	PathDeploy   = "/v1/deploy"
-	PathRollback = "/v1/rollback"
-	PathLock     = "/v1/lock"
-	PathCommand  = "/v1/command"
-	PathHostKey  = "/v1/host-key"
-	PathStatus   = "/v1/status"
-	PathHistory  = "/v1/history"
-)
 
 type ctxKey struct{}
 
@@ -88,8 +79,6 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 type Handler struct {
 	Service Deployer
 	Log     *slog.Logger
-	// AllowUsers, when set, is the only local users served.
-	AllowUsers []string
 	// HostKey is the SSH server's host key, or nil when it has none.
 	HostKey ssh.PublicKey
 	// SSHPort is the port the SSH server listens on.
@@ -109,67 +98,37 @@ type Handler struct {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.once.Do(func() {
 		h.mux = http.NewServeMux()
-		h.mux.HandleFunc("POST "+PathDeploy, h.deploy)
-		h.mux.HandleFunc("POST "+PathRollback, h.rollback)
-		h.mux.HandleFunc("POST "+PathLock, h.lock)
-		h.mux.HandleFunc("POST "+PathCommand, h.command)
-		h.mux.HandleFunc("GET "+PathHostKey, h.hostKey)
-		h.mux.HandleFunc("GET "+PathStatus, h.status)
-		h.mux.HandleFunc("GET "+PathHistory, h.history)
+		h.mux.HandleFunc("POST "+api.PathDeploy, h.deploy)
+		h.mux.HandleFunc("POST "+api.PathRollback, h.rollback)
+		h.mux.HandleFunc("POST "+api.PathLock, h.lock)
+		h.mux.HandleFunc("POST "+api.PathCommand, h.command)
+		h.mux.HandleFunc("GET "+api.PathHostKey, h.hostKey)
+		h.mux.HandleFunc("GET "+api.PathStatus, h.status)
+		h.mux.HandleFunc("GET "+api.PathHistory, h.history)
 	})
 	p, ok := r.Context().Value(ctxKey{}).(peer)
 	if !ok {
 		writeError(w, http.StatusForbidden, api.ExitDenied, "no peer credentials on this connection")
 		return
 	}
-	// ssh-command is authorized by the identity's local_users instead, and
-	// the host key is public.
-	exempt := r.URL.Path == PathCommand || r.URL.Path == PathHostKey
-	if len(h.AllowUsers) > 0 && !exempt && !slices.Contains(h.AllowUsers, p.name) {
-		h.Log.Warn("request refused", "identity", "local:"+p.name, "path", r.URL.Path)
-		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("local user %s is not allowed to use agentd (socket.allow_users)", p.name))
-		return
-	}
-	// A local user controls the host already: it may ship compose files.
-	h.mux.ServeHTTP(w, withCaller(r, caller{who: "local:" + p.name, allowed: func(string, string) bool { return true }, mayShip: true}))
+	// The caller is the peer's user; the service decides what it may do
+	// (socket.allow_users). ssh-command acts as an identity whose
+	// local_users name the peer, and the host key is public.
+	h.mux.ServeHTTP(w, withPrincipal(r, auth.Local(p.name)))
 }
 
-// caller is who a request is from, and what it may do.
-type caller struct {
-	who     string                          // recorded in release history
-	allowed func(project, verb string) bool // its scopes
-	mayShip bool                            // it may send a compose file (ship_compose)
+type principalKey struct{}
+
+// withPrincipal records who the door authenticated.
+func withPrincipal(r *http.Request, p auth.Principal) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
 }
 
-type callerKey struct{}
-
-func withCaller(r *http.Request, c caller) *http.Request {
-	return r.WithContext(context.WithValue(r.Context(), callerKey{}, c))
-}
-
-func callerOf(r *http.Request) caller {
-	c, _ := r.Context().Value(callerKey{}).(caller)
-	if c.allowed == nil {
-		c.allowed = func(string, string) bool { return false }
-	}
-	return c
-}
-
-func identity(r *http.Request) string { return callerOf(r).who }
-
-// authorize answers 403 (exit code 4) unless the caller may use verb on
-// project.
-func authorize(w http.ResponseWriter, r *http.Request, project, verb string) bool {
-	c := callerOf(r)
-	if c.allowed(project, verb) {
-		return true
-	}
-	what := verb
-	if project != "" {
-		what += " " + project
-	}
-	writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("%s may not %s", c.who, what))
-	return false
+// principal is who the door authenticated; the zero Principal, which no
+// scope admits, when none did.
+func principal(r *http.Request) auth.Principal {
+	p, _ := r.Context().Value(principalKey{}).(auth.Principal)
+	return p
 }
 
 func writeError(w http.ResponseWriter, status, code int, msg string) {
@@ -185,23 +144,24 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 func (h *Handler) deploy(w http.ResponseWriter, r *http.Request) {
 	var req api.DeployRequest
-	if !h.decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbDeploy) {
+	if !h.decode(w, r, &req) {
 		return
 	}
-	if c := callerOf(r); req.Compose != nil && !c.mayShip {
-		h.Log.Warn("request refused", "identity", c.who, "reason", "may not ship a compose file", "project", clip.F(req.Project))
-		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("%s may not ship a compose file (ship_compose)", c.who))
-		return
-	}
-	h.stream(w, func(emit agent.Emit) { h.Service.Deploy(r.Context(), identity(r), req, emit) })
+	h.stream(w, func(emit agent.Emit) error {
+		_, err := h.Service.Deploy(r.Context(), principal(r), req, emit)
+		return err
+	})
 }
 
 func (h *Handler) rollback(w http.ResponseWriter, r *http.Request) {
 	var req api.RollbackRequest
-	if !h.decode(w, r, &req) || !authorize(w, r, req.Project, api.VerbRollback) {
+	if !h.decode(w, r, &req) {
 		return
 	}
-	h.stream(w, func(emit agent.Emit) { h.Service.Rollback(r.Context(), identity(r), req, emit) })
+	h.stream(w, func(emit agent.Emit) error {
+		_, err := h.Service.Rollback(r.Context(), principal(r), req, emit)
+		return err
+	})
 }
 
 func (h *Handler) lock(w http.ResponseWriter, r *http.Request) {
@@ -209,14 +169,7 @@ func (h *Handler) lock(w http.ResponseWriter, r *http.Request) {
 	if !h.decode(w, r, &req) {
 		return
 	}
-	verb := api.VerbLock
-	if req.Unlock {
-		verb = api.VerbUnlock
-	}
-	if !authorize(w, r, req.Project, verb) {
-		return
-	}
-	holder, err := h.Service.Lock(r.Context(), identity(r), req)
+	holder, err := h.Service.Lock(r.Context(), principal(r), req)
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -248,10 +201,11 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-// stream answers with the NDJSON events that run emits. Each event gets
-// WriteTimeout to reach the caller; the stream as a whole lasts as long
-// as run.
-func (h *Handler) stream(w http.ResponseWriter, run func(agent.Emit)) {
+// stream answers with the NDJSON events that run emits: 200 with the
+// first event. Each event gets WriteTimeout to reach the caller; the
+// stream as a whole lasts as long as run. A request run refuses before
+// it emits anything (its error) is answered as fail does.
+func (h *Handler) stream(w http.ResponseWriter, run func(agent.Emit) error) {
 	rc := http.NewResponseController(w)
 	extend := func() {
 		if h.WriteTimeout > 0 {
@@ -261,13 +215,17 @@ func (h *Handler) stream(w http.ResponseWriter, run func(agent.Emit)) {
 	// net/http writes the end of the stream after the handler returns.
 	defer extend()
 	extend()
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	var mu sync.Mutex
-	run(func(e api.Event) {
+	started := false
+	err := run(func(e api.Event) {
 		mu.Lock()
 		defer mu.Unlock()
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", api.MediaEvents)
+			w.WriteHeader(http.StatusOK)
+		}
 		// A client that went away, or stopped reading, does not stop the
 		// deploy: errors writing its stream are ignored, the release goes
 		// on and is recorded.
@@ -276,45 +234,41 @@ func (h *Handler) stream(w http.ResponseWriter, run func(agent.Emit)) {
 			rc.Flush()
 		}
 	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !started && err != nil {
+		h.fail(w, err)
+	}
 }
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
-	project := r.URL.Query().Get("project")
-	if !authorize(w, r, project, api.VerbStatus) {
-		return
-	}
-	st, err := h.Service.Status(r.Context(), project)
+	st, err := h.Service.Status(r.Context(), principal(r), r.URL.Query().Get("project"))
 	if err != nil {
 		h.fail(w, err)
 		return
 	}
-	visible := []api.ProjectStatus{}
-	for _, ps := range st {
-		if callerOf(r).allowed(ps.Project, api.VerbStatus) {
-			visible = append(visible, ps)
-		}
-	}
-	writeJSON(w, visible)
+	writeJSON(w, st)
 }
 
 func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
-	project := r.URL.Query().Get("project")
-	if !authorize(w, r, project, api.VerbHistory) {
-		return
-	}
-	hist, err := h.Service.History(r.Context(), project)
+	hist, err := h.Service.History(r.Context(), principal(r), r.URL.Query().Get("project"))
 	if err != nil {
 		h.fail(w, err)
 		return
-	}
-	if hist == nil {
-		hist = []api.Release{}
 	}
 	writeJSON(w, hist)
 }
 
+// fail answers a request the service refused or could not serve: 403
+// (exit code 4) for a caller that may not, 404 (2) for a project that is
+// not configured, 500 (5) for anything else.
 func (h *Handler) fail(w http.ResponseWriter, err error) {
-	if errors.Is(err, agent.ErrUnknownProject) {
+	switch {
+	case errors.Is(err, agent.ErrDenied):
+		// The service has logged the refusal.
+		writeError(w, http.StatusForbidden, api.ExitDenied, err.Error())
+		return
+	case errors.Is(err, agent.ErrUnknownProject):
 		writeError(w, http.StatusNotFound, api.ExitBadRequest, err.Error())
 		return
 	}
@@ -322,27 +276,10 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusInternalServerError, api.ExitBroken, err.Error())
 }
 
-// CommandRequest is a command of the grammar run for an identity by
-// `agentctl ssh-command` (OpenSSH forced-command mode).
-type CommandRequest struct {
-	Identity string   `json:"identity"`
-	Args     []string `json:"args"`
-	Stdin    []byte   `json:"stdin,omitempty"`
-	Remote   string   `json:"remote,omitempty"` // from SSH_CONNECTION, for the audit log
-}
-
-// Frame is one piece of a command's output stream; the last frame carries
-// the exit code.
-type Frame struct {
-	Stream   string `json:"stream,omitempty"` // stdout or stderr
-	Data     string `json:"data,omitempty"`
-	ExitCode *int   `json:"exit_code,omitempty"`
-}
-
 // command runs a command for an identity the socket peer may act as: the
 // host user must be in the identity's local_users.
 func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
-	var req CommandRequest
+	var req api.CommandRequest
 	if !h.decode(w, r, &req) {
 		return
 	}
@@ -352,7 +289,7 @@ func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, api.ExitDenied, fmt.Sprintf("local user %s may not act as identity %q (its local_users)", p.name, clip.F(req.Identity)))
 		return
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Content-Type", api.MediaEvents)
 	w.WriteHeader(http.StatusOK)
 	fw := &frameWriter{w: w, enc: json.NewEncoder(w), rc: http.NewResponseController(w), timeout: h.WriteTimeout}
 	defer fw.extend()
@@ -361,7 +298,7 @@ func (h *Handler) command(w http.ResponseWriter, r *http.Request) {
 	// Service.Run refuses a command longer than ssh.max_command_bytes;
 	// what is logged of it is clipped either way.
 	h.Log.Info("ssh-command", "identity", req.Identity, "user", p.name, "remote", clip.F(req.Remote), "args", headArgs(req.Args), "exit_code", code)
-	fw.write(Frame{ExitCode: &code})
+	fw.write(api.Frame{ExitCode: &code})
 }
 
 // headArgs returns the verb and project of a command, clipped, for the
@@ -390,7 +327,7 @@ func (f *frameWriter) extend() {
 	}
 }
 
-func (f *frameWriter) write(fr Frame) {
+func (f *frameWriter) write(fr api.Frame) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.extend()
@@ -407,14 +344,8 @@ type streamWriter struct {
 func (f *frameWriter) stream(name string) io.Writer { return streamWriter{f, name} }
 
 func (s streamWriter) Write(b []byte) (int, error) {
-	s.f.write(Frame{Stream: s.name, Data: string(b)})
+	s.f.write(api.Frame{Stream: s.name, Data: string(b)})
 	return len(b), nil
-}
-
-// HostKeyAnswer is the SSH server's public host key.
-type HostKeyAnswer struct {
-	PublicKey string `json:"public_key"` // authorized_keys form
-	Port      int    `json:"port"`
 }
 
 func (h *Handler) hostKey(w http.ResponseWriter, _ *http.Request) {
@@ -422,5 +353,5 @@ func (h *Handler) hostKey(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, api.ExitBadRequest, "agentd runs no SSH server (no ssh section in its config)")
 		return
 	}
-	writeJSON(w, HostKeyAnswer{PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(h.HostKey))), Port: h.SSHPort})
+	writeJSON(w, api.HostKeyAnswer{PublicKey: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(h.HostKey))), Port: h.SSHPort})
 }

@@ -45,11 +45,10 @@ const (
 
 // Remote serves the verbs of the grammar over TCP to callers that prove
 // an identity with a GitLab CI ID token (Authorization: Bearer) or an
-// HMAC-signed request, each within its identity's scopes.
+// HMAC-signed request; the service holds each to its identity's scopes.
 type Remote struct {
-	Service    Deployer
-	Verifier   Verifier
-	Identities *auth.Identities
+	Service  Deployer
+	Verifier Verifier
 	// Forbidden tells a valid credential that matches no identity (403)
 	// from one that proves nothing (401).
 	Forbidden func(error) bool
@@ -80,11 +79,11 @@ func (h *Remote) init() {
 	h.mux = http.NewServeMux()
 	h.routes = map[string]bool{}
 	for pattern, f := range map[string]http.HandlerFunc{
-		"POST " + PathDeploy:   inner.deploy,
-		"POST " + PathRollback: inner.rollback,
-		"POST " + PathLock:     inner.lock,
-		"GET " + PathStatus:    inner.status,
-		"GET " + PathHistory:   inner.history,
+		"POST " + api.PathDeploy:   inner.deploy,
+		"POST " + api.PathRollback: inner.rollback,
+		"POST " + api.PathLock:     inner.lock,
+		"GET " + api.PathStatus:    inner.status,
+		"GET " + api.PathHistory:   inner.history,
 	} {
 		h.mux.HandleFunc(pattern, f)
 		h.routes[pattern] = true
@@ -152,11 +151,8 @@ func (h *Remote) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	p.Remote = r.RemoteAddr
 	h.Log.Info("request", "identity", p.Identity, "method", p.Method, "detail", clipped(p.Detail), "remote", p.Remote, "path", clipped(r.URL.Path))
-	h.mux.ServeHTTP(w, withCaller(r, caller{
-		who:     p.String(),
-		allowed: func(project, verb string) bool { return h.Identities.Allowed(p.Identity, project, verb) },
-		mayShip: h.Identities.MayShip(p.Identity),
-	}))
+	// The service decides what p may do.
+	h.mux.ServeHTTP(w, withPrincipal(r, p))
 }
 
 var errNoCredentials = errors.New("not authenticated: send a GitLab CI ID token (Authorization: Bearer) or an HMAC-signed request")

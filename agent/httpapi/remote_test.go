@@ -33,7 +33,7 @@ type fakeDeployer struct {
 	done     chan struct{} // closed when a deploy returns, if set
 }
 
-func (d *fakeDeployer) Deploy(ctx context.Context, identity string, req api.DeployRequest, emit agent.Emit) int {
+func (d *fakeDeployer) Deploy(ctx context.Context, p auth.Principal, req api.DeployRequest, emit agent.Emit) (int, error) {
 	d.deploys.Add(1)
 	if d.events != nil {
 		d.events(emit)
@@ -43,7 +43,7 @@ func (d *fakeDeployer) Deploy(ctx context.Context, identity string, req api.Depl
 	if d.done != nil {
 		close(d.done)
 	}
-	return 0
+	return 0, nil
 }
 
 func (d *fakeDeployer) Identities() *auth.Identities { return d.ids }
@@ -110,11 +110,10 @@ func newRemote(t *testing.T, log io.Writer) (*Remote, *fakeVerifier, *fakeDeploy
 		log = io.Discard
 	}
 	return &Remote{
-		Service:    d,
-		Verifier:   v,
-		Identities: ids,
-		Forbidden:  func(err error) bool { return strings.HasPrefix(err.Error(), "not allowed") },
-		Log:        slog.New(slog.NewTextHandler(log, nil)),
+		Service:   d,
+		Verifier:  v,
+		Forbidden: func(err error) bool { return strings.HasPrefix(err.Error(), "not allowed") },
+		Log:       slog.New(slog.NewTextHandler(log, nil)),
 	}, v, d
 }
 
@@ -137,7 +136,7 @@ func TestRemoteVerifiesBearerBeforeReadingBody(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h, v, d := newRemote(t, nil)
 			body := &guardBody{t: t, v: v, r: bytes.NewReader(deployBody())}
-			req := httptest.NewRequest(http.MethodPost, PathDeploy, body)
+			req := httptest.NewRequest(http.MethodPost, api.PathDeploy, body)
 			req.ContentLength = int64(len(deployBody()))
 			if tc.auth != "" {
 				req.Header.Set("Authorization", tc.auth)
@@ -167,9 +166,9 @@ func TestRemoteVerifiesBearerBeforeReadingBody(t *testing.T) {
 func TestRemoteUnknownRouteSpendsNoCredential(t *testing.T) {
 	for _, tc := range []struct{ method, path string }{
 		{http.MethodPost, "/v1/nope"},
-		{http.MethodGet, PathDeploy},     // a known path, the wrong method
+		{http.MethodGet, api.PathDeploy}, // a known path, the wrong method
 		{http.MethodPost, "/v1//deploy"}, // the mux would redirect it
-		{http.MethodPost, PathDeploy + "/"},
+		{http.MethodPost, api.PathDeploy + "/"},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
 			h, v, _ := newRemote(t, nil)
@@ -200,7 +199,7 @@ func TestRemoteRefusalIsGenericAndLogged(t *testing.T) {
 	var logged bytes.Buffer
 	h, _, _ := newRemote(t, &logged)
 	send := func(header, value string) (int, api.Error) {
-		req := httptest.NewRequest(http.MethodPost, PathDeploy, bytes.NewReader(deployBody()))
+		req := httptest.NewRequest(http.MethodPost, api.PathDeploy, bytes.NewReader(deployBody()))
 		req.Header.Set(header, value)
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
@@ -300,7 +299,7 @@ func TestRemoteStreamOutlivesWriteTimeout(t *testing.T) {
 		}
 	}
 	addr, _ := serve(t, h, 10)
-	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+PathDeploy, bytes.NewReader(deployBody()))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+api.PathDeploy, bytes.NewReader(deployBody()))
 	req.Header.Set("Authorization", "Bearer good")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -435,7 +434,7 @@ func TestLimiterLetsASignedRequestThroughAFlood(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 3 {
 		wg.Go(func() {
-			req, _ := http.NewRequest(http.MethodPost, "http://"+addr+PathDeploy, bytes.NewReader(deployBody()))
+			req, _ := http.NewRequest(http.MethodPost, "http://"+addr+api.PathDeploy, bytes.NewReader(deployBody()))
 			req.Header.Set("X-Berth-Signature", "good")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {

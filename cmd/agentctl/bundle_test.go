@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/httpapi"
 )
 
 // agentdDeploys serves POST /v1/deploy on a unix socket: it keeps each
@@ -27,7 +26,7 @@ func agentdDeploys(t *testing.T) (socket string, got chan api.DeployRequest) {
 	got = make(chan api.DeployRequest, 10)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var req api.DeployRequest
-		if r.URL.Path != httpapi.PathDeploy || json.NewDecoder(r.Body).Decode(&req) != nil {
+		if r.URL.Path != api.PathDeploy || json.NewDecoder(r.Body).Decode(&req) != nil {
 			http.Error(w, `{"error": "bad", "exit_code": 2}`, http.StatusBadRequest)
 			return
 		}

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/httpapi"
 	"github.com/spf13/cobra"
 )
 
@@ -132,7 +131,7 @@ changes: no pull, no lock, no record.`,
 				}
 				req.Images[svc] = ref
 			}
-			return c.stream(cmd.Context(), httpapi.PathDeploy, req, args[0], cmd.OutOrStdout(), asJSON)
+			return c.stream(cmd.Context(), api.PathDeploy, req, args[0], cmd.OutOrStdout(), asJSON)
 		},
 	}
 	cmd.Flags().StringArrayVar(&images, "image", nil, "set a service's image: SERVICE=REF (repeatable)")
@@ -160,7 +159,7 @@ If the rollback itself fails, the release that was live is restored (exit 1).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Project = args[0]
-			return c.stream(cmd.Context(), httpapi.PathRollback, req, args[0], cmd.OutOrStdout(), asJSON)
+			return c.stream(cmd.Context(), api.PathRollback, req, args[0], cmd.OutOrStdout(), asJSON)
 		},
 	}
 	cmd.Flags().IntVar(&req.To, "to", 0, "the release number to go back to (default: the previous good release)")
@@ -198,7 +197,7 @@ func lockCmd(c *client, unlock bool) *cobra.Command {
 				return &exitError{api.ExitBadRequest, "lock: --message is required: say why, it is shown to everyone refused"}
 			}
 			var h *api.Holder
-			if err := c.call(cmd.Context(), httpapi.PathLock, api.LockRequest{Project: args[0], Message: message, Unlock: unlock}, &h); err != nil {
+			if err := c.call(cmd.Context(), api.PathLock, api.LockRequest{Project: args[0], Message: message, Unlock: unlock}, &h); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -343,7 +342,7 @@ func statusCmd(c *client) *cobra.Command {
 				q.Set("project", args[0])
 			}
 			var st []api.ProjectStatus
-			if err := c.get(cmd.Context(), httpapi.PathStatus, q, &st); err != nil {
+			if err := c.get(cmd.Context(), api.PathStatus, q, &st); err != nil {
 				return err
 			}
 			if asJSON {
@@ -365,11 +364,11 @@ func historyCmd(c *client) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var hist []api.Release
-			if err := c.get(cmd.Context(), httpapi.PathHistory, url.Values{"project": {args[0]}}, &hist); err != nil {
+			if err := c.get(cmd.Context(), api.PathHistory, url.Values{"project": {args[0]}}, &hist); err != nil {
 				return err
 			}
 			var st []api.ProjectStatus
-			if err := c.get(cmd.Context(), httpapi.PathStatus, url.Values{"project": {args[0]}}, &st); err != nil {
+			if err := c.get(cmd.Context(), api.PathStatus, url.Values{"project": {args[0]}}, &st); err != nil {
 				return err
 			}
 			if asJSON {

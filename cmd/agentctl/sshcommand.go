@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/httpapi"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -60,7 +59,7 @@ and bundle limits too.`,
 			if err != nil {
 				return &exitError{api.ExitBadRequest, fmt.Sprintf("cannot split the command: %v", err)}
 			}
-			req := httpapi.CommandRequest{Identity: identity, Args: args}
+			req := api.CommandRequest{Identity: identity, Args: args}
 			if fields := strings.Fields(os.Getenv("SSH_CONNECTION")); len(fields) > 0 {
 				req.Remote = fields[0]
 			}
@@ -107,14 +106,14 @@ func wantsStdin(args []string) bool {
 	return err == nil && (c.EnvFromStdin || c.ComposeFromStdin)
 }
 
-func (c *client) command(ctx context.Context, req httpapi.CommandRequest, stdout, stderr io.Writer) error {
-	resp, err := c.do(ctx, http.MethodPost, httpapi.PathCommand, req)
+func (c *client) command(ctx context.Context, req api.CommandRequest, stdout, stderr io.Writer) error {
+	resp, err := c.do(ctx, http.MethodPost, api.PathCommand, req)
 	if err != nil {
 		return err
 	}
 	var result error
 	ended, err := lines(resp, func(line []byte) (bool, error) {
-		var f httpapi.Frame
+		var f api.Frame
 		if err := json.Unmarshal(line, &f); err != nil {
 			return true, &exitError{api.ExitBroken, fmt.Sprintf("bad frame from agentd: %v", err)}
 		}
@@ -153,8 +152,8 @@ Store it as a CI variable (SSH_KNOWN_HOSTS) and connect with
 -o StrictHostKeyChecking=yes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var ans httpapi.HostKeyAnswer
-			if err := c.get(cmd.Context(), httpapi.PathHostKey, nil, &ans); err != nil {
+			var ans api.HostKeyAnswer
+			if err := c.get(cmd.Context(), api.PathHostKey, nil, &ans); err != nil {
 				return err
 			}
 			key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(ans.PublicKey))

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-deploy/berth/agent/httpapi"
+	"github.com/berth-deploy/berth/agent/api"
 )
 
 // Both refusals come before agentd is asked: the socket does not exist.
@@ -45,23 +45,23 @@ func TestSSHCommandRefusesBeforeAskingAgentd(t *testing.T) {
 
 // fakeAgentd serves POST /v1/command on a unix socket: it keeps each
 // request and answers exit 0.
-func fakeAgentd(t *testing.T) (socket string, got chan httpapi.CommandRequest) {
+func fakeAgentd(t *testing.T) (socket string, got chan api.CommandRequest) {
 	t.Helper()
 	socket = filepath.Join(t.TempDir(), "agentd.sock")
 	ln, err := net.Listen("unix", socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got = make(chan httpapi.CommandRequest, 10)
+	got = make(chan api.CommandRequest, 10)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req httpapi.CommandRequest
-		if r.URL.Path != httpapi.PathCommand || json.NewDecoder(r.Body).Decode(&req) != nil {
+		var req api.CommandRequest
+		if r.URL.Path != api.PathCommand || json.NewDecoder(r.Body).Decode(&req) != nil {
 			http.Error(w, `{"error": "bad", "exit_code": 2}`, http.StatusBadRequest)
 			return
 		}
 		got <- req
 		code := 0
-		json.NewEncoder(w).Encode(httpapi.Frame{ExitCode: &code})
+		json.NewEncoder(w).Encode(api.Frame{ExitCode: &code})
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })

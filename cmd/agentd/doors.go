@@ -40,7 +40,7 @@ func openDoors(cfg *config.Config, svc *agent.Service, log *slog.Logger, activat
 			}
 		}
 	}()
-	socket := &httpapi.Handler{Service: svc, Log: log, AllowUsers: cfg.Socket.AllowUsers,
+	socket := &httpapi.Handler{Service: svc, Log: log,
 		MaxBodyBytes: cfg.Socket.MaxBodyBytes, BodyTimeout: cfg.Socket.BodyTimeout, WriteTimeout: cfg.Socket.WriteTimeout}
 	if cfg.SSH != nil {
 		d, key, err := sshDoor(cfg.SSH, svc, log)
@@ -119,7 +119,6 @@ func remoteDoor(cfg *config.HTTP, svc *agent.Service, log *slog.Logger) (door, e
 		Handler: &httpapi.Remote{
 			Service:      svc,
 			Verifier:     verifier,
-			Identities:   svc.Identities(),
 			Forbidden:    func(err error) bool { return errors.Is(err, token.ErrForbidden) },
 			Log:          log,
 			MaxBodyBytes: cfg.MaxBodyBytes,

@@ -29,25 +29,78 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		if !errors.Is(err, errReported) {
-			fmt.Fprintln(os.Stderr, "agentd:", err)
-		}
-		os.Exit(1)
-	}
+	os.Exit(exitCode(err, os.Stderr))
 }
 
 // errReported means the problem was already printed.
 var errReported = errors.New("reported")
 
+// errUsage is a command line agentd does not take; the problem and the
+// usage were printed.
+var errUsage = errors.New("usage")
+
+// exitCode prints err unless it was, and returns agentd's exit code for
+// it: 0 with none, 2 for a command line it does not take, 1 otherwise.
+func exitCode(err error, stderr io.Writer) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	case !errors.Is(err, errReported):
+		fmt.Fprintln(stderr, "agentd:", err)
+	}
+	return 1
+}
+
+// usage prints how agentd is run, its flags spelled as agentctl's are
+// (--flag; Go's flag package takes -flag too).
+func usage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, `Usage: agentd [--config FILE] [--check] [--version]
+
+agentd is Berth's deploy agent: it serves deploys of the configured compose
+projects on a unix socket (agentctl), and over SSH and HTTP when its config
+asks for them. See docs/agentd.md.
+
+Flags:
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		arg, help := flag.UnquoteUsage(f)
+		if arg != "" && f.Name == "config" {
+			arg = "FILE"
+		}
+		name := "--" + f.Name
+		if arg != "" {
+			name += " " + arg
+		}
+		if f.DefValue != "" && f.DefValue != "false" {
+			help += " (default " + f.DefValue + ")"
+		}
+		fmt.Fprintf(w, "  %-15s %s\n", name, help)
+	})
+	fmt.Fprintf(w, "  %-15s %s\n", "-h, --help", "print this and exit")
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agentd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "/etc/berth/agentd.yaml", "config file")
+	fs.Usage = func() {} // printed below, where it belongs
+	cfgPath := fs.String("config", "/etc/berth/agentd.yaml", "the config file")
 	check := fs.Bool("check", false, "validate the config and every project's compose file, print every problem, and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
-		return errReported
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout, fs)
+			return nil
+		}
+		// The flag package has said what is wrong.
+		usage(stderr, fs)
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "agentd: unexpected argument %q: agentd takes flags only\n", fs.Arg(0))
+		usage(stderr, fs)
+		return errUsage
 	}
 	if *showVersion {
 		fmt.Fprintln(stdout, "agentd", version)

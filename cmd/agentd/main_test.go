@@ -104,3 +104,38 @@ func TestCheckRefusesBadKeyOptions(t *testing.T) {
 		t.Logf("output:\n%s", out.String())
 	}
 }
+
+// TestHelp: --help (and -h) prints the usage, flags spelled --flag as
+// agentctl's are, on standard output, and exits 0; a flag agentd does not
+// take, or an argument, exits 2 with the usage on standard error; both
+// spellings of a flag still work.
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"-help"}} {
+		var stdout, stderr bytes.Buffer
+		err := run(t.Context(), args, &stdout, &stderr)
+		if code := exitCode(err, &stderr); code != 0 || stderr.Len() != 0 {
+			t.Errorf("%v: exit %d, stderr %q", args, code, stderr.String())
+		}
+		for _, want := range []string{"Usage: agentd [--config FILE] [--check] [--version]", "  --config FILE ", "(default /etc/berth/agentd.yaml)", "  --check ", "  --version ", "-h, --help"} {
+			if !strings.Contains(stdout.String(), want) {
+				t.Errorf("%v: the usage lacks %q:\n%s", args, want, stdout.String())
+			}
+		}
+		if strings.Contains(stdout.String(), "\n  -config") {
+			t.Errorf("%v: a flag spelled -flag:\n%s", args, stdout.String())
+		}
+	}
+	for _, args := range [][]string{{"--bogus"}, {"--config"}, {"extra"}, {"--check", "extra"}} {
+		var stdout, stderr bytes.Buffer
+		err := run(t.Context(), args, &stdout, &stderr)
+		if code := exitCode(err, &stderr); code != 2 || stdout.Len() != 0 || !strings.Contains(stderr.String(), "Usage: agentd") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 2 and the usage on stderr", args, code, stdout.String(), stderr.String())
+		}
+	}
+	for _, args := range [][]string{{"--version"}, {"-version"}} {
+		var stdout bytes.Buffer
+		if err := run(t.Context(), args, &stdout, &stdout); err != nil || !strings.HasPrefix(stdout.String(), "agentd ") {
+			t.Errorf("%v: %v, %q", args, err, stdout.String())
+		}
+	}
+}

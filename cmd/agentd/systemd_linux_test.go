@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/httpapi"
 	"github.com/berth-deploy/berth/agent/store"
 	"github.com/berth-deploy/berth/agent/testenv"
 )
@@ -308,7 +307,7 @@ func TestAgentdUnderSystemd(t *testing.T) {
 		t.Errorf("READY=1 came with %q", ready)
 	}
 	var hist []api.Release
-	getJSON(t, unixClient(sock), httpapi.PathHistory+"?project="+project, &hist)
+	getJSON(t, unixClient(sock), api.PathHistory+"?project="+project, &hist)
 	if len(hist) != 1 || hist[0].Number != 1 || hist[0].Outcome != api.OutcomeRolledBack {
 		t.Fatalf("history right after READY=1: %+v; want release 1 rolled back by recovery", hist)
 	}
@@ -383,7 +382,7 @@ func TestAgentdUsesActivatedSocket(t *testing.T) {
 		t.Errorf("READY=1 came with %q", ready)
 	}
 	var status json.RawMessage
-	getJSON(t, unixClient(activated), httpapi.PathStatus, &status)
+	getJSON(t, unixClient(activated), api.PathStatus, &status)
 	if _, err := os.Stat(configured); !os.IsNotExist(err) {
 		t.Errorf("agentd created socket.path although systemd passed it a socket: %v", err)
 	}
