@@ -20,8 +20,10 @@ const warmup = 2 * time.Second
 // SystemRun is what one run measured of one system (docker-compose or Berth).
 type SystemRun struct {
 	Steady, Deploy Window // kept-alive clients
-	CloseDeploy    Window // connection-per-request clients, during the deploy
-	Wall           float64
+	// From the deploy's start to the end of the load (--settle after the
+	// deploy's end): a request can fail after the deploy command returned.
+	From, CloseFrom Window // kept-alive, connection per request
+	Wall            float64
 }
 
 // BerthRun is what only Berth's half of a run measures. Seconds; NaN when
@@ -159,6 +161,9 @@ func loadRun(dir string, deps map[string][]string) (*Run, error) {
 	return r, nil
 }
 
+// forever is later than any request.
+var forever = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // system reads one system's windows from its phases and requests.
 func system(p Phases, keep, closeReqs []Request) (SystemRun, error) {
 	ls, ds, err := p.span("load_start", "deploy_start")
@@ -170,10 +175,11 @@ func system(p Phases, keep, closeReqs []Request) (SystemRun, error) {
 		return SystemRun{}, err
 	}
 	return SystemRun{
-		Steady:      window(keep, ls.Add(warmup), ds),
-		Deploy:      window(keep, ds, de),
-		CloseDeploy: window(closeReqs, ds, de),
-		Wall:        de.Sub(ds).Seconds(),
+		Steady:    window(keep, ls.Add(warmup), ds),
+		Deploy:    window(keep, ds, de),
+		From:      window(keep, ds, forever),
+		CloseFrom: window(closeReqs, ds, forever),
+		Wall:      de.Sub(ds).Seconds(),
 	}, nil
 }
 
