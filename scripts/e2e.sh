@@ -103,6 +103,8 @@ cleanup() {
     echo "e2e: left running (E2E_KEEP=1): agentd (pid ${pids[1]:-?}; BERTH_SOCKET=$work/agentd.sock $work/bin/agentctl status), the registry (pid ${pids[0]:-?}), the stack on $url; work directory $work"
     exit "$status"
   fi
+  # The registry, also when it died before its pid went into pids.
+  [[ -z ${shop_registry_pid:-} ]] || { kill "$shop_registry_pid" 2>/dev/null; wait "$shop_registry_pid" 2>/dev/null; }
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker rm -f >/dev/null
