@@ -73,8 +73,18 @@ url=http://127.0.0.1:$http_port
 cproject=benchcompose   # docker-compose's project
 bproject=benchberth     # Berth's
 started=$EPOCHREALTIME
-agentd_pid= shop_registry_pid= load_pids=() work=
+agentd_pid= shop_registry_pid= load_pids=() work= fg_pid=
 
+# interruptible COMMAND...: run it and wait for it, in a way a signal interrupts (bash
+# runs a trap only once the foreground command is done; `wait` it breaks).
+interruptible() {
+  "$@" &
+  fg_pid=$!
+  local rc=0
+  wait "$fg_pid" || rc=$?
+  fg_pid=
+  return "$rc"
+}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 die() { echo "bench: FATAL: $*" >&2; exit 1; }
 note() { echo "bench: $*"; }
@@ -121,6 +131,7 @@ cleanup() {
   local status=$?
   trap - EXIT
   set +e
+  if [[ -n $fg_pid ]]; then kill -TERM "$fg_pid" 2>/dev/null; wait "$fg_pid" 2>/dev/null; fi
   load_stop
   agentd_stop
   if [[ $status != 0 && -f $work/agentd.log ]]; then
@@ -254,7 +265,7 @@ YAML
 # berth_deploy IMAGE EVENTS: agentctl deploy of IMAGE to web, worker and
 # beat, its --json events into EVENTS; returns its exit code.
 berth_deploy() {
-  "$work/bin/agentctl" deploy $bproject --image "web=$1" --image "worker=$1" --image "beat=$1" \
+  interruptible "$work/bin/agentctl" deploy $bproject --image "web=$1" --image "worker=$1" --image "beat=$1" \
     --wait 1m --timeout 10m --json >"$2"
 }
 
@@ -268,29 +279,29 @@ for i in $(seq "$runs"); do
   phases=$dir/compose.phases
   : >"$phases"
   t=$EPOCHREALTIME
-  dc v1 pull -q
-  dc v1 up -d db rabbitmq
-  dc v1 up -d  # waits for db and rabbitmq healthy (web's depends_on), then web healthy (nginx's)
-  dc v1 run --rm --no-deps web python3 manage.py migrate --noinput >/dev/null
-  dc v1 run --rm --no-deps web python3 manage.py collectstatic --noinput >/dev/null
+  interruptible dc v1 pull -q
+  interruptible dc v1 up -d db rabbitmq
+  interruptible dc v1 up -d  # waits for db and rabbitmq healthy (web's depends_on), then web healthy (nginx's)
+  interruptible dc v1 run --rm --no-deps web python3 manage.py migrate --noinput >/dev/null
+  interruptible dc v1 run --rm --no-deps web python3 manage.py collectstatic --noinput >/dev/null
   serving v1
   note "v1 up in $(since "$t")s"
   load_start "$dir/compose"
   mark load_start
-  sleep "$steady"
+  interruptible sleep "$steady"
   mark deploy_start
-  dc v2 pull -q
+  interruptible dc v2 pull -q
   mark hooks_start
-  dc v2 run --rm --no-deps web python3 manage.py migrate --noinput >/dev/null
-  dc v2 run --rm --no-deps web python3 manage.py collectstatic --noinput >/dev/null
+  interruptible dc v2 run --rm --no-deps web python3 manage.py migrate --noinput >/dev/null
+  interruptible dc v2 run --rm --no-deps web python3 manage.py collectstatic --noinput >/dev/null
   mark up_start
-  dc v2 up -d
+  interruptible dc v2 up -d
   mark deploy_end
-  sleep "$settle"
+  interruptible sleep "$settle"
   load_stop
   note "docker-compose deploy of v2: $(awk '$1=="deploy_start"{a=$2} $1=="deploy_end"{b=$2} END {printf "%.1f", b-a}' "$phases")s"
   curl -sS -m 5 "$url/version" || true; echo
-  dc v2 down -v --remove-orphans >/dev/null 2>&1 || true
+  interruptible dc v2 down -v --remove-orphans >/dev/null 2>&1 || true
   remove_stack $cproject
 
   step "run $i of $runs: Berth"
@@ -303,12 +314,12 @@ for i in $(seq "$runs"); do
   note "v1 up in $(since "$t")s"
   load_start "$dir/berth"
   mark load_start
-  sleep "$steady"
+  interruptible sleep "$steady"
   mark deploy_start
   rc=0
   berth_deploy "$web_v2" "$dir/berth-deploy.jsonl" || rc=$?
   mark deploy_end
-  sleep "$settle"
+  interruptible sleep "$settle"
   load_stop
   ((rc == 0)) || note "WARNING: the deploy of v2 exited $rc"
   note "Berth deploy of v2: exit $rc, $(awk '$1=="deploy_start"{a=$2} $1=="deploy_end"{b=$2} END {printf "%.1f", b-a}' "$phases")s"
@@ -318,12 +329,12 @@ for i in $(seq "$runs"); do
   mark noop_end
 
   load_start "$dir/berth-broken"
-  sleep 3
+  interruptible sleep 3
   mark broken_start
   rc=0
   berth_deploy "$web_v3" "$dir/berth-broken.jsonl" || rc=$?
   mark broken_end
-  sleep "$settle"
+  interruptible sleep "$settle"
   load_stop
   cp "$dir/berth-broken.json" "$dir/berth-broken-versions.json"
   note "Berth deploy of the broken v3: exit $rc (1: failed, v2 restored)"
