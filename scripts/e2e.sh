@@ -114,6 +114,8 @@ cleanup() {
     echo "e2e: left running (E2E_KEEP=1): agentd (pid ${pids[1]:-?}; BERTH_SOCKET=$work/agentd.sock $work/bin/agentctl status), the registry (pid ${pids[0]:-?}), the stack on $url; work directory $work"
     exit "$status"
   fi
+  # The registry, also when it died before its pid went into pids.
+  [[ -z ${shop_registry_pid:-} ]] || { kill "$shop_registry_pid" 2>/dev/null; wait "$shop_registry_pid" 2>/dev/null; }
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker rm -f >/dev/null
@@ -145,68 +147,14 @@ note "base image: $base"
 note "ready in $(since "$t")s"
 
 step "registry on $registry"
-mkdir -p "$work/registry"
-cat >"$work/registry.yml" <<YAML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: $registry
-YAML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  curl -fs "http://$registry/v2/" >/dev/null && break
-  kill -0 "${pids[0]}" 2>/dev/null || break
-  sleep 0.1
-done
-curl -fs "http://$registry/v2/" >/dev/null || die "the registry did not start on $registry: $(tail -n 5 "$work/registry.log")"
-
-# build NAME TAG DIR [docker build args...]: build and push $registry/shop/NAME:TAG; print it by digest.
-build() {
-  local name=$1 ref=$registry/shop/$1:$2 dir=$3 digest
-  shift 3
-  docker build -q --build-arg BASE="$base" "$@" -t "$ref" "$dir" >/dev/null 2>"$work/build.log" ||
-    { cat "$work/build.log" >&2; die "the build of $ref failed"; }
-  digest=$(docker push "$ref" | sed -n 's/.*digest: \(sha256:[0-9a-f]\{64\}\).*/\1/p' | tail -n 1)
-  [[ -n $digest ]] || die "docker push $ref printed no digest"
-  echo "$registry/shop/$name@$digest"
-}
+# shellcheck source=lib/shop-stack.sh
+. "$root/scripts/lib/shop-stack.sh"
+shop_registry_start
+pids+=("$shop_registry_pid")
 
 step "images: web v1, v2 (+ migration), v3 (health check fails); nginx, postgres, rabbitmq"
 t=$EPOCHREALTIME
-web_v1=$(build web v1 "$here" --build-arg APP_VERSION=v1)
-build nginx v1 "$here/nginx" >/dev/null
-build postgres v1 "$here/postgres" >/dev/null
-build rabbitmq v1 "$here/rabbitmq" >/dev/null
-# v2: APP_VERSION=v2 and a new nullable field Order.note, its migration made
-# by makemigrations in a container of the base image.
-mkdir -p "$work/v2"
-cp -a "$here/." "$work/v2/"
-rm -rf "$work/v2/loadgen"
-py - "$work/v2/orders/models.py" <<'PY'
-import sys
-path = sys.argv[1]
-src = open(path).read()
-anchor = "    result = models.CharField(max_length=200, null=True, blank=True)\n"
-assert anchor in src, "models.py changed: the v2 edit needs a new anchor"
-src = src.replace(anchor, anchor + "    note = models.TextField(null=True, blank=True)  # v2\n")
-open(path, "w").write(src)
-PY
-docker run --rm -u 0 -e DEBUG=1 -v "$work/v2:/app" -w /app "$base" sh -c \
-  'python3 manage.py makemigrations orders --name order_note && rm -f db.sqlite3 && find . -name __pycache__ -prune -exec rm -rf {} +' ||
-  die "makemigrations for v2 failed"
-[[ -n $(find "$work/v2/orders/migrations" -name '*_order_note.py') ]] || die "makemigrations made no migration for v2"
-web_v2=$(build web v2 "$work/v2" --build-arg APP_VERSION=v2)
-# v3: v2's image, with a reason in HEALTHZ_FAIL (shop/settings.py): every
-# /healthz answers 503, so the release never passes its health gate.
-mkdir -p "$work/v3"
-cat >"$work/v3/Dockerfile" <<DOCKERFILE
-FROM $web_v2
-ENV APP_VERSION=v3 HEALTHZ_FAIL="v3 is broken on purpose by scripts/e2e.sh"
-DOCKERFILE
-web_v3=$(build web v3 "$work/v3")
+shop_build_images
 note "web v1 $web_v1"
 note "web v2 $web_v2"
 note "web v3 $web_v3"

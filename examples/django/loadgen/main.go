@@ -148,11 +148,7 @@ func (r *recorder) add(o outcome) {
 		r.ids = append(r.ids, o.id)
 	}
 	if r.log != nil {
-		result := "ok"
-		if o.err != "" {
-			result = o.err
-		}
-		fmt.Fprintf(r.log, "%s\t%s\t%s\t%dms\t%s\n", o.start.Format("15:04:05.000"), o.kind, key, o.took.Milliseconds(), result)
+		io.WriteString(r.log, logLine(o, key))
 	}
 }
 
@@ -234,6 +230,22 @@ func do(client *http.Client, cfg config, i int) (o outcome) {
 	return o
 }
 
+// LogTime is the layout of a -log line's first field: the request's start,
+// UTC, to the microsecond (scripts/bench parses it).
+const LogTime = "2006-01-02T15:04:05.000000Z07:00"
+
+// logLine is one -log line: the start (LogTime), the request, its status
+// ("error" without a response), its latency in milliseconds with three
+// decimals, and "ok" or what failed; tab-separated, newline-terminated.
+func logLine(o outcome, status string) string {
+	result := "ok"
+	if o.err != "" {
+		result = strings.NewReplacer("\t", " ", "\n", " ").Replace(o.err)
+	}
+	return fmt.Sprintf("%s\t%s\t%s\t%.3fms\t%s\n", o.start.UTC().Format(LogTime), o.kind, status,
+		float64(o.took.Microseconds())/1000, result)
+}
+
 func firstLine(b []byte) string {
 	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
 	if len(s) > 120 {
@@ -289,7 +301,7 @@ func main() {
 	flag.StringVar(&summaryPath, "summary", "", "write the JSON summary here (default: standard output)")
 	flag.StringVar(&idsPath, "ids", "", "write the IDs of the orders created here, one per line")
 	flag.BoolVar(&keepAlive, "keepalive", false, "reuse connections (default: one connection per request)")
-	flag.StringVar(&logPath, "log", "", "write one line per request here (time, request, status, latency, result)")
+	flag.StringVar(&logPath, "log", "", "write one line per request here (start time UTC to the µs, request, status, latency in ms, result; tab-separated)")
 	flag.Parse()
 	if err := start(cfg, duration, keepAlive, summaryPath, idsPath, logPath); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)

@@ -156,3 +156,18 @@ func TestTransportErrorsAreFailures(t *testing.T) {
 		t.Errorf("first error %q, want a refused connection", sum.Errors[0].Error)
 	}
 }
+
+func TestLogLine(t *testing.T) {
+	start := time.Date(2026, 11, 30, 8, 1, 2, 345678900, time.FixedZone("CET", 3600))
+	ok := logLine(outcome{kind: getVersion, start: start, took: 12345678 * time.Nanosecond}, "200")
+	if want := "2026-11-30T07:01:02.345678Z\tGET /version\t200\t12.345ms\tok\n"; ok != want {
+		t.Errorf("logLine = %q, want %q", ok, want)
+	}
+	bad := logLine(outcome{kind: postOrder, start: start, took: time.Second, err: "read: connection reset\nby peer\tx"}, "error")
+	if want := "2026-11-30T07:01:02.345678Z\tPOST /orders/\terror\t1000.000ms\tread: connection reset by peer x\n"; bad != want {
+		t.Errorf("logLine = %q, want %q", bad, want)
+	}
+	if _, err := time.Parse(LogTime, strings.SplitN(ok, "\t", 2)[0]); err != nil {
+		t.Errorf("the time field does not parse with LogTime: %v", err)
+	}
+}
