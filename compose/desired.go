@@ -77,7 +77,7 @@ type EndpointSpec struct {
 	Aliases []string
 }
 
-// ContainerName returns the name of replica n (1-based).
+// containerName returns the name of replica n (1-based).
 func (s ServiceSpec) containerName(project string, n int) string {
 	if s.ContainerName != "" {
 		return s.ContainerName

@@ -35,6 +35,8 @@ type fakeEngine struct {
 	calls      []string
 	failCreate string // container name whose create fails
 	hookExit   int64  // exit code of every hook container
+	// hookOutput is what every hook container writes on stdout.
+	hookOutput string
 	execs      map[string][]string
 	files      map[string]string // "container-name:/path" -> content copied in
 	// conns is, by container name, how many open connections to connPort
@@ -234,8 +236,12 @@ func (f *fakeEngine) ContainerWait(_ context.Context, id string, _ container.Wai
 	return waitc, make(chan error)
 }
 
+// ContainerLogs gives a hook container hookOutput, multiplexed as the
+// engine does for a container without a TTY.
 func (f *fakeEngine) ContainerLogs(context.Context, string, container.LogsOptions) (io.ReadCloser, error) {
-	return io.NopCloser(strings.NewReader("")), nil
+	var b bytes.Buffer
+	stdcopy.NewStdWriter(&b, stdcopy.Stdout).Write([]byte(f.hookOutput))
+	return io.NopCloser(&b), nil
 }
 
 func (f *fakeEngine) ContainerExecCreate(_ context.Context, id string, o container.ExecOptions) (container.ExecCreateResponse, error) {
