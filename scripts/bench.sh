@@ -36,6 +36,8 @@
 # (/usr/local/go/bin), curl; python3 (or the base image's, through docker).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/shop-stack.sh
+. "$root/scripts/lib/shop-stack.sh"
 here=$root/examples/django
 export PATH="/usr/local/go/bin:$PATH"
 
@@ -141,8 +143,7 @@ cleanup() {
   remove_stack $cproject
   remove_stack $bproject
   if [[ -n $shop_registry_pid ]]; then kill "$shop_registry_pid" 2>/dev/null; wait "$shop_registry_pid" 2>/dev/null; fi
-  docker images --format '{{.Repository}}:{{.Tag}}' "$registry/shop/*" | grep -v ':<none>$' | xargs -r docker rmi -f >/dev/null 2>&1
-  docker images -q "$registry/shop/*" | xargs -r docker rmi -f >/dev/null 2>&1
+  shop_remove_images
   rm -rf "$work"
   exit "$status"
 }
@@ -150,13 +151,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-py() {
-  if command -v python3 >/dev/null; then
-    python3 "$@"
-  else
-    docker run --rm -i --network none -v "$work:$work" "$base" python3 "$@"
-  fi
-}
 
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 step "base image; agentd, agentctl and the load generator"
@@ -166,8 +160,6 @@ base=$("$root/scripts/base-image.sh" | tail -n 1)
 note "base image $base; built in $(since "$t")s"
 
 step "registry on $registry; the shop's images"
-# shellcheck source=lib/shop-stack.sh
-. "$root/scripts/lib/shop-stack.sh"
 shop_registry_start
 t=$EPOCHREALTIME
 shop_build_images

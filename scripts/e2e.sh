@@ -54,6 +54,8 @@
 #        ssh-keygen, openssl; python3 (or the base image's, through docker).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/shop-stack.sh
+. "$root/scripts/lib/shop-stack.sh"
 here=$root/examples/django
 export PATH="/usr/local/go/bin:$PATH"
 
@@ -121,8 +123,7 @@ cleanup() {
   docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker rm -f >/dev/null
   docker network ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker network rm >/dev/null
   docker volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker volume rm >/dev/null
-  docker images --format '{{.Repository}}:{{.Tag}}' "$registry/shop/*" | grep -v ':<none>$' | xargs -r docker rmi -f >/dev/null 2>&1
-  docker images -q "$registry/shop/*" | xargs -r docker rmi -f >/dev/null 2>&1
+  shop_remove_images
   rm -rf "$work"
   exit "$status"
 }
@@ -130,14 +131,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# python3 for the JSON checks: the host's, else the base image's.
-py() {
-  if command -v python3 >/dev/null; then
-    python3 "$@"
-  else
-    docker run --rm -i --network none -v "$work:$work" "$base" python3 "$@"
-  fi
-}
 
 step "base image; agentd, agentctl and the load generator"
 t=$EPOCHREALTIME
@@ -147,8 +140,6 @@ note "base image: $base"
 note "ready in $(since "$t")s"
 
 step "registry on $registry"
-# shellcheck source=lib/shop-stack.sh
-. "$root/scripts/lib/shop-stack.sh"
 shop_registry_start
 pids+=("$shop_registry_pid")
 

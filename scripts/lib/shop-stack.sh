@@ -9,8 +9,10 @@
 #   shop_build_images       # needs $work, $base, $registry, $here; sets
 #                           # $web_v1, $web_v2, $web_v3 (REPOSITORY@sha256:...)
 #
-# The caller defines die MESSAGE (print it, exit non-zero) and py (python3,
-# the host's or the base image's) and stops $shop_registry_pid at its end.
+#   shop_remove_images      # the shop's images of $registry, at the end
+#   py ARGS...              # python3: the host's, else $base's
+# The caller defines die MESSAGE (print it, exit non-zero) and stops
+# $shop_registry_pid at its end.
 
 # shop_registry_start: docker-registry serving $registry (127.0.0.1:PORT),
 # storing under $work/registry; returns when it answers /v2/.
@@ -80,4 +82,20 @@ FROM $web_v2
 ENV APP_VERSION=v3 HEALTHZ_FAIL="v3 is broken on purpose by scripts/$(basename "$0")"
 DOCKERFILE
   web_v3=$(shop_build web v3 "$work/v3")
+}
+
+# shop_remove_images: remove the shop's images of $registry, by tag and then
+# what is left by ID.
+shop_remove_images() {
+  docker images --format '{{.Repository}}:{{.Tag}}' "$registry/shop/*" | grep -v ':<none>$' | xargs -r docker rmi -f >/dev/null 2>&1
+  docker images -q "$registry/shop/*" | xargs -r docker rmi -f >/dev/null 2>&1
+}
+
+# py: python3 for the JSON checks: the host's, else the base image's ($base).
+py() {
+  if command -v python3 >/dev/null; then
+    python3 "$@"
+  else
+    docker run --rm -i --network none -v "$work:$work" "$base" python3 "$@"
+  fi
 }
