@@ -16,6 +16,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
@@ -139,6 +140,8 @@ type run struct {
 	log      *slog.Logger
 	started  time.Time
 	release  api.Release
+	// stepMu guards release.Steps while the rollout's steps end.
+	stepMu sync.Mutex
 	// dry is a dry run: no lock, no record, nothing changed, and the
 	// observers are not told.
 	dry bool
@@ -346,6 +349,9 @@ func (r *run) dryRun(ctx context.Context, desired *compose.Desired) outcome {
 	if plan.Empty() {
 		return outcome{code: api.ExitOK, msg: "dry run: nothing to change: the running containers already match this deploy"}
 	}
+	graph := plan.Graph(r.executor(false).Mode())
+	r.event(api.Event{Type: api.EventPlan, Message: graph.String()})
+	r.progress("", "%s", r.estimate(graph))
 	return outcome{code: api.ExitOK, msg: fmt.Sprintf("dry run: the deploy would change %s; nothing was changed", strings.Join(plan.ChangedServices(), ", "))}
 }
 
@@ -450,6 +456,8 @@ func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Releas
 	// restarted agentd knows what was under way.
 	rec.Project, rec.Previous, rec.Started, rec.Identity = r.project, prev.Number, r.started, r.identity
 	rec.Outcome, rec.Plan, rec.State = api.OutcomeInProgress, plan.String(), state
+	graph := plan.Graph(r.executor(false).Mode())
+	rec.Steps = pendingSteps(graph)
 	r.release, err = r.svc.store.Begin(rec)
 	if err != nil {
 		return outcome{code: api.ExitBroken, err: err}
@@ -469,7 +477,7 @@ func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Releas
 	}
 	err = r.prepare(rollCtx, desired, plan)
 	if err == nil {
-		err = r.apply(rollCtx, plan, false)
+		err = r.apply(rollCtx, plan, graph, false)
 	}
 	cancel()
 	if err != nil {
@@ -510,42 +518,40 @@ func (r *run) prepare(ctx context.Context, desired *compose.Desired, plan *compo
 	return nil
 }
 
-// apply rolls a plan out and watches its monitor window.
-func (r *run) apply(ctx context.Context, plan *compose.Plan, rollback bool) error {
-	exec := &compose.Executor{
-		Engine:      r.svc.engine,
-		Health:      r.svc.checker,
-		Release:     fmt.Sprint(r.release.Number),
-		Progress:    func(svc, msg string) { r.progress(svc, "%s", msg) },
-		KeepRetired: !rollback,
-		Rollback:    rollback,
+// executor is the executor of this release's rollout, or of its
+// rollback.
+func (r *run) executor(rollback bool) *compose.Executor {
+	return &compose.Executor{
+		Engine:        r.svc.engine,
+		Health:        r.svc.checker,
+		Monitor:       r.svc.checker,
+		Release:       fmt.Sprint(r.release.Number),
+		Progress:      func(svc, msg string) { r.progress(svc, "%s", msg) },
+		KeepRetired:   !rollback,
+		Rollback:      rollback,
+		BootCPUShares: r.svc.cfg.Rollout.BootCPUShares,
 	}
+}
+
+// apply rolls a plan out as graph (made by plan.Graph in the executor's
+// mode), its monitor window included. The steps of a forward rollout are
+// recorded on the release as they end.
+func (r *run) apply(ctx context.Context, plan *compose.Plan, graph *compose.Graph, rollback bool) error {
+	exec := r.executor(rollback)
 	during := api.StopDuringRollout
 	if rollback {
 		during = api.StopDuringRollback
+	} else {
+		exec.OnStep = r.stepEnded
 	}
 	// Recorded whether the rollout succeeds or not: a kill on the way to a
 	// failure counts as much.
 	defer func() { r.killed(during, exec.Killed()) }()
-	if err := exec.Apply(ctx, plan); err != nil {
+	if err := exec.Run(ctx, plan, graph); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("the rollout timed out: %w", err)
 		}
 		return err
-	}
-	started := exec.Started()
-	var window time.Duration
-	var ids []string
-	for _, s := range started {
-		window = max(window, s.Monitor)
-		ids = append(ids, s.ID)
-	}
-	if len(ids) == 0 || window <= 0 {
-		return nil
-	}
-	r.progress("", "monitoring %d new container(s) for %s", len(ids), window)
-	if err := r.svc.checker.Monitor(ctx, ids, window); err != nil {
-		return fmt.Errorf("monitor window: %w", err)
 	}
 	return nil
 }
@@ -603,7 +609,7 @@ func (r *run) restore(ctx context.Context, prev api.Release) error {
 	if err != nil {
 		return err
 	}
-	if err := r.apply(ctx, plan, true); err != nil {
+	if err := r.apply(ctx, plan, plan.Graph(r.executor(true).Mode()), true); err != nil {
 		return err
 	}
 	if r.release.Interrupted {

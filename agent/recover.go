@@ -62,6 +62,13 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 		r.pc = s.cfg.Projects[name]
 		r.release = unfinished
 		r.release.Interrupted = true
+		for i := range r.release.Steps {
+			if r.release.Steps[i].State == StepPending {
+				// It may have begun, or ended, before agentd died: the
+				// journal does not say.
+				r.release.Steps[i].State = StepInterrupted
+			}
+		}
 		r.log.Warn("found a release agentd did not finish; restoring the release before it", "release", unfinished.Number, "previous", unfinished.Previous)
 		prev := api.Release{Project: name}
 		if unfinished.Previous != 0 {

@@ -46,9 +46,24 @@ type Executor struct {
 	// Rollback rolls out with each service's rollback policy and runs no
 	// hooks.
 	Rollback bool
+	// Monitor, when set, watches the containers started for the longest
+	// monitor window of their services, as the graph's last step.
+	Monitor Monitor
+	// BootCPUShares is the CPU weight a new container boots with beside
+	// the containers that serve; it gets its configured weight back once
+	// it passes its gate. 0 boots it at its configured weight.
+	BootCPUShares int64
+	// OnStep, when set, is told of every step that ends (done, failed or
+	// skipped).
+	OnStep func(StepResult)
 
 	mu      sync.Mutex
+	sayMu   sync.Mutex
 	started []Started
+	results []StepResult
+	// proxyMu serializes the reloads of each proxy service: services
+	// rolling out at once may front the same proxy.
+	proxyMu map[string]*sync.Mutex
 	killed  []Killed
 	// clock is time.Now unless a test sets it.
 	clock func() time.Time
@@ -76,60 +91,202 @@ func (e *Executor) Started() []Started {
 
 func (e *Executor) say(service, format string, args ...any) {
 	if e.Progress != nil {
+		e.sayMu.Lock()
+		defer e.sayMu.Unlock()
 		e.Progress(service, fmt.Sprintf(format, args...))
 	}
 }
 
-// Apply carries out the plan: networks and volumes first, then services in
-// dependency order (each rolled out by its policy and gated on health),
-// then the services no longer in the file. Volumes are never removed. It
-// stops at the first failure, which names the step.
+// Apply carries out the plan as a graph of steps (Plan.Graph): networks
+// and volumes first; then every service by its policy, independent
+// services at once and dependents after what they depend on; then the
+// services no longer in the file. Volumes are never removed. The first
+// failure stops the steps not yet begun and is returned, naming the
+// service.
 func (e *Executor) Apply(ctx context.Context, p *Plan) error {
+	return e.Run(ctx, p, p.Graph(e.Mode()))
+}
+
+// Mode is the graph mode of this executor.
+func (e *Executor) Mode() Mode {
+	return Mode{Rollback: e.Rollback, KeepRetired: e.KeepRetired, Monitor: e.Monitor != nil}
+}
+
+// Run carries out a graph made from p. Each step starts once the steps it
+// waits for are done. A failure in a service whose failure_action is
+// continue is said and skips that service's remaining steps; any other
+// failure ends the run: steps not begun are skipped and those under way
+// are cancelled.
+func (e *Executor) Run(ctx context.Context, p *Plan, g *Graph) error {
 	defer e.sayReloads()
-	for _, n := range p.CreateNetworks {
-		e.say("", "creating network %s", n.Name)
-		if _, err := e.Engine.NetworkCreate(ctx, n.Name, n.Options); err != nil && !errdefs.IsConflict(err) {
-			return fmt.Errorf("create network %s: %w", n.Name, err)
-		}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(map[int]chan struct{}, len(g.Steps))
+	for _, s := range g.Steps {
+		done[s.ID] = make(chan struct{})
 	}
-	for _, v := range p.CreateVolumes {
+	var (
+		mu       sync.Mutex
+		firstErr error
+		gaveUp   = map[string]bool{} // services failed under failure_action: continue
+		wg       sync.WaitGroup
+	)
+	for _, s := range g.Steps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done[s.ID])
+			for _, a := range s.After {
+				select {
+				case <-done[a]:
+				case <-ctx.Done():
+					e.record(s, time.Time{}, StepSkipped, nil)
+					return
+				}
+			}
+			mu.Lock()
+			skip := ctx.Err() != nil || gaveUp[s.Service]
+			mu.Unlock()
+			if skip {
+				e.record(s, time.Time{}, StepSkipped, nil)
+				return
+			}
+			began := e.now()
+			err := e.step(ctx, p, s)
+			if err == nil {
+				e.record(s, began, StepDone, nil)
+				return
+			}
+			e.record(s, began, StepFailed, err)
+			mu.Lock()
+			defer mu.Unlock()
+			if firstErr != nil {
+				return // cancelled by the failure already reported
+			}
+			spec := p.spec(s.Service)
+			switch {
+			case s.Service == "":
+				firstErr = err
+			case s.Kind == StepHook:
+				firstErr = fmt.Errorf("service %s: %w: %w", s.Service, ErrHook, err)
+			case spec != nil && spec.Policy.FailureAction == FailContinue && ctx.Err() == nil:
+				if !gaveUp[s.Service] {
+					gaveUp[s.Service] = true
+					e.say(s.Service, "failed, going on (failure_action: continue): %v", err)
+				}
+				return
+			case spec != nil && spec.Policy.FailureAction == FailPause && !e.Rollback:
+				firstErr = fmt.Errorf("service %s: %w: %w", s.Service, ErrPaused, err)
+			default:
+				firstErr = fmt.Errorf("service %s: %w", s.Service, err)
+			}
+			cancel()
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// step carries out one step.
+func (e *Executor) step(ctx context.Context, p *Plan, s *Step) error {
+	bt := s.batch
+	switch s.Kind {
+	case StepNetwork:
+		e.say("", "creating network %s", s.net.Name)
+		if _, err := e.Engine.NetworkCreate(ctx, s.net.Name, s.net.Options); err != nil && !errdefs.IsConflict(err) {
+			return fmt.Errorf("create network %s: %w", s.net.Name, err)
+		}
+	case StepVolume:
+		v := s.vol
 		e.say("", "creating volume %s", v.Name)
 		if _, err := e.Engine.VolumeCreate(ctx, volume.CreateOptions{Name: v.Name, Driver: v.Driver, DriverOpts: v.Options, Labels: v.Labels}); err != nil {
 			return fmt.Errorf("create volume %s: %w", v.Name, err)
 		}
-	}
-	for _, s := range p.Services {
-		if !s.changed(p.Project) {
-			continue
+	case StepHook:
+		spec := p.spec(s.Service)
+		return e.runHook(ctx, p.Project, spec, "pre-deploy", s.hook, spec.Policy.PreDeploy[s.hook])
+	case StepAside:
+		if s.old.State != stateRemoved && s.old.Name == bt.svc.canonical(p.Project, s.slot.Number) {
+			return e.rename(ctx, s.old, retiredName(*s.old))
 		}
-		if err := e.rollOut(ctx, p, s); err != nil {
-			if s.Spec.Policy.FailureAction == FailContinue && !errors.Is(err, ErrHook) && ctx.Err() == nil {
-				e.say(s.Name, "failed, going on (failure_action: continue): %v", err)
-				continue
-			}
-			if s.Spec.Policy.FailureAction == FailPause && !e.Rollback {
-				return fmt.Errorf("service %s: %w: %w", s.Name, ErrPaused, err)
-			}
-			return fmt.Errorf("service %s: %w", s.Name, err)
+	case StepCreate, StepStart:
+		id, err := e.bringUp(ctx, p, bt.svc, *s.slot)
+		if err != nil {
+			return err
 		}
-	}
-	for _, s := range p.RemoveServices {
-		for _, sl := range s.Slots {
-			if err := e.retire(ctx, p, s, retirees([]Slot{sl})); err != nil {
-				return fmt.Errorf("service %s: %w", s.Name, err)
-			}
+		if id != "" {
+			e.mu.Lock()
+			bt.up = append(bt.up, id)
+			e.mu.Unlock()
 		}
-	}
-	if e.KeepRetired {
-		return nil
-	}
-	for _, n := range p.RemoveNetworks {
-		e.say("", "removing network %s", n)
-		if err := e.Engine.NetworkRemove(ctx, n); err != nil && !errdefs.IsNotFound(err) {
+	case StepGate:
+		e.mu.Lock()
+		up := slices.Clone(bt.up)
+		e.mu.Unlock()
+		if err := e.gate(ctx, bt.svc, up); err != nil {
+			return err
+		}
+		return e.unshield(ctx, bt.svc, up)
+	case StepSwitch:
+		// Proxies with an upstreams file switch to the new containers and
+		// away from the ones this batch retires (still running when
+		// start-first).
+		e.mu.Lock()
+		up := slices.Clone(bt.up)
+		e.mu.Unlock()
+		return e.reloadProxies(ctx, p, s.Service, e.addresses(ctx, up), nil, idsOf(bt.old))
+	case StepDrain:
+		if err := e.reloadProxies(ctx, p, s.Service, nil, nil, idsOf(bt.old)); err != nil {
+			return err
+		}
+		e.drain(ctx, s.Service, p.drainProxies(s.Service), bt.old)
+	case StepStop:
+		return e.stopOld(ctx, bt, s.old)
+	case StepForget:
+		e.mu.Lock()
+		gone := bt.gone
+		e.mu.Unlock()
+		if len(gone) > 0 {
+			return e.reloadProxies(ctx, p, s.Service, nil, gone, nil)
+		}
+	case StepRemove:
+		c := s.old
+		e.say(s.Service, "removing %s", c.Name)
+		// Force: it was stopped; force only settles a race with a start
+		// that was still under way.
+		if err := e.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove %s: %w", c.Name, err)
+		}
+		c.State = stateRemoved
+	case StepKeepAside:
+		if !strings.Contains(s.old.Name, retiredMark) { // an aside step may have moved it already
+			return e.rename(ctx, s.old, retiredName(*s.old))
+		}
+	case StepRename:
+		return e.rename(ctx, s.slot.Keep, bt.svc.canonical(p.Project, s.slot.Number))
+	case StepDelay:
+		return wait(ctx, s.wait)
+	case StepRemoveNetwork:
+		e.say("", "removing network %s", s.Target)
+		if err := e.Engine.NetworkRemove(ctx, s.Target); err != nil && !errdefs.IsNotFound(err) {
 			// A network still used by something outside the plan is left
 			// in place: that is not worth failing a release for.
-			e.say("", "network %s kept: %v", n, err)
+			e.say("", "network %s kept: %v", s.Target, err)
 		}
+	case StepMonitor:
+		var ids []string
+		for _, st := range e.Started() {
+			ids = append(ids, st.ID)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		e.say("", "monitoring %d new container(s) for %s", len(ids), s.wait)
+		if err := e.Monitor.Monitor(ctx, ids, s.wait); err != nil {
+			return fmt.Errorf("monitor window: %w", err)
+		}
+	default:
+		return fmt.Errorf("step %d: unknown kind %q", s.ID, s.Kind)
 	}
 	return nil
 }
@@ -141,115 +298,6 @@ func (e *Executor) policy(spec *ServiceSpec) (order string, parallelism int, del
 		return pol.Rollback.Order, pol.Rollback.Parallelism, pol.Rollback.Delay, pol.Rollback.Monitor
 	}
 	return pol.Order, pol.Parallelism, pol.Delay, pol.Monitor
-}
-
-// rollOut brings one service to its desired state, batch by batch.
-func (e *Executor) rollOut(ctx context.Context, p *Plan, s ServicePlan) error {
-	spec := s.Spec
-	order, parallelism, delay, _ := e.policy(spec)
-	var work, retireOnly []Slot
-	for _, sl := range s.Slots {
-		switch {
-		case !sl.Changed(s.canonical(p.Project, sl.Number)):
-		case sl.Create || sl.Keep != nil:
-			work = append(work, sl)
-		default:
-			retireOnly = append(retireOnly, sl)
-		}
-	}
-	if !e.Rollback && len(spec.Policy.PreDeploy) > 0 && creates(work) {
-		for i, h := range spec.Policy.PreDeploy {
-			if err := e.runHook(ctx, p.Project, spec, "pre-deploy", i, h); err != nil {
-				return fmt.Errorf("%w: %w", ErrHook, err)
-			}
-		}
-	}
-	if parallelism <= 0 || parallelism > len(work) {
-		parallelism = max(len(work), 1)
-	}
-	if len(work) > 0 {
-		e.say(s.Name, "rolling out %s, %d at a time", order, parallelism)
-	}
-	for i := 0; i < len(work); i += parallelism {
-		if i > 0 && delay > 0 {
-			if err := wait(ctx, delay); err != nil {
-				return err
-			}
-		}
-		batch := work[i:min(i+parallelism, len(work))]
-		var err error
-		if order == StopFirst {
-			err = e.stopFirst(ctx, p, s, batch)
-		} else {
-			err = e.startFirst(ctx, p, s, batch)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	for _, sl := range retireOnly {
-		if err := e.retire(ctx, p, s, retirees([]Slot{sl})); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func creates(slots []Slot) bool {
-	for _, sl := range slots {
-		if sl.Create {
-			return true
-		}
-	}
-	return false
-}
-
-// startFirst: new containers up beside the old, gated, and the proxies
-// switched to them; then the old ones are retired.
-func (e *Executor) startFirst(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
-	if err := e.upAndGate(ctx, p, s, batch); err != nil {
-		return err
-	}
-	if err := e.retire(ctx, p, s, retirees(batch)); err != nil {
-		return err
-	}
-	return e.restoreNames(ctx, p, s, batch)
-}
-
-// stopFirst: the old containers stop first, then the new ones start, are
-// gated, and the proxies switch to them.
-func (e *Executor) stopFirst(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
-	if err := e.retire(ctx, p, s, retirees(batch)); err != nil {
-		return err
-	}
-	if err := e.restoreNames(ctx, p, s, batch); err != nil {
-		return err
-	}
-	return e.upAndGate(ctx, p, s, batch)
-}
-
-// upAndGate brings a batch's containers up, waits until they are ready,
-// and reloads the proxies in front of the service onto them.
-func (e *Executor) upAndGate(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
-	var up []string
-	for _, sl := range batch {
-		id, err := e.bringUp(ctx, p, s, sl)
-		if err != nil {
-			return err
-		}
-		if id != "" {
-			up = append(up, id)
-		}
-	}
-	if err := e.gate(ctx, s, up); err != nil {
-		return err
-	}
-	if len(up) == 0 {
-		return nil
-	}
-	// Proxies with an upstreams file switch to the new containers and away
-	// from the ones this batch retires (still running when start-first).
-	return e.reloadProxies(ctx, p, s.Name, e.addresses(ctx, up), nil, idsOf(retirees(batch)))
 }
 
 // bringUp creates (or starts again) the container of a slot and returns
@@ -292,20 +340,6 @@ func (e *Executor) track(id, name string, s ServicePlan) {
 	e.started = append(e.started, Started{ID: id, Name: name, Service: s.Name, Monitor: monitor})
 }
 
-// restoreNames gives kept containers their proper names back, once the
-// containers that held those names are out of the way.
-func (e *Executor) restoreNames(ctx context.Context, p *Plan, s ServicePlan, batch []Slot) error {
-	for _, sl := range batch {
-		name := s.canonical(p.Project, sl.Number)
-		if sl.Keep != nil && sl.Keep.Name != name {
-			if err := e.rename(ctx, sl.Keep, name); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 // gate waits, in parallel, until every container is ready.
 func (e *Executor) gate(ctx context.Context, s ServicePlan, ids []string) error {
 	if e.Health == nil || len(ids) == 0 {
@@ -329,69 +363,32 @@ func (e *Executor) gate(ctx context.Context, s ServicePlan, ids []string) error 
 	return nil
 }
 
-// retire stops containers with their grace period and signal, then
-// reloads the proxies (so they forget the old addresses), then removes
-// them, or renames them aside and keeps them while a release may still be
-// rolled back. Proxies with an upstreams file are first switched away from
-// the containers, which are drained before they are stopped.
-func (e *Executor) retire(ctx context.Context, p *Plan, s ServicePlan, old []*Container) error {
-	if len(old) == 0 {
-		return nil
-	}
-	if proxies := p.drainProxies(s.Name); len(proxies) > 0 {
-		if err := e.reloadProxies(ctx, p, s.Name, nil, nil, idsOf(old)); err != nil {
-			return err
-		}
-		e.drain(ctx, s.Name, proxies, old)
-	}
-	// A service no longer in the file is stopped with its containers' own
-	// grace period, which they carry from the file that created them.
+// stopOld stops a retired container with the service's grace period and
+// signal, noting its addresses first so the proxies can forget them. A
+// service no longer in the file is stopped with its containers' own grace
+// period, which they carry from the file that created them. Everything
+// not exited is stopped, "created" included: a start may still be on its
+// way to the engine (agentd died after sending it).
+func (e *Executor) stopOld(ctx context.Context, bt *batch, c *Container) error {
 	var grace *time.Duration
-	if s.Spec != nil {
-		grace = &s.Spec.StopTimeout
+	if bt.svc.Spec != nil {
+		grace = &bt.svc.Spec.StopTimeout
 	}
-	gone := addrs{}
-	for _, c := range old {
-		if c.State == "exited" || c.State == "dead" {
-			continue
-		}
-		// Everything else is stopped, "created" included: a start may
-		// still be on its way to the engine (agentd died after sending it).
-		for net, ips := range e.addresses(ctx, []string{c.ID}) {
-			gone[net] = append(gone[net], ips...)
-		}
-		if grace != nil {
-			e.say(s.Name, "stopping %s (grace %s)", c.Name, *grace)
-		} else {
-			e.say(s.Name, "stopping %s (with its own grace period)", c.Name)
-		}
-		if err := e.stop(ctx, s.Name, c, grace); err != nil {
-			return err
-		}
+	gone := e.addresses(ctx, []string{c.ID})
+	e.mu.Lock()
+	if bt.gone == nil {
+		bt.gone = addrs{}
 	}
-	if len(gone) > 0 {
-		if err := e.reloadProxies(ctx, p, s.Name, nil, gone, nil); err != nil {
-			return err
-		}
+	for net, ips := range gone {
+		bt.gone[net] = append(bt.gone[net], ips...)
 	}
-	for _, c := range old {
-		if e.KeepRetired {
-			if !strings.Contains(c.Name, retiredMark) {
-				if err := e.rename(ctx, c, retiredName(*c)); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		e.say(s.Name, "removing %s", c.Name)
-		// Force: it was stopped above; force only settles a race with a
-		// start that was still under way.
-		if err := e.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("remove %s: %w", c.Name, err)
-		}
-		c.State = stateRemoved
+	e.mu.Unlock()
+	if grace != nil {
+		e.say(bt.svc.Name, "stopping %s (grace %s)", c.Name, *grace)
+	} else {
+		e.say(bt.svc.Name, "stopping %s (with its own grace period)", c.Name)
 	}
-	return nil
+	return e.stop(ctx, bt.svc.Name, c, grace)
 }
 
 // stateRemoved marks, in a plan being applied, a container that is gone.
@@ -444,6 +441,35 @@ func (e *Executor) rename(ctx context.Context, c *Container, name string) error 
 // name to the addresses in want and none of those in gone.
 func (e *Executor) reloadProxies(ctx context.Context, p *Plan, service string, want, gone addrs, out []string) error {
 	for _, proxy := range p.proxies[service] {
+		unlock := e.lockProxy(proxy)
+		err := e.reloadProxy(ctx, p, proxy, service, want, gone, out)
+		unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lockProxy takes the lock of a proxy service and returns its release.
+func (e *Executor) lockProxy(proxy string) func() {
+	e.mu.Lock()
+	if e.proxyMu == nil {
+		e.proxyMu = map[string]*sync.Mutex{}
+	}
+	m := e.proxyMu[proxy]
+	if m == nil {
+		m = &sync.Mutex{}
+		e.proxyMu[proxy] = m
+	}
+	e.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// reloadProxy reloads the containers of one proxy service for service.
+func (e *Executor) reloadProxy(ctx context.Context, p *Plan, proxy, service string, want, gone addrs, out []string) error {
+	{
 		spec := p.spec(proxy)
 		px := spec.Policy.Proxy
 		list, err := e.running(ctx, p.Project, proxy)
@@ -682,7 +708,9 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 			return err
 		}
 	}
-	return e.create(ctx, name, &cfg, spec.Host, spec.Networks, prepare)
+	host := spec.Host
+	e.shield(&host)
+	return e.create(ctx, name, &cfg, host, spec.Networks, prepare)
 }
 
 // create creates a container, joins its other networks, runs prepare (if

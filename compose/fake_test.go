@@ -35,6 +35,8 @@ type fakeEngine struct {
 	calls      []string
 	failCreate string // container name whose create fails
 	hookExit   int64  // exit code of every hook container
+	// onHook, when set, sees every hook container as it runs.
+	onHook func(*fakeContainer)
 	// hookOutput is what every hook container writes on stdout.
 	hookOutput string
 	execs      map[string][]string
@@ -58,6 +60,7 @@ type fakeContainer struct {
 	id, name string
 	ip       string // its address on every network, while it runs
 	cfg      container.Config
+	host     container.HostConfig
 	running  bool
 	networks []string
 	exitCode int
@@ -107,7 +110,7 @@ func all(filters []string, labels map[string]string) bool {
 	return true
 }
 
-func (f *fakeEngine) ContainerCreate(_ context.Context, cfg *container.Config, _ *container.HostConfig, nc *network.NetworkingConfig, _ *ocispec.Platform, name string) (container.CreateResponse, error) {
+func (f *fakeEngine) ContainerCreate(_ context.Context, cfg *container.Config, host *container.HostConfig, nc *network.NetworkingConfig, _ *ocispec.Platform, name string) (container.CreateResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("create %s", name)
@@ -122,6 +125,9 @@ func (f *fakeEngine) ContainerCreate(_ context.Context, cfg *container.Config, _
 	f.next++
 	c := &fakeContainer{id: fmt.Sprintf("c%03d", f.next), name: name, cfg: *cfg, ip: fmt.Sprintf("10.0.0.%d", f.next)}
 	c.cfg.Labels = maps.Clone(cfg.Labels)
+	if host != nil {
+		c.host = *host
+	}
 	if nc != nil {
 		for n := range nc.EndpointsConfig {
 			c.networks = append(c.networks, n)
@@ -223,6 +229,19 @@ func (f *fakeEngine) ContainerRename(_ context.Context, id, name string) error {
 	return nil
 }
 
+// ContainerUpdate changes a container's CPU weight.
+func (f *fakeEngine) ContainerUpdate(_ context.Context, id string, u container.UpdateConfig) (container.UpdateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.get(id)
+	if err != nil {
+		return container.UpdateResponse{}, err
+	}
+	f.record("update %s cpu-shares %d", c.name, u.CPUShares)
+	c.host.CPUShares = u.CPUShares
+	return container.UpdateResponse{}, nil
+}
+
 // ContainerWait reports hooks as exiting with hookExit at once.
 func (f *fakeEngine) ContainerWait(_ context.Context, id string, _ container.WaitCondition) (<-chan container.WaitResponse, <-chan error) {
 	f.mu.Lock()
@@ -230,6 +249,9 @@ func (f *fakeEngine) ContainerWait(_ context.Context, id string, _ container.Wai
 	waitc := make(chan container.WaitResponse, 1)
 	if c, ok := f.containers[id]; ok {
 		f.record("hook %s %s", c.name, strings.Join(c.cfg.Cmd, " "))
+		if f.onHook != nil {
+			f.onHook(c)
+		}
 		c.running = false
 	}
 	waitc <- container.WaitResponse{StatusCode: f.hookExit}
@@ -312,9 +334,9 @@ func (f *fakeEngine) ContainerInspect(_ context.Context, id string) (container.I
 	for _, n := range c.networks {
 		nets[n] = &network.EndpointSettings{IPAddress: c.ip}
 	}
-	cfg := c.cfg
+	cfg, host := c.cfg, c.host
 	return container.InspectResponse{
-		ContainerJSONBase: &container.ContainerJSONBase{ID: c.id, Name: "/" + c.name,
+		ContainerJSONBase: &container.ContainerJSONBase{ID: c.id, Name: "/" + c.name, HostConfig: &host,
 			State: &container.State{Running: c.running, ExitCode: c.exitCode}},
 		Config:          &cfg,
 		NetworkSettings: &container.NetworkSettings{Networks: nets},

@@ -54,6 +54,7 @@ func (e *Executor) runHook(ctx context.Context, project string, spec *ServiceSpe
 	defer cancel()
 	e.say(spec.Name, "running %s", what)
 	start := time.Now()
+	e.shield(&host)
 	id, err := e.create(ctx, name, &cfg, host, spec.Networks, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)

@@ -149,9 +149,28 @@ type Release struct {
 	// release, and recovery, when it started again, finished it: rolled
 	// back to RestoredTo (the outcome says whether that worked).
 	Interrupted bool `json:"interrupted,omitempty"`
+	// Steps is the release's rollout as a graph of steps (the journal
+	// holds them before the first change), with how each one ended and
+	// how long it took. A rollback after a failure is not among them.
+	Steps []Step `json:"steps,omitempty"`
 	// State is the desired state the release deployed, exactly as sent to
 	// the engine: what a rollback to it redeploys. Not sent by history.
 	State json.RawMessage `json:"state,omitempty"`
+}
+
+// Step is one step of a release's rollout: what it did, which steps it
+// waited for, and how it ended (pending while the release runs, then
+// done, failed or skipped).
+type Step struct {
+	ID      int       `json:"id"`
+	Kind    string    `json:"kind"`
+	Service string    `json:"service,omitempty"`
+	Target  string    `json:"target,omitempty"`
+	After   []int     `json:"after,omitempty"`
+	State   string    `json:"state"`
+	Started time.Time `json:"started,omitzero"`
+	Seconds float64   `json:"seconds,omitempty"`
+	Error   string    `json:"error,omitempty"`
 }
 
 // When a container was stopped, in a release's life.

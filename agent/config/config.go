@@ -63,6 +63,8 @@ type Config struct {
 	Jobs Jobs `yaml:"jobs"`
 	// Recovery tunes the crash recovery agentd runs before it serves.
 	Recovery Recovery `yaml:"recovery"`
+	// Rollout tunes how new containers boot beside those that serve.
+	Rollout Rollout `yaml:"rollout"`
 
 	// path is the file it was loaded from; relative paths resolve against
 	// its directory.
@@ -79,6 +81,19 @@ type Recovery struct {
 	// SettleLimit bounds that wait; recovery goes ahead after it.
 	SettleLimit time.Duration `yaml:"settle_limit"`
 }
+
+// Rollout tunes how releases roll out.
+type Rollout struct {
+	// BootCPUShares is the CPU weight (docker's --cpu-shares) a new
+	// container and a hook boot with; a container gets its configured
+	// weight back once it passes its gate. 1024 (the engine's default)
+	// turns it off; a service that sets cpu_shares keeps its own.
+	BootCPUShares int64 `yaml:"boot_cpu_shares"`
+}
+
+// DefaultBootCPUShares is the weight new containers boot with: the least
+// the engine accepts, so the containers that serve come first.
+const DefaultBootCPUShares = 2
 
 // Recovery defaults.
 const (
@@ -434,6 +449,9 @@ func (c *Config) applyDefaults() {
 	if c.Recovery.SettleLimit == 0 {
 		c.Recovery.SettleLimit = DefaultRecoverySettleLimit
 	}
+	if c.Rollout.BootCPUShares == 0 {
+		c.Rollout.BootCPUShares = DefaultBootCPUShares
+	}
 	c.StateDir = abs(c.StateDir)
 	c.Socket.Path = abs(c.Socket.Path)
 	c.DockerConfig = abs(c.DockerConfig)
@@ -778,6 +796,9 @@ func (c *Config) validateFrontDoors() []error {
 	}
 	if r := c.Recovery; r.Settle <= 0 || r.SettleLimit < r.Settle {
 		bad("recovery: settle (%s) must be positive and settle_limit (%s) at least settle", r.Settle, r.SettleLimit)
+	}
+	if w := c.Rollout.BootCPUShares; w < 2 || w > 262144 {
+		bad("rollout.boot_cpu_shares %d: the engine takes 2 to 262144 (1024 is its default weight: no shielding)", w)
 	}
 	if s := c.SSH; s != nil {
 		if _, _, err := net.SplitHostPort(s.Listen); err != nil {

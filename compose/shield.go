@@ -1,0 +1,92 @@
+package compose
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+)
+
+// Monitor watches started containers for a window (healthcheck.Checker).
+type Monitor interface {
+	Monitor(ctx context.Context, ids []string, window time.Duration) error
+}
+
+// StepState is how a step ended.
+type StepState string
+
+// How steps end.
+const (
+	StepDone    StepState = "done"
+	StepFailed  StepState = "failed"
+	StepSkipped StepState = "skipped"
+)
+
+// StepResult is a step of a graph as it ran.
+type StepResult struct {
+	Step
+	State   StepState `json:"state"`
+	Started time.Time `json:"started,omitzero"`
+	Took    time.Duration `json:"took,omitempty"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// record notes how a step ended.
+func (e *Executor) record(s *Step, began time.Time, state StepState, err error) {
+	r := StepResult{Step: *s, State: state, Started: began}
+	if !began.IsZero() {
+		r.Took = e.now().Sub(began)
+	}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	e.mu.Lock()
+	e.results = append(e.results, r)
+	e.mu.Unlock()
+	if e.OnStep != nil {
+		e.OnStep(r)
+	}
+}
+
+// Steps returns the steps that ended so far, in the order they ended.
+func (e *Executor) Steps() []StepResult {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]StepResult(nil), e.results...)
+}
+
+// defaultCPUShares is the engine's CPU weight for a container that sets
+// none.
+const defaultCPUShares = 1024
+
+// shield lowers the CPU weight a new container boots with, so that its
+// boot (imports, forks, migrations' checks) takes the CPU the serving
+// containers leave rather than theirs. A service that sets cpu_shares
+// itself keeps it.
+func (e *Executor) shield(host *container.HostConfig) {
+	if e.BootCPUShares > 0 && host.CPUShares == 0 {
+		host.CPUShares = e.BootCPUShares
+	}
+}
+
+// unshield gives containers that passed their gate their configured CPU
+// weight back (a live update: nothing restarts).
+func (e *Executor) unshield(ctx context.Context, s ServicePlan, ids []string) error {
+	if e.BootCPUShares <= 0 || s.Spec.Host.CPUShares != 0 {
+		return nil
+	}
+	for _, id := range ids {
+		in, err := e.Engine.ContainerInspect(ctx, id)
+		if err != nil {
+			return fmt.Errorf("restore the CPU weight of %s: %w", id, err)
+		}
+		if in.HostConfig == nil || in.HostConfig.CPUShares != e.BootCPUShares {
+			continue // started again, not created: it never booted shielded
+		}
+		if _, err := e.Engine.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: container.Resources{CPUShares: defaultCPUShares}}); err != nil {
+			return fmt.Errorf("restore the CPU weight of %s: %w", in.Name, err)
+		}
+	}
+	return nil
+}
