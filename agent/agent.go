@@ -140,8 +140,9 @@ type run struct {
 	log      *slog.Logger
 	started  time.Time
 	release  api.Release
-	// stepMu guards release.Steps while the rollout's steps end.
-	stepMu sync.Mutex
+	// stepMu guards release.Steps while the rollout's steps end; emitMu
+	// sends one event at a time.
+	stepMu, emitMu sync.Mutex
 	// dry is a dry run: no lock, no record, nothing changed, and the
 	// observers are not told.
 	dry bool
@@ -160,6 +161,9 @@ func (r *run) event(e api.Event) {
 	e.Project = r.project
 	e.Release = r.release.Number
 	if r.emit != nil {
+		// Steps of a rollout end at once: one event at a time.
+		r.emitMu.Lock()
+		defer r.emitMu.Unlock()
 		r.emit(e)
 	}
 }

@@ -26,17 +26,25 @@ func pendingSteps(g *compose.Graph) []api.Step {
 	return out
 }
 
-// stepEnded records on the release how a step of its rollout ended.
+// stepEnded records on the release how a step of its rollout ended, and
+// tells the caller (a step event).
 func (r *run) stepEnded(res compose.StepResult) {
 	r.stepMu.Lock()
-	defer r.stepMu.Unlock()
 	i := res.ID - 1
 	if i < 0 || i >= len(r.release.Steps) || r.release.Steps[i].ID != res.ID {
+		r.stepMu.Unlock()
 		return
 	}
 	st := &r.release.Steps[i]
 	st.State, st.Started, st.Error = string(res.State), res.Started, res.Error
 	st.Seconds = res.Took.Round(time.Millisecond).Seconds()
+	step := *st
+	r.stepMu.Unlock()
+	msg := fmt.Sprintf("step %d %s %s: %s", step.ID, step.Kind, step.Target, step.State)
+	if step.State != string(compose.StepSkipped) {
+		msg += fmt.Sprintf(" in %.1fs", step.Seconds)
+	}
+	r.event(api.Event{Type: api.EventStep, Service: step.Service, Message: msg, Step: &step})
 }
 
 // defaultStepTime is what a step is expected to take when no earlier

@@ -88,6 +88,7 @@ const (
 	EventProgress = "progress" // something is happening
 	EventPlan     = "plan"     // the plan, as text
 	EventResult   = "result"   // the last event: carries the exit code
+	EventStep     = "step"     // a step of the rollout ended: carries it
 )
 
 // Event is one line of a deploy's progress stream (NDJSON on the wire).
@@ -100,6 +101,9 @@ type Event struct {
 	Message string    `json:"message"`
 	// ExitCode is set on the result event only.
 	ExitCode *int `json:"exit_code,omitempty"`
+	// Step is set on step events only: the step, how it ended, when it
+	// began and how long it took.
+	Step *Step `json:"step,omitempty"`
 }
 
 // Release outcomes.

@@ -20,6 +20,12 @@ func PrintEvent(w io.Writer, e Event) {
 		for _, line := range strings.Split(strings.TrimRight(e.Message, "\n"), "\n") {
 			fmt.Fprintf(w, "%s %s\n", ts, line)
 		}
+	case EventStep:
+		// A CI log shows the steps that took a second or more, and those
+		// that failed; --json carries every one.
+		if st := e.Step; st != nil && (st.State == "failed" || (st.State == "done" && st.Seconds >= 1)) {
+			fmt.Fprintf(w, "%s [%s] %s\n", ts, dash(e.Service), e.Message)
+		}
 	case EventResult:
 		word := "ok"
 		if e.ExitCode != nil && *e.ExitCode != 0 {

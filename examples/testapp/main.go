@@ -15,6 +15,10 @@
 //	                     sync workers: others wait in the listen queue (and
 //	                     are reset when the listener closes at SIGTERM)
 //	REQUEST_DELAY=20ms   GET / and POST / take this long to answer
+//	REQUEST_CPU=3ms      GET / and POST / compute for this long (CPU time,
+//	                     not a sleep), so their latency shows CPU starvation
+//	BOOT_CPU=4x6s        before listening, compute on 4 threads for 6s, as a
+//	                     Django or Celery boot does (imports, forks)
 //
 // "testapp check [URL]" performs a single HTTP GET (default
 // http://127.0.0.1:$PORT/healthz) and exits 0 on 200 and 1 otherwise; scratch
@@ -35,6 +39,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -75,6 +80,9 @@ type config struct {
 	stopDelay    time.Duration
 	workers      int
 	requestDelay time.Duration
+	requestCPU   time.Duration
+	bootThreads  int
+	bootCPU      time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -101,6 +109,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		{"EXIT_AFTER", &c.exitAfter, &c.exitSet},
 		{"STOP_DELAY", &c.stopDelay, nil},
 		{"REQUEST_DELAY", &c.requestDelay, nil},
+		{"REQUEST_CPU", &c.requestCPU, nil},
 	}
 	for _, d := range durations {
 		v := getenv(d.name)
@@ -122,6 +131,18 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("parse EXIT_CODE=%q: want an integer 0-255", v)
 		}
 		c.exitCode = code
+	}
+	if v := getenv("BOOT_CPU"); v != "" {
+		var threads int
+		var d string
+		if _, err := fmt.Sscanf(v, "%dx%s", &threads, &d); err != nil || threads < 1 || threads > 64 {
+			return config{}, fmt.Errorf("parse BOOT_CPU=%q: want THREADSxDURATION, e.g. 4x6s (1 to 64 threads)", v)
+		}
+		parsed, err := time.ParseDuration(d)
+		if err != nil || parsed < 0 {
+			return config{}, fmt.Errorf("parse BOOT_CPU=%q: invalid duration", v)
+		}
+		c.bootThreads, c.bootCPU = threads, parsed
 	}
 	if v := getenv("WORKERS"); v != "" {
 		if _, err := fmt.Sscanf(v, "%d", &c.workers); err != nil || c.workers < 1 {
@@ -259,6 +280,11 @@ func serve(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		}
 	}
 
+	if cfg.bootCPU > 0 {
+		fmt.Fprintf(stdout, "testapp %s: booting: %d threads computing for %s\n", cfg.version, cfg.bootThreads, cfg.bootCPU)
+		burn(ctx, cfg.bootThreads, cfg.bootCPU)
+	}
+
 	ln, err := net.Listen("tcp", "0.0.0.0:"+cfg.port)
 	if err != nil {
 		return fmt.Errorf("listen on port %s: %w", cfg.port, err)
@@ -301,6 +327,48 @@ func serve(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// spin computes until the thread has used d of CPU time (wall time when
+// the thread's CPU time cannot be read), so it takes longer when the CPU
+// is shared.
+func spin(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	start, ok := threadCPU()
+	if !ok {
+		for end := time.Now().Add(d); time.Now().Before(end); {
+		}
+		return
+	}
+	for {
+		for range 10000 {
+		}
+		if now, _ := threadCPU(); now-start >= d {
+			return
+		}
+	}
+}
+
+// burn computes on n threads for d of wall time, or until ctx ends.
+func burn(ctx context.Context, n int, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				for range 100000 {
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // validKey reports whether key matches [A-Za-z0-9_-]+, which keeps it a
 // plain file name inside DATA_DIR.
 func validKey(key string) bool {
@@ -322,6 +390,7 @@ func newHandler(cfg config, start time.Time, now func() time.Time) http.Handler 
 	version := func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)  // a POST's body is read, as an app would
 		time.Sleep(cfg.requestDelay) // the request's work
+		spin(cfg.requestCPU)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "%s\n", cfg.version)
 	}

@@ -386,3 +386,27 @@ func TestSleep(t *testing.T) {
 		}
 	}
 }
+
+func TestBootAndRequestCPU(t *testing.T) {
+	cfg, err := loadConfig(func(k string) string {
+		return map[string]string{"BOOT_CPU": "3x250ms", "REQUEST_CPU": "5ms"}[k]
+	})
+	if err != nil || cfg.bootThreads != 3 || cfg.bootCPU != 250*time.Millisecond || cfg.requestCPU != 5*time.Millisecond {
+		t.Fatalf("config = %+v, %v", cfg, err)
+	}
+	for _, bad := range []string{"4", "x2s", "0x1s", "65x1s", "2xsoon", "2x-1s"} {
+		if _, err := loadConfig(func(k string) string { return map[string]string{"BOOT_CPU": bad}[k] }); err == nil {
+			t.Errorf("BOOT_CPU=%q accepted", bad)
+		}
+	}
+	start := time.Now()
+	burn(t.Context(), 2, 200*time.Millisecond)
+	if took := time.Since(start); took < 200*time.Millisecond || took > 2*time.Second {
+		t.Errorf("burn took %s, want about 200ms", took)
+	}
+	start = time.Now()
+	spin(20 * time.Millisecond)
+	if took := time.Since(start); took < 20*time.Millisecond {
+		t.Errorf("spin(20ms) took %s", took)
+	}
+}

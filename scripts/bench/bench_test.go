@@ -142,6 +142,13 @@ func ev(s float64, svc, msg string) Event {
 	return Event{Time: at(s), Type: "progress", Service: svc, Message: msg}
 }
 
+// stepEv is the event of a step that began at start and took secs.
+func stepEv(start, secs float64, svc, kind string) Event {
+	end := start + secs
+	return Event{Time: at(end), Type: "step", Service: svc, Message: "step " + kind,
+		Step: &Step{Kind: kind, Service: svc, State: "done", Started: at(start), Seconds: secs}}
+}
+
 func events() []Event {
 	one := 1
 	return []Event{
@@ -150,13 +157,20 @@ func events() []Event {
 		{Time: at(1), Type: "plan", Message: "plan"},
 		ev(2, "", "release 2 replaces release 1: changing web, worker"),
 		ev(2.5, "web", "running migrate"),
+		stepEv(2.5, 5, "web", "hook"),
 		ev(10, "web", "ready"),
+		stepEv(7.5, 3, "web", "gate"),
 		ev(12, "nginx", "reloaded nginx (for web)"),
+		stepEv(10.5, 2.5, "web", "switch"),
 		ev(13, "worker", "creating worker-1"),
+		stepEv(13, 1, "worker", "create"),
 		ev(20, "worker", "ready"),
+		stepEv(14, 7, "worker", "gate"),
+		{Time: at(20.5), Type: "step", Service: "worker", Step: &Step{Kind: "stop", Service: "worker", State: "skipped"}},
 		ev(21, "", "monitoring 4 new container(s) for 5s"),
 		ev(26, "", "release 2 failed: worker exited"),
 		ev(27, "worker", "removing worker-1 (created by release 2)"),
+		stepEv(27, 20, "worker", "remove"), // after the failure: the undo, not the rollout
 		{Time: at(30), Type: "result", Message: "failed", ExitCode: &one},
 	}
 }
@@ -175,16 +189,17 @@ func TestRollout(t *testing.T) {
 	if len(ro.Spans) != 2 {
 		t.Fatalf("spans = %+v, want web and worker (nginx's reload is web's)", ro.Spans)
 	}
-	// web: from its first event to the one after its last (the reload for
-	// web is web's; the pull, before the apply, is not).
+	// web: from the start of its first step to the end of its last (the
+	// pull, before the apply, is no step).
 	if s := ro.Spans["web"]; !s.Start.Equal(at(2.5)) || !s.End.Equal(at(13)) {
 		t.Errorf("web's span = %v-%v, want 2.5s-13s", s.Start.Sub(t0), s.End.Sub(t0))
 	}
-	// worker: to the monitor's start (the undo after the failure is not the rollout).
+	// worker: to the end of its gate (a skipped step has no time; the undo
+	// after the failure is not the rollout).
 	if s := ro.Spans["worker"]; !s.Start.Equal(at(13)) || !s.End.Equal(at(21)) {
 		t.Errorf("worker's span = %v-%v, want 13s-21s", s.Start.Sub(t0), s.End.Sub(t0))
 	}
-	if _, err := rollout(events()[:5]); err == nil {
+	if _, err := rollout(events()[:6]); err == nil {
 		t.Error("a stream without a result: no error")
 	}
 }
@@ -295,6 +310,7 @@ func TestLoadRunAndReport(t *testing.T) {
 		`{"time":"` + at(10.5).Format(time.RFC3339Nano) + `","type":"progress","message":"loading"}`,
 		`{"time":"` + at(12).Format(time.RFC3339Nano) + `","type":"progress","message":"release 2 replaces release 1: changing web"}`,
 		`{"time":"` + at(13).Format(time.RFC3339Nano) + `","type":"progress","service":"web","message":"creating web-3"}`,
+		`{"time":"` + at(31).Format(time.RFC3339Nano) + `","type":"step","service":"web","message":"step 1","step":{"id":1,"kind":"create","service":"web","state":"done","started":"` + at(13).Format(time.RFC3339Nano) + `","seconds":18}}`,
 		`{"time":"` + at(30).Format(time.RFC3339Nano) + `","type":"progress","service":"web","message":"ready"}`,
 		`{"time":"` + at(31).Format(time.RFC3339Nano) + `","type":"progress","message":"monitoring 2 new container(s) for 5s"}`,
 		`{"time":"` + at(39.9).Format(time.RFC3339Nano) + `","type":"result","message":"ok","exit_code":0}`,

@@ -19,6 +19,18 @@ type Event struct {
 	Service  string    `json:"service"`
 	Message  string    `json:"message"`
 	ExitCode *int      `json:"exit_code"`
+	Step     *Step     `json:"step"`
+}
+
+// Step is the step a step event carries (agent/api.Step).
+type Step struct {
+	ID      int       `json:"id"`
+	Kind    string    `json:"kind"`
+	Service string    `json:"service"`
+	After   []int     `json:"after"`
+	State   string    `json:"state"`
+	Started time.Time `json:"started"`
+	Seconds float64   `json:"seconds"`
 }
 
 func parseEvents(r io.Reader) ([]Event, error) {
@@ -57,12 +69,11 @@ var (
 	failedRe   = regexp.MustCompile(`^release \d+ failed: `)
 )
 
-// Span is one service's rollout as the event stream shows it: from its first
-// event to the event after its last (the end of its last step), between the
-// start of the apply ("release N replaces release M ...") and the monitor
-// window. A proxy reload done for a service ("reloaded nginx (for web)")
-// counts as that service's. This reads the executor as it is, one step at a
-// time: one that runs services in parallel must say when each step ends.
+// Span is one service's rollout: from the start of its first step to the
+// end of its last, as the deploy's step events say (agentd sends one as
+// each step ends, with when it began and how long it took). Steps without
+// a service (networks, the monitor window) are no service's. A proxy
+// reload done for a service is in that service's switch step.
 type Span struct {
 	Service    string
 	Start, End time.Time
@@ -83,18 +94,7 @@ type Rollout struct {
 
 func rollout(events []Event) (Rollout, error) {
 	ro := Rollout{Spans: map[string]Span{}, ExitCode: -1}
-	prev := "" // the service of the previous event of the apply
 	for _, e := range events {
-		// The executor runs one step at a time and says when a step begins,
-		// not when it ends ("stopping web-1", then nothing until the stop is
-		// done): a service's step lasts until the next event, whatever it is.
-		if prev != "" {
-			if sp := ro.Spans[prev]; e.Time.After(sp.End) {
-				sp.End = e.Time
-				ro.Spans[prev] = sp
-			}
-			prev = ""
-		}
 		switch {
 		case e.Type == "result":
 			ro.Result = e.Time
@@ -108,26 +108,28 @@ func rollout(events []Event) (Rollout, error) {
 		case failedRe.MatchString(e.Message) && ro.Failed.IsZero():
 			ro.Failed = e.Time
 		}
-		if ro.ApplyStart.IsZero() || !ro.MonitorStart.IsZero() || !ro.Failed.IsZero() || e.Type != "progress" {
+		if ro.ApplyStart.IsZero() || !ro.Failed.IsZero() {
 			continue
 		}
-		svc := e.Service
-		if m := reloadedRe.FindStringSubmatch(e.Message); m != nil {
-			svc = m[1]
+		if e.Type == "progress" && reloadedRe.MatchString(e.Message) {
 			ro.Reloads = append(ro.Reloads, e.Time)
 		}
-		if svc == "" {
+		st := e.Step
+		if e.Type != "step" || st == nil || st.Service == "" || st.State != "done" || st.Started.IsZero() {
 			continue
 		}
-		sp, ok := ro.Spans[svc]
+		end := st.Started.Add(time.Duration(st.Seconds * float64(time.Second)))
+		sp, ok := ro.Spans[st.Service]
 		if !ok {
-			sp = Span{Service: svc, Start: e.Time}
+			sp = Span{Service: st.Service, Start: st.Started, End: end}
 		}
-		if e.Time.After(sp.End) {
-			sp.End = e.Time
+		if st.Started.Before(sp.Start) {
+			sp.Start = st.Started
 		}
-		ro.Spans[svc] = sp
-		prev = svc
+		if end.After(sp.End) {
+			sp.End = end
+		}
+		ro.Spans[st.Service] = sp
 	}
 	if ro.Result.IsZero() {
 		return ro, fmt.Errorf("rollout: the event stream has no result event")

@@ -108,7 +108,7 @@ func report(w io.Writer, runs []*Run) bool {
 	row("agentd CPU seconds (user+system, whole run)", "-", collect(runs, func(r *Run) float64 { return r.B.CPUSeconds }).format(2, " s"))
 	tw.Flush()
 
-	fmt.Fprintln(w, "\nBerth's deploy, per run: exit code; each service's rollout from its events (s); the critical path")
+	fmt.Fprintln(w, "\nBerth's deploy, per run: exit code; each service's rollout from its steps (s); the critical path")
 	for i, r := range runs {
 		var spans []string
 		for _, s := range r.B.Spans {
