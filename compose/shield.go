@@ -26,10 +26,10 @@ const (
 // StepResult is a step of a graph as it ran.
 type StepResult struct {
 	Step
-	State   StepState `json:"state"`
-	Started time.Time `json:"started,omitzero"`
+	State   StepState     `json:"state"`
+	Started time.Time     `json:"started,omitzero"`
 	Took    time.Duration `json:"took,omitempty"`
-	Error   string    `json:"error,omitempty"`
+	Error   string        `json:"error,omitempty"`
 }
 
 // record notes how a step ended.

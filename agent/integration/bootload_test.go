@@ -125,7 +125,7 @@ services:
 			defer stop()
 			l := load(ctx, url, 4, 40*time.Millisecond)
 			steadyFrom := time.Now().Add(time.Second) // connections opened, caches warm
-			time.Sleep(6 * time.Second)              // deliberate: the steady phase is time itself
+			time.Sleep(6 * time.Second)               // deliberate: the steady phase is time itself
 			deployFrom := time.Now()
 			h.deploy(0, "--image", "worker="+h.reg.Ref("bootworker:v2"))
 			deployTo := time.Now()
