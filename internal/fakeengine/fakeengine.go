@@ -34,9 +34,12 @@ import (
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
+	dockerregistry "github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -88,6 +91,8 @@ type Engine struct {
 	imageRemoveOpts []image.RemoveOptions
 	imageRemoveErr  map[string]error
 	onImageList     func(context.Context) error
+	registry        map[string]string // repository:tag -> digest, what the registry serves
+	crashOnStart    map[string]int    // by image: the exit code its containers die with
 
 	calls []string
 
@@ -125,6 +130,8 @@ func New() *Engine {
 		stubborn:       map[string]bool{},
 		conns:          map[string]int{},
 		files:          map[string]string{},
+		registry:       map[string]string{},
+		crashOnStart:   map[string]int{},
 		events:         make(chan events.Message, 16),
 	}
 }
@@ -230,6 +237,24 @@ func (e *Engine) OnImageList(f func(context.Context) error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.onImageList = f
+}
+
+// SetRegistry makes the registry serve digest for ref (repository:tag):
+// DistributionInspect resolves it, and ImagePull of ref or of
+// repository@digest adds the image.
+func (e *Engine) SetRegistry(ref, digest string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.registry[ref] = digest
+}
+
+// CrashOnStart makes every container of img (its config's image, as
+// created) exit with code as soon as it starts, as a process that dies at
+// once does.
+func (e *Engine) CrashOnStart(img string, code int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.crashOnStart[img] = code
 }
 
 // Containers as a test sets them up or changes them.
@@ -538,6 +563,12 @@ func (e *Engine) ContainerStart(_ context.Context, id string, _ container.StartO
 		return err
 	}
 	e.record("start %s", name(c))
+	if code, ok := e.crashOnStart[c.Config.Image]; ok {
+		c.State.Running = false
+		c.State.Status = container.StateExited
+		c.State.ExitCode = code
+		return nil
+	}
 	c.State.Running = true
 	c.State.Status = container.StateRunning
 	c.State.ExitCode = 0
@@ -962,4 +993,51 @@ func (e *Engine) ImageRemove(_ context.Context, id string, o image.RemoveOptions
 		}
 	}
 	return nil, errdefs.NotFound(fmt.Errorf("no such image: %s", id))
+}
+
+// ImageInspect finds an image by ID, repository:tag or repository@digest.
+func (e *Engine) ImageInspect(_ context.Context, ref string, _ ...client.ImageInspectOption) (image.InspectResponse, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, img := range e.images {
+		if img.ID == ref || slices.Contains(img.RepoTags, ref) || slices.Contains(img.RepoDigests, ref) {
+			return image.InspectResponse{ID: img.ID, RepoTags: img.RepoTags, RepoDigests: img.RepoDigests}, nil
+		}
+	}
+	return image.InspectResponse{}, errdefs.NotFound(fmt.Errorf("no such image: %s", ref))
+}
+
+// DistributionInspect resolves a repository:tag the registry serves
+// (SetRegistry).
+func (e *Engine) DistributionInspect(_ context.Context, ref, _ string) (dockerregistry.DistributionInspect, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.record("resolve %s", ref)
+	d, ok := e.registry[ref]
+	if !ok {
+		return dockerregistry.DistributionInspect{}, errdefs.NotFound(fmt.Errorf("manifest unknown: %s", ref))
+	}
+	var di dockerregistry.DistributionInspect
+	di.Descriptor.Digest = digest.Digest(d)
+	return di, nil
+}
+
+// ImagePull adds the image of ref (repository:tag or
+// repository@digest) if the registry serves it, as a pull does.
+func (e *Engine) ImagePull(_ context.Context, ref string, _ image.PullOptions) (io.ReadCloser, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.record("pull %s", ref)
+	repo, d, byDigest := strings.Cut(ref, "@")
+	if !byDigest {
+		var ok bool
+		if d, ok = e.registry[ref]; !ok || strings.LastIndex(ref, ":") < strings.LastIndex(ref, "/") {
+			return nil, errdefs.NotFound(fmt.Errorf("manifest for %s not found", ref))
+		}
+		repo = ref[:strings.LastIndex(ref, ":")]
+	} else if !slices.Contains(slices.Collect(maps.Values(e.registry)), d) {
+		return nil, errdefs.NotFound(fmt.Errorf("manifest for %s not found", ref))
+	}
+	e.images = append(e.images, image.Summary{ID: "sha256:" + strings.TrimPrefix(d, "sha256:"), RepoDigests: []string{repo + "@" + d}})
+	return io.NopCloser(strings.NewReader(`{"status":"Downloaded newer image"}` + "\n")), nil
 }
