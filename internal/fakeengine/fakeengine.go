@@ -112,7 +112,6 @@ type Engine struct {
 	files      map[string]string
 	clock      time.Time
 
-	inspects     int
 	eventFilters []events.ListOptions
 	events       chan events.Message
 }
@@ -444,13 +443,6 @@ func (e *Engine) RemovedImages() ([]string, []image.RemoveOptions) {
 	return slices.Clone(e.removedImages), slices.Clone(e.imageRemoveOpts)
 }
 
-// Inspects returns how many times a container was inspected.
-func (e *Engine) Inspects() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.inspects
-}
-
 // EventFilters returns the options of every event subscription, in order.
 func (e *Engine) EventFilters() []events.ListOptions {
 	e.mu.Lock()
@@ -688,7 +680,6 @@ func (e *Engine) ContainerLogs(_ context.Context, id string, o container.LogsOpt
 func (e *Engine) ContainerInspect(_ context.Context, id string) (container.InspectResponse, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.inspects++
 	c, err := e.get(id)
 	if err != nil {
 		return container.InspectResponse{}, err
