@@ -74,8 +74,8 @@ type Observer interface {
 	RunFinished(api.RunEvent)
 }
 
-// Observe adds an observer; call it before the service takes requests.
-func (s *Service) Observe(o Observer) { s.observers = append(s.observers, o) }
+// AddObserver adds an observer; call it before the service takes requests.
+func (s *Service) AddObserver(o Observer) { s.observers = append(s.observers, o) }
 
 // Preparer runs before the first change of a release: a database dump
 // before migrations, say. Its error fails the release with nothing changed.
@@ -84,8 +84,8 @@ type Preparer interface {
 	BeforeRelease(ctx context.Context, project string, hooks bool) error
 }
 
-// Prepare adds a preparer; call it before the service takes requests.
-func (s *Service) Prepare(p Preparer) { s.preparers = append(s.preparers, p) }
+// AddPreparer adds a preparer; call it before the service takes requests.
+func (s *Service) AddPreparer(p Preparer) { s.preparers = append(s.preparers, p) }
 
 // Projects returns the configured project names.
 func (s *Service) Projects() []string { return s.cfg.ProjectNames() }
@@ -130,8 +130,9 @@ type outcome struct {
 	msg  string
 }
 
-// run is one request that may change a project: a deploy or a rollback.
-type run struct {
+// releaseRun is one request that may change a project, a deploy or a
+// rollback, from its lock to its result.
+type releaseRun struct {
 	svc      *Service
 	project  string
 	pc       config.Project
@@ -148,15 +149,15 @@ type run struct {
 	dry bool
 }
 
-func (s *Service) newRun(project, identity string, emit Emit) *run {
+func (s *Service) newReleaseRun(project, identity string, emit Emit) *releaseRun {
 	// Every log line of one request carries its deploy ID.
 	id := make([]byte, 4)
 	rand.Read(id)
-	return &run{svc: s, project: project, identity: identity, emit: emit, started: s.now(),
+	return &releaseRun{svc: s, project: project, identity: identity, emit: emit, started: s.now(),
 		log: s.log.With("deploy_id", hex.EncodeToString(id), "project", project, "identity", identity)}
 }
 
-func (r *run) event(e api.Event) {
+func (r *releaseRun) event(e api.Event) {
 	e.Time = r.svc.now()
 	e.Project = r.project
 	e.Release = r.release.Number
@@ -168,7 +169,7 @@ func (r *run) event(e api.Event) {
 	}
 }
 
-func (r *run) progress(service, format string, args ...any) {
+func (r *releaseRun) progress(service, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	r.log.Info(msg, "service", service, "release", r.release.Number)
 	r.event(api.Event{Type: api.EventProgress, Service: service, Message: msg})
@@ -176,7 +177,7 @@ func (r *run) progress(service, format string, args ...any) {
 
 // finish emits the result event, tells the observers, and returns the
 // exit code.
-func (r *run) finish(kind string, o outcome) int {
+func (r *releaseRun) finish(kind string, o outcome) int {
 	msg := o.msg
 	if o.err != nil {
 		msg = o.err.Error()
@@ -208,7 +209,7 @@ func (r *run) finish(kind string, o outcome) int {
 }
 
 // begin checks the project and takes its lock.
-func (r *run) begin(ctx context.Context, verb, message string, wait time.Duration) (unlock func(), o *outcome) {
+func (r *releaseRun) begin(ctx context.Context, verb, message string, wait time.Duration) (unlock func(), o *outcome) {
 	pc, ok := r.svc.cfg.Projects[r.project]
 	if !ok {
 		return nil, &outcome{code: api.ExitBadRequest, err: fmt.Errorf("%s %q: %w", verb, r.project, ErrUnknownProject)}
@@ -235,7 +236,7 @@ func (r *run) begin(ctx context.Context, verb, message string, wait time.Duratio
 // refuse.
 func (s *Service) deploy(ctx context.Context, identity string, req api.DeployRequest, emit Emit) int {
 	if req.DryRun {
-		r := s.newRun(req.Project, identity, emit)
+		r := s.newReleaseRun(req.Project, identity, emit)
 		r.dry = true
 		pc, ok := s.cfg.Projects[req.Project]
 		if !ok {
@@ -245,14 +246,14 @@ func (s *Service) deploy(ctx context.Context, identity string, req api.DeployReq
 		r.progress("", "dry run: no lock is taken and nothing is changed")
 		return r.finish(api.KindDeploy, r.deploy(ctx, req))
 	}
-	return s.locked(ctx, api.KindDeploy, req.Project, identity, req.Message, req.Wait, emit,
-		func(r *run) outcome { return r.deploy(ctx, req) })
+	return s.withLock(ctx, api.KindDeploy, req.Project, identity, req.Message, req.Wait, emit,
+		func(r *releaseRun) outcome { return r.deploy(ctx, req) })
 }
 
-// locked runs work as one request of kind on project, holding its lock,
+// withLock runs work as one request of kind on project, holding its lock,
 // and returns the exit code of the result it emits last.
-func (s *Service) locked(ctx context.Context, kind, project, identity, message string, wait time.Duration, emit Emit, work func(*run) outcome) int {
-	r := s.newRun(project, identity, emit)
+func (s *Service) withLock(ctx context.Context, kind, project, identity, message string, wait time.Duration, emit Emit, work func(*releaseRun) outcome) int {
+	r := s.newReleaseRun(project, identity, emit)
 	unlock, refused := r.begin(ctx, kind, message, wait)
 	if refused != nil {
 		return r.finish(kind, *refused)
@@ -261,7 +262,7 @@ func (s *Service) locked(ctx context.Context, kind, project, identity, message s
 	return r.finish(kind, work(r))
 }
 
-func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
+func (r *releaseRun) deploy(ctx context.Context, req api.DeployRequest) outcome {
 	if err := undeclared(r.project, r.pc, req.Env); err != nil {
 		return outcome{code: api.ExitBadRequest, err: err}
 	}
@@ -345,7 +346,7 @@ func (r *run) deploy(ctx context.Context, req api.DeployRequest) outcome {
 }
 
 // dryRun shows the plan to desired and changes nothing.
-func (r *run) dryRun(ctx context.Context, desired *compose.Desired) outcome {
+func (r *releaseRun) dryRun(ctx context.Context, desired *compose.Desired) outcome {
 	plan, err := r.plan(ctx, desired)
 	if err != nil {
 		return outcome{code: api.ExitBroken, err: err}
@@ -353,7 +354,7 @@ func (r *run) dryRun(ctx context.Context, desired *compose.Desired) outcome {
 	if plan.Empty() {
 		return outcome{code: api.ExitOK, msg: "dry run: nothing to change: the running containers already match this deploy"}
 	}
-	graph := plan.Graph(r.executor(false).Mode())
+	graph := plan.Graph(r.executor(rollOut).Mode())
 	r.event(api.Event{Type: api.EventPlan, Message: graph.String()})
 	r.progress("", "%s", r.estimate(graph))
 	return outcome{code: api.ExitOK, msg: fmt.Sprintf("dry run: the deploy would change %s; nothing was changed", strings.Join(plan.ChangedServices(), ", "))}
@@ -361,11 +362,11 @@ func (r *run) dryRun(ctx context.Context, desired *compose.Desired) outcome {
 
 // rollback redeploys a recorded release, by digest, with the same gating.
 func (s *Service) rollback(ctx context.Context, identity string, req api.RollbackRequest, emit Emit) int {
-	return s.locked(ctx, api.KindRollback, req.Project, identity, req.Message, req.Wait, emit,
-		func(r *run) outcome { return r.rollback(ctx, req) })
+	return s.withLock(ctx, api.KindRollback, req.Project, identity, req.Message, req.Wait, emit,
+		func(r *releaseRun) outcome { return r.rollback(ctx, req) })
 }
 
-func (r *run) rollback(ctx context.Context, req api.RollbackRequest) outcome {
+func (r *releaseRun) rollback(ctx context.Context, req api.RollbackRequest) outcome {
 	target, err := r.rollbackTarget(req.To)
 	if err != nil {
 		return outcome{code: api.ExitBadRequest, err: err}
@@ -407,7 +408,7 @@ func (r *run) rollback(ctx context.Context, req api.RollbackRequest) outcome {
 
 // rollbackTarget finds the release to go back to: the one asked for, or
 // the newest good release before the live one.
-func (r *run) rollbackTarget(to int) (api.Release, error) {
+func (r *releaseRun) rollbackTarget(to int) (api.Release, error) {
 	cur, ok, err := r.svc.store.Current(r.project)
 	if err != nil {
 		return api.Release{}, err
@@ -440,7 +441,7 @@ func (r *run) rollbackTarget(to int) (api.Release, error) {
 // roll takes the project to desired as a new release: journal, plan,
 // rollout, monitor, commit; or, on failure, the whole release back to the
 // previous one.
-func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Release, timeout time.Duration) outcome {
+func (r *releaseRun) roll(ctx context.Context, desired *compose.Desired, rec api.Release, timeout time.Duration) outcome {
 	plan, err := r.plan(ctx, desired)
 	if err != nil {
 		return outcome{code: api.ExitBroken, err: err}
@@ -460,7 +461,7 @@ func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Releas
 	// restarted agentd knows what was under way.
 	rec.Project, rec.Previous, rec.Started, rec.Identity = r.project, prev.Number, r.started, r.identity
 	rec.Outcome, rec.Plan, rec.State = api.OutcomeInProgress, plan.String(), state
-	graph := plan.Graph(r.executor(false).Mode())
+	graph := plan.Graph(r.executor(rollOut).Mode())
 	rec.Steps = pendingSteps(graph)
 	r.release, err = r.svc.store.Begin(rec)
 	if err != nil {
@@ -479,9 +480,9 @@ func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Releas
 	if timeout > 0 {
 		rollCtx, cancel = context.WithTimeout(ctx, timeout)
 	}
-	err = r.prepare(rollCtx, desired, plan)
+	err = r.runPreparers(rollCtx, desired, plan)
 	if err == nil {
-		err = r.apply(rollCtx, plan, graph, false)
+		err = r.apply(rollCtx, plan, graph, rollOut)
 	}
 	cancel()
 	if err != nil {
@@ -491,7 +492,7 @@ func (r *run) roll(ctx context.Context, desired *compose.Desired, rec api.Releas
 }
 
 // plan observes the project, plans the way to desired and shows the plan.
-func (r *run) plan(ctx context.Context, desired *compose.Desired) (*compose.Plan, error) {
+func (r *releaseRun) plan(ctx context.Context, desired *compose.Desired) (*compose.Plan, error) {
 	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
 	if err != nil {
 		return nil, err
@@ -501,8 +502,8 @@ func (r *run) plan(ctx context.Context, desired *compose.Desired) (*compose.Plan
 	return plan, nil
 }
 
-// prepare runs the preparers before the first change.
-func (r *run) prepare(ctx context.Context, desired *compose.Desired, plan *compose.Plan) error {
+// runPreparers runs the preparers before the first change.
+func (r *releaseRun) runPreparers(ctx context.Context, desired *compose.Desired, plan *compose.Plan) error {
 	if len(r.svc.preparers) == 0 {
 		return nil
 	}
@@ -522,9 +523,21 @@ func (r *run) prepare(ctx context.Context, desired *compose.Desired, plan *compo
 	return nil
 }
 
+// applyMode says which way apply takes a project.
+type applyMode int
+
+const (
+	// rollOut is a release's own rollout: what it retires is kept until
+	// the commit, so that a failure can go back to it.
+	rollOut applyMode = iota
+	// rollBack restores the previous release after a failed one.
+	rollBack
+)
+
 // executor is the executor of this release's rollout, or of its
 // rollback.
-func (r *run) executor(rollback bool) *compose.Executor {
+func (r *releaseRun) executor(mode applyMode) *compose.Executor {
+	rollback := mode == rollBack
 	return &compose.Executor{
 		Engine:        r.svc.engine,
 		Health:        r.svc.checker,
@@ -540,8 +553,9 @@ func (r *run) executor(rollback bool) *compose.Executor {
 // apply rolls a plan out as graph (made by plan.Graph in the executor's
 // mode), its monitor window included. The steps of a forward rollout are
 // recorded on the release as they end.
-func (r *run) apply(ctx context.Context, plan *compose.Plan, graph *compose.Graph, rollback bool) error {
-	exec := r.executor(rollback)
+func (r *releaseRun) apply(ctx context.Context, plan *compose.Plan, graph *compose.Graph, mode applyMode) error {
+	exec := r.executor(mode)
+	rollback := mode == rollBack
 	during := api.StopDuringRollout
 	if rollback {
 		during = api.StopDuringRollback
@@ -561,7 +575,7 @@ func (r *run) apply(ctx context.Context, plan *compose.Plan, graph *compose.Grap
 }
 
 // fail rolls the whole release back to prev after err, and records it.
-func (r *run) fail(ctx context.Context, prev api.Release, cause error) outcome {
+func (r *releaseRun) fail(ctx context.Context, prev api.Release, cause error) outcome {
 	r.progress("", "release %d failed: %v", r.release.Number, cause)
 	r.release.Finished = r.svc.now()
 	if errors.Is(cause, compose.ErrPaused) {
@@ -589,7 +603,7 @@ func (r *run) fail(ctx context.Context, prev api.Release, cause error) outcome {
 // using the images on disk. Before the first release there is none: the
 // release is undone instead, back to what ran before it (nothing, or a
 // stack `docker compose` had started).
-func (r *run) restore(ctx context.Context, prev api.Release) error {
+func (r *releaseRun) restore(ctx context.Context, prev api.Release) error {
 	if prev.Number == 0 {
 		failed, err := decodeState(r.release)
 		if err != nil {
@@ -613,7 +627,7 @@ func (r *run) restore(ctx context.Context, prev api.Release) error {
 	if err != nil {
 		return err
 	}
-	if err := r.apply(ctx, plan, plan.Graph(r.executor(true).Mode()), true); err != nil {
+	if err := r.apply(ctx, plan, plan.Graph(r.executor(rollBack).Mode()), rollBack); err != nil {
 		return err
 	}
 	if r.release.Interrupted {
@@ -627,7 +641,7 @@ func (r *run) restore(ctx context.Context, prev api.Release) error {
 
 // gateRunning waits until every running container of desired's services
 // is ready, as a rollout's gate would.
-func (r *run) gateRunning(ctx context.Context, desired *compose.Desired) error {
+func (r *releaseRun) gateRunning(ctx context.Context, desired *compose.Desired) error {
 	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
 	if err != nil {
 		return err
@@ -648,7 +662,7 @@ func (r *run) gateRunning(ctx context.Context, desired *compose.Desired) error {
 
 // commit makes the release live, then removes what it retired and runs
 // the post-deploy hooks; neither can fail the release any more.
-func (r *run) commit(ctx context.Context, desired *compose.Desired, plan *compose.Plan) outcome {
+func (r *releaseRun) commit(ctx context.Context, desired *compose.Desired, plan *compose.Plan) outcome {
 	r.release.Finished = r.svc.now()
 	r.release.Outcome = api.OutcomeSucceeded
 	if err := r.svc.store.Save(r.release, true); err != nil {
@@ -702,7 +716,7 @@ func (s *Service) cleanup(ctx context.Context, project string, desired *compose.
 // killed records, on the release, the containers the engine killed at the
 // end of their grace period during a part of its life. The executor has
 // said so in the progress already.
-func (r *run) killed(during string, killed []compose.Killed) {
+func (r *releaseRun) killed(during string, killed []compose.Killed) {
 	for _, k := range killed {
 		r.log.Warn("container killed at the end of its grace period", "release", r.release.Number, "service", k.Service,
 			"container", k.Container, "signal", k.Signal, "grace_period", k.Grace, "stopped_after", k.Took, "during", during)
@@ -714,13 +728,13 @@ func (r *run) killed(during string, killed []compose.Killed) {
 	}
 }
 
-func (r *run) save(live bool) {
+func (r *releaseRun) save(live bool) {
 	if err := r.svc.store.Save(r.release, live); err != nil {
 		r.progress("", "error: recording release %d: %v", r.release.Number, err)
 	}
 }
 
-func (r *run) registry() *registry.Client {
+func (r *releaseRun) registry() *registry.Client {
 	return &registry.Client{Engine: r.svc.engine, ConfigDir: firstNonEmpty(r.pc.DockerConfig, r.svc.cfg.DockerConfig)}
 }
 

@@ -57,7 +57,7 @@ func newAuthzService(t *testing.T) (*Service, *store.Store, *countObserver) {
 		t.Fatal(err)
 	}
 	obs := &countObserver{}
-	svc.Observe(obs)
+	svc.AddObserver(obs)
 	return svc, st, obs
 }
 

@@ -58,7 +58,7 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 	}}
 	hooksErr := hooks.RemoveHooks(ctx, name)
 	if ok {
-		r := s.newRun(name, "agentd:recovery", nil)
+		r := s.newReleaseRun(name, "agentd:recovery", nil)
 		r.pc = s.cfg.Projects[name]
 		r.release = unfinished
 		r.release.Interrupted = true

@@ -37,7 +37,7 @@ var ErrNoComposeFile = errors.New("no compose file")
 // request ships; else the host's compose_file; else, for a ship-only
 // project, the files the live release shipped. Shipped files are written
 // under state_dir (a dry run's to a directory of its own, removed after).
-func (r *run) composeSource(req api.DeployRequest, dry bool) (source, error) {
+func (r *releaseRun) composeSource(req api.DeployRequest, dry bool) (source, error) {
 	none := func(bool) {}
 	b := req.Compose
 	if b == nil && r.pc.ComposeFile != "" {
@@ -215,7 +215,7 @@ func (src source) cutDir(err error) error {
 // the request's variables and, when the compose file was shipped, whose
 // author chooses where the host's variables go (a refused key, say), the
 // values of the host's env file too, those of 8 bytes or more.
-func (r *run) secretValues(env map[string]string, shipped bool) map[string]string {
+func (r *releaseRun) secretValues(env map[string]string, shipped bool) map[string]string {
 	if !shipped || r.pc.EnvFile == "" {
 		return env
 	}

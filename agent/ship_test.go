@@ -31,8 +31,8 @@ func newShipService(t *testing.T, pc config.Project) (*Service, *store.Store) {
 	return svc, st
 }
 
-func shopRun(svc *Service) *run {
-	r := svc.newRun("shop", "test", nil)
+func shopRun(svc *Service) *releaseRun {
+	r := svc.newReleaseRun("shop", "test", nil)
 	r.pc = svc.cfg.Projects["shop"]
 	return r
 }
@@ -182,7 +182,7 @@ func (o *countObserver) RunFinished(api.RunEvent) { o.n++ }
 func TestDryRunTellsNoObserver(t *testing.T) {
 	svc, _ := newShipService(t, config.Project{ComposeFile: "/srv/shop/compose.yaml"})
 	obs := &countObserver{}
-	svc.Observe(obs)
+	svc.AddObserver(obs)
 	var last api.Event
 	emit := func(e api.Event) { last = e }
 	if code := svc.deploy(t.Context(), "test", api.DeployRequest{Project: "nope", DryRun: true}, emit); code != api.ExitBadRequest || obs.n != 0 {

@@ -15,7 +15,7 @@ var ErrShipPolicy = errors.New("refused by the project's policy for shipped comp
 
 // checkShipped refuses a shipped compose file that holds what the
 // project's policy does not allow, naming each service, key and value.
-func (r *run) checkShipped(p *types.Project, src source) error {
+func (r *releaseRun) checkShipped(p *types.Project, src source) error {
 	vs := trust.CheckShipped(p, shipPolicy(r.project, r.pc.AllowedImages, r.pc.AllowedPorts, r.pc.AllowedBindPaths, src.dir))
 	if len(vs) == 0 {
 		return nil

@@ -28,7 +28,7 @@ func pendingSteps(g *compose.Graph) []api.Step {
 
 // stepEnded records on the release how a step of its rollout ended, and
 // tells the caller (a step event).
-func (r *run) stepEnded(res compose.StepResult) {
+func (r *releaseRun) stepEnded(res compose.StepResult) {
 	r.stepMu.Lock()
 	i := res.ID - 1
 	if i < 0 || i >= len(r.release.Steps) || r.release.Steps[i].ID != res.ID {
@@ -63,7 +63,7 @@ var defaultStepTime = map[compose.StepKind]time.Duration{
 // estimate says how long the graph should take at least: its critical
 // path, each step weighing what it took in the newest release that
 // recorded it (by kind and service), or a default.
-func (r *run) estimate(g *compose.Graph) string {
+func (r *releaseRun) estimate(g *compose.Graph) string {
 	took := map[string]time.Duration{}
 	from := 0
 	if hist, err := r.svc.store.History(r.project); err == nil {

@@ -9,20 +9,19 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/healthcheck"
+	"github.com/docker/docker/api/types/container"
 )
 
-// funcGater gates a container by calling gate with its name.
+// funcGater gates a container by calling gate with its ID and name.
 type funcGater struct {
 	eng  *fakeEngine
-	gate func(ctx context.Context, name string) error
+	gate func(ctx context.Context, id, name string) error
 }
 
 func (g *funcGater) Gate(ctx context.Context, id string, _ healthcheck.Spec) error {
-	g.eng.mu.Lock()
-	name := g.eng.containers[id].name
-	g.eng.record("gate %s", name)
-	g.eng.mu.Unlock()
-	return g.gate(ctx, name)
+	name := g.eng.Name(id)
+	g.eng.Record("gate %s", name)
+	return g.gate(ctx, id, name)
 }
 
 // v2 is the stack with new images for the named services.
@@ -123,7 +122,7 @@ func TestIndependentServicesRollOutAtOnce(t *testing.T) {
 	eng := newFakeEngine()
 	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
 	workerGating := make(chan struct{})
-	gater := &funcGater{eng: eng, gate: func(ctx context.Context, name string) error {
+	gater := &funcGater{eng: eng, gate: func(ctx context.Context, _, name string) error {
 		switch {
 		case strings.HasPrefix(name, "shop-worker-"):
 			close(workerGating)
@@ -162,7 +161,7 @@ func TestFailingHookChangesNoOtherService(t *testing.T) {
 	eng := newFakeEngine()
 	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
 	eng.takeCalls()
-	eng.hookExit = 1
+	eng.SetWaitExit(1)
 	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true}
 	err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web", "worker", "db")))
 	if !errors.Is(err, ErrHook) || !strings.Contains(err.Error(), "service web") {
@@ -200,7 +199,7 @@ func TestFailureCancelsStepsUnderWay(t *testing.T) {
 	eng := newFakeEngine()
 	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
 	eng.takeCalls()
-	gater := &funcGater{eng: eng, gate: func(ctx context.Context, name string) error {
+	gater := &funcGater{eng: eng, gate: func(ctx context.Context, _, name string) error {
 		if strings.HasPrefix(name, "shop-worker-") {
 			return errors.New("worker never healthy")
 		}
@@ -235,13 +234,9 @@ func TestBootShield(t *testing.T) {
 	worker.CPUShares = 512
 	p.Services["worker"] = worker
 	var atGate []int64
-	gater := &funcGater{eng: eng, gate: func(_ context.Context, name string) error {
-		eng.mu.Lock()
-		defer eng.mu.Unlock()
-		for _, c := range eng.containers {
-			if c.name == name && strings.HasPrefix(name, "shop-web-") {
-				atGate = append(atGate, c.host.CPUShares)
-			}
+	gater := &funcGater{eng: eng, gate: func(_ context.Context, id, name string) error {
+		if c, ok := eng.Container(id); ok && strings.HasPrefix(name, "shop-web-") {
+			atGate = append(atGate, c.HostConfig.CPUShares)
 		}
 		return nil
 	}}
@@ -259,17 +254,16 @@ func TestBootShield(t *testing.T) {
 			t.Errorf("no %q in %v", want, calls)
 		}
 	}
-	eng.mu.Lock()
-	defer eng.mu.Unlock()
-	for _, c := range eng.containers {
+	for name, id := range eng.ids() {
+		c, _ := eng.Container(id)
 		switch {
-		case strings.HasPrefix(c.name, "shop-worker-") && !strings.Contains(c.name, retiredMark):
-			if c.host.CPUShares != 512 {
-				t.Errorf("%s has CPU weight %d, want its own 512", c.name, c.host.CPUShares)
+		case strings.HasPrefix(name, "shop-worker-") && !strings.Contains(name, retiredMark):
+			if c.HostConfig.CPUShares != 512 {
+				t.Errorf("%s has CPU weight %d, want its own 512", name, c.HostConfig.CPUShares)
 			}
-		case strings.HasPrefix(c.name, "shop-web-") && !strings.Contains(c.name, retiredMark):
-			if c.host.CPUShares != 1024 {
-				t.Errorf("%s has CPU weight %d after its gate, want 1024", c.name, c.host.CPUShares)
+		case strings.HasPrefix(name, "shop-web-") && !strings.Contains(name, retiredMark):
+			if c.HostConfig.CPUShares != 1024 {
+				t.Errorf("%s has CPU weight %d after its gate, want 1024", name, c.HostConfig.CPUShares)
 			}
 		}
 	}
@@ -284,7 +278,7 @@ func TestHookBootsShielded(t *testing.T) {
 	eng := newFakeEngine()
 	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
 	var hookShares int64 = -1
-	eng.onHook = func(c *fakeContainer) { hookShares = c.host.CPUShares }
+	eng.SetOnWait(func(c container.InspectResponse) { hookShares = c.HostConfig.CPUShares })
 	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, BootCPUShares: 2}
 	if err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web"))); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 // TestSplitLines: lines as they are, the last one without a newline too,
@@ -44,8 +46,8 @@ func TestHookOutputIsBounded(t *testing.T) {
 	for i := range n {
 		fmt.Fprintf(&out, "line %d\n", i)
 	}
-	eng.hookOutput = out.String()
-	eng.hookExit = 1
+	eng.SetDefaultLogs(fakeengine.Output{Stdout: out.String()})
+	eng.SetWaitExit(1)
 	var progress []string
 	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true,
 		Progress: func(_, msg string) { progress = append(progress, msg) }}

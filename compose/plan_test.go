@@ -181,7 +181,7 @@ func TestPlanLifecycle(t *testing.T) {
 			t.Errorf("%s kept its old container", name)
 		}
 	}
-	if _, ok := eng.volumes["shop_dbdata"]; !ok {
+	if !eng.HasVolume("shop_dbdata") {
 		t.Error("volume disappeared")
 	}
 }
@@ -303,7 +303,7 @@ func TestFailingHookSwitchesNothing(t *testing.T) {
 	eng := newFakeEngine()
 	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
 	before := eng.ids()
-	eng.hookExit = 3
+	eng.SetWaitExit(3)
 	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true}
 	err := exec.Apply(t.Context(), plan(t, eng, desired(t, load(t, map[string]string{"web": "registry.test/web:v2"}))))
 	if !errors.Is(err, ErrHook) || !strings.Contains(err.Error(), "exited 3") {
@@ -378,11 +378,7 @@ func TestScaleRemoveAndRestart(t *testing.T) {
 	web.Deploy.Replicas = &one
 	p.Services["web"] = web
 	delete(p.Services, "worker")
-	for _, c := range eng.containers {
-		if c.name == "shop-db-1" {
-			c.running = false
-		}
-	}
+	eng.Exit(eng.ids()["shop-db-1"], 0)
 	got := plan(t, eng, desired(t, p)).String()
 	want := `plan for shop:
   service db (stop-first): start shop-db-1 (container is exited)
@@ -433,7 +429,7 @@ func TestConfigHash(t *testing.T) {
 
 func TestApplyCleansUpFailedCreate(t *testing.T) {
 	eng := newFakeEngine()
-	eng.failCreate = "shop-web-2"
+	eng.FailCreate("shop-web-2")
 	err := (&Executor{Engine: eng}).Apply(t.Context(), plan(t, eng, desired(t, load(t, nil))))
 	if err == nil || !strings.Contains(err.Error(), "service web: create") {
 		t.Fatalf("err = %v, want a web create error", err)

@@ -106,33 +106,39 @@ const (
 
 // extension is the x-berth block as written.
 type extension struct {
-	Singleton bool `yaml:"singleton"`
-	Health    *struct {
-		HTTP *struct {
-			Path   string `yaml:"path"`
-			Port   int    `yaml:"port"`
-			Status int    `yaml:"status"`
-			Host   string `yaml:"host"`
-		} `yaml:"http"`
-		TCP *struct {
-			Port int `yaml:"port"`
-		} `yaml:"tcp"`
-		Exec     stringOrList `yaml:"exec"`
-		Interval duration     `yaml:"interval"`
-		Timeout  duration     `yaml:"timeout"`
-	} `yaml:"health"`
-	PreDeploy  []hookExt `yaml:"pre_deploy"`
-	PostDeploy []hookExt `yaml:"post_deploy"`
-	Proxy      *struct {
-		Fronts    []string     `yaml:"fronts"`
-		Validate  stringOrList `yaml:"validate"`
-		Reload    stringOrList `yaml:"reload"`
-		Upstreams string       `yaml:"upstreams"`
-		Servers   string       `yaml:"servers"`
-		// ServerParameters is a string of nginx server parameters.
-		ServerParameters string   `yaml:"server_parameters"`
-		Drain            duration `yaml:"drain"`
-	} `yaml:"proxy"`
+	Singleton  bool       `yaml:"singleton"`
+	Health     *healthExt `yaml:"health"`
+	PreDeploy  []hookExt  `yaml:"pre_deploy"`
+	PostDeploy []hookExt  `yaml:"post_deploy"`
+	Proxy      *proxyExt  `yaml:"proxy"`
+}
+
+// healthExt is x-berth.health.
+type healthExt struct {
+	HTTP *struct {
+		Path   string `yaml:"path"`
+		Port   int    `yaml:"port"`
+		Status int    `yaml:"status"`
+		Host   string `yaml:"host"`
+	} `yaml:"http"`
+	TCP *struct {
+		Port int `yaml:"port"`
+	} `yaml:"tcp"`
+	Exec     stringOrList `yaml:"exec"`
+	Interval duration     `yaml:"interval"`
+	Timeout  duration     `yaml:"timeout"`
+}
+
+// proxyExt is x-berth.proxy.
+type proxyExt struct {
+	Fronts    []string     `yaml:"fronts"`
+	Validate  stringOrList `yaml:"validate"`
+	Reload    stringOrList `yaml:"reload"`
+	Upstreams string       `yaml:"upstreams"`
+	Servers   string       `yaml:"servers"`
+	// ServerParameters is a string of nginx server parameters.
+	ServerParameters string   `yaml:"server_parameters"`
+	Drain            duration `yaml:"drain"`
 }
 
 type hookExt struct {
@@ -196,21 +202,37 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 		return Policy{}, []error{err}
 	}
 	pol := Policy{FailureAction: FailRollback, Monitor: DefaultMonitor, Parallelism: 1, Singleton: ext.Singleton}
+	var uc, rc *types.UpdateConfig
+	if s.Deploy != nil {
+		uc, rc = s.Deploy.UpdateConfig, s.Deploy.RollbackConfig
+	}
+	updatePolicy(&pol, s, uc, bad)
+	pol.Rollback = rollbackPolicy(pol, s, rc, bad)
+	pol.Health = healthPolicy(ext.Health, pol.Monitor, bad)
+	pol.PreDeploy = hooksOf(ext.PreDeploy, "pre_deploy", bad)
+	pol.PostDeploy = hooksOf(ext.PostDeploy, "post_deploy", bad)
+	if ext.Proxy != nil {
+		pol.Proxy = proxyPolicy(p, ext.Proxy, bad)
+	}
+	checkDependsOn(p, s, bad)
+	return pol, errs
+}
 
-	// The default order: start-first unless two containers of the service
-	// cannot or must not run at once.
+// complain records a problem with a service's policy.
+type complain func(format string, args ...any)
+
+// updatePolicy sets the order (by default start-first, unless two
+// containers of the service cannot or must not run at once), the failure
+// action, monitor, parallelism and delay from deploy.update_config.
+func updatePolicy(pol *Policy, s types.ServiceConfig, uc *types.UpdateConfig, bad complain) {
 	pol.Order, pol.OrderReason = StartFirst, "default for a stateless service"
 	switch {
-	case ext.Singleton:
+	case pol.Singleton:
 		pol.Order, pol.OrderReason = StopFirst, "singleton"
 	case publishesHostPort(s):
 		pol.Order, pol.OrderReason = StopFirst, "publishes a host port"
 	case hasNamedVolume(s):
 		pol.Order, pol.OrderReason = StopFirst, "has a named volume"
-	}
-	var uc, rc *types.UpdateConfig
-	if s.Deploy != nil {
-		uc, rc = s.Deploy.UpdateConfig, s.Deploy.RollbackConfig
 	}
 	if uc != nil {
 		switch uc.Order {
@@ -241,130 +263,151 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 	if pol.Order == StartFirst && publishesHostPort(s) {
 		bad("start-first is impossible: the service publishes a host port that two containers cannot share (use stop-first, or put a proxy in front)")
 	}
-	if pol.Order == StartFirst && ext.Singleton {
+	if pol.Order == StartFirst && pol.Singleton {
 		bad("start-first contradicts x-berth.singleton: a singleton never runs twice")
 	}
-	pol.Rollback = RollbackPolicy{Order: pol.Order, Parallelism: pol.Parallelism, Delay: pol.Delay, Monitor: pol.Monitor}
+}
+
+// rollbackPolicy is how the service goes back when a release fails: as it
+// rolls out (pol), unless deploy.rollback_config says otherwise.
+func rollbackPolicy(pol Policy, s types.ServiceConfig, rc *types.UpdateConfig, bad complain) RollbackPolicy {
+	rb := RollbackPolicy{Order: pol.Order, Parallelism: pol.Parallelism, Delay: pol.Delay, Monitor: pol.Monitor}
 	if rc != nil {
 		switch rc.Order {
 		case "":
 		case StartFirst, StopFirst:
-			pol.Rollback.Order = rc.Order
+			rb.Order = rc.Order
 		default:
 			bad("deploy.rollback_config.order %q: want start-first or stop-first", rc.Order)
 		}
 		if rc.Parallelism != nil {
-			pol.Rollback.Parallelism = int(*rc.Parallelism)
+			rb.Parallelism = int(*rc.Parallelism)
 		}
-		pol.Rollback.Delay = time.Duration(rc.Delay)
+		rb.Delay = time.Duration(rc.Delay)
 		if rc.Monitor != 0 {
-			pol.Rollback.Monitor = time.Duration(rc.Monitor)
+			rb.Monitor = time.Duration(rc.Monitor)
 		}
 		if rc.FailureAction != "" && rc.FailureAction != "pause" && rc.FailureAction != "continue" {
 			bad("deploy.rollback_config.failure_action %q: want pause or continue", rc.FailureAction)
 		}
 	}
-	if pol.Rollback.Order == StartFirst && (publishesHostPort(s) || ext.Singleton) {
+	if rb.Order == StartFirst && (publishesHostPort(s) || pol.Singleton) {
 		bad("deploy.rollback_config.order start-first is impossible for this service (host port or singleton)")
 	}
+	return rb
+}
 
-	pol.Health = healthcheck.Spec{MinUp: pol.Monitor, Timeout: DefaultHealthTimeout}
-	if h := ext.Health; h != nil {
-		n := 0
-		if h.HTTP != nil {
-			n++
-			pol.Health.HTTP = &healthcheck.HTTPProbe{Path: h.HTTP.Path, Port: h.HTTP.Port, Status: h.HTTP.Status, Host: h.HTTP.Host}
-			if h.HTTP.Port <= 0 {
-				bad("%s.health.http.port is required", ExtensionKey)
-			}
-		}
-		if h.TCP != nil {
-			n++
-			pol.Health.TCP = &healthcheck.TCPProbe{Port: h.TCP.Port}
-			if h.TCP.Port <= 0 {
-				bad("%s.health.tcp.port is required", ExtensionKey)
-			}
-		}
-		if len(h.Exec) > 0 {
-			n++
-			pol.Health.Exec = h.Exec
-		}
-		if n > 1 {
-			bad("%s.health: give one of http, tcp or exec", ExtensionKey)
-		}
-		pol.Health.Interval = time.Duration(h.Interval)
-		if h.Timeout != 0 {
-			pol.Health.Timeout = time.Duration(h.Timeout)
+// healthPolicy is the gate of a new container: Docker's health (or up
+// for monitor) by default, or the one probe of x-berth.health.
+func healthPolicy(h *healthExt, monitor time.Duration, bad complain) healthcheck.Spec {
+	spec := healthcheck.Spec{MinUp: monitor, Timeout: DefaultHealthTimeout}
+	if h == nil {
+		return spec
+	}
+	n := 0
+	if h.HTTP != nil {
+		n++
+		spec.HTTP = &healthcheck.HTTPProbe{Path: h.HTTP.Path, Port: h.HTTP.Port, Status: h.HTTP.Status, Host: h.HTTP.Host}
+		if h.HTTP.Port <= 0 {
+			bad("%s.health.http.port is required", ExtensionKey)
 		}
 	}
-	for i, h := range ext.PreDeploy {
-		pol.PreDeploy = append(pol.PreDeploy, hookOf(h))
+	if h.TCP != nil {
+		n++
+		spec.TCP = &healthcheck.TCPProbe{Port: h.TCP.Port}
+		if h.TCP.Port <= 0 {
+			bad("%s.health.tcp.port is required", ExtensionKey)
+		}
+	}
+	if len(h.Exec) > 0 {
+		n++
+		spec.Exec = h.Exec
+	}
+	if n > 1 {
+		bad("%s.health: give one of http, tcp or exec", ExtensionKey)
+	}
+	spec.Interval = time.Duration(h.Interval)
+	if h.Timeout != 0 {
+		spec.Timeout = time.Duration(h.Timeout)
+	}
+	return spec
+}
+
+// hooksOf is the hooks of x-berth.KEY (pre_deploy or post_deploy).
+func hooksOf(hs []hookExt, key string, bad complain) []Hook {
+	var out []Hook
+	for i, h := range hs {
+		out = append(out, hookOf(h))
 		if len(h.Command) == 0 {
-			bad("%s.pre_deploy[%d]: command is required", ExtensionKey, i)
+			bad("%s.%s[%d]: command is required", ExtensionKey, key, i)
 		}
 	}
-	for i, h := range ext.PostDeploy {
-		pol.PostDeploy = append(pol.PostDeploy, hookOf(h))
-		if len(h.Command) == 0 {
-			bad("%s.post_deploy[%d]: command is required", ExtensionKey, i)
+	return out
+}
+
+// proxyPolicy is x-berth.proxy: how to validate and reload the proxy,
+// the services it fronts, and the upstreams or server lines Berth writes
+// for it.
+func proxyPolicy(p *types.Project, px *proxyExt, bad complain) *Proxy {
+	proxy := &Proxy{Validate: px.Validate, Reload: px.Reload, Upstreams: px.Upstreams, Servers: px.Servers,
+		ServerParameters: strings.Fields(px.ServerParameters), Drain: time.Duration(px.Drain)}
+	if len(proxy.Validate) == 0 {
+		proxy.Validate = []string{"nginx", "-t"}
+	}
+	if len(proxy.Reload) == 0 {
+		proxy.Reload = []string{"nginx", "-s", "reload"}
+	}
+	if proxy.Drain == 0 {
+		proxy.Drain = DefaultDrain
+	}
+	if len(px.Fronts) == 0 {
+		bad("%s.proxy.fronts: name the services this proxy sends traffic to", ExtensionKey)
+	}
+	if px.Upstreams != "" && !strings.HasPrefix(px.Upstreams, "/") {
+		bad("%s.proxy.upstreams: %q must be an absolute path inside the proxy's containers", ExtensionKey, px.Upstreams)
+	}
+	if px.Servers != "" && (!strings.HasPrefix(px.Servers, "/") || path.Clean(px.Servers) == "/") {
+		bad("%s.proxy.servers: %q must be the absolute path of a directory inside the proxy's containers (not /)", ExtensionKey, px.Servers)
+	}
+	if px.Upstreams != "" && px.Servers != "" {
+		bad("%s.proxy: upstreams and servers are two ways to write the same upstreams: choose one (servers keeps your upstream blocks' options)", ExtensionKey)
+	}
+	if px.Drain < 0 {
+		bad("%s.proxy.drain: %s must not be negative", ExtensionKey, time.Duration(px.Drain))
+	}
+	lists := px.Upstreams != "" || px.Servers != ""
+	if len(proxy.ServerParameters) > 0 && !lists {
+		bad("%s.proxy.server_parameters: only with upstreams or servers (Berth writes no server line without them)", ExtensionKey)
+	}
+	for _, param := range proxy.ServerParameters {
+		if err := checkServerParameter(param); err != nil {
+			bad("%s.proxy.server_parameters: %v", ExtensionKey, err)
 		}
 	}
-	if px := ext.Proxy; px != nil {
-		pol.Proxy = &Proxy{Validate: px.Validate, Reload: px.Reload, Upstreams: px.Upstreams, Servers: px.Servers,
-			ServerParameters: strings.Fields(px.ServerParameters), Drain: time.Duration(px.Drain)}
-		if len(pol.Proxy.Validate) == 0 {
-			pol.Proxy.Validate = []string{"nginx", "-t"}
+	for _, f := range px.Fronts {
+		name, port, err := splitFront(f)
+		switch {
+		case err != nil:
+			bad("%s.proxy.fronts: %v", ExtensionKey, err)
+			continue
+		case p.Services[name].Name == "":
+			bad("%s.proxy.fronts: no service %s", ExtensionKey, name)
+		case lists && port == 0:
+			bad("%s.proxy.fronts: %s: with upstreams or servers, name the port the proxy sends to (%s:PORT)", ExtensionKey, name, name)
 		}
-		if len(pol.Proxy.Reload) == 0 {
-			pol.Proxy.Reload = []string{"nginx", "-s", "reload"}
-		}
-		if pol.Proxy.Drain == 0 {
-			pol.Proxy.Drain = DefaultDrain
-		}
-		if len(px.Fronts) == 0 {
-			bad("%s.proxy.fronts: name the services this proxy sends traffic to", ExtensionKey)
-		}
-		if px.Upstreams != "" && !strings.HasPrefix(px.Upstreams, "/") {
-			bad("%s.proxy.upstreams: %q must be an absolute path inside the proxy's containers", ExtensionKey, px.Upstreams)
-		}
-		if px.Servers != "" && (!strings.HasPrefix(px.Servers, "/") || path.Clean(px.Servers) == "/") {
-			bad("%s.proxy.servers: %q must be the absolute path of a directory inside the proxy's containers (not /)", ExtensionKey, px.Servers)
-		}
-		if px.Upstreams != "" && px.Servers != "" {
-			bad("%s.proxy: upstreams and servers are two ways to write the same upstreams: choose one (servers keeps your upstream blocks' options)", ExtensionKey)
-		}
-		if px.Drain < 0 {
-			bad("%s.proxy.drain: %s must not be negative", ExtensionKey, time.Duration(px.Drain))
-		}
-		lists := px.Upstreams != "" || px.Servers != ""
-		if len(pol.Proxy.ServerParameters) > 0 && !lists {
-			bad("%s.proxy.server_parameters: only with upstreams or servers (Berth writes no server line without them)", ExtensionKey)
-		}
-		for _, param := range pol.Proxy.ServerParameters {
-			if err := checkServerParameter(param); err != nil {
-				bad("%s.proxy.server_parameters: %v", ExtensionKey, err)
+		proxy.Fronts = append(proxy.Fronts, name)
+		if port != 0 {
+			if proxy.Ports == nil {
+				proxy.Ports = map[string]int{}
 			}
-		}
-		for _, f := range px.Fronts {
-			name, port, err := splitFront(f)
-			switch {
-			case err != nil:
-				bad("%s.proxy.fronts: %v", ExtensionKey, err)
-				continue
-			case p.Services[name].Name == "":
-				bad("%s.proxy.fronts: no service %s", ExtensionKey, name)
-			case lists && port == 0:
-				bad("%s.proxy.fronts: %s: with upstreams or servers, name the port the proxy sends to (%s:PORT)", ExtensionKey, name, name)
-			}
-			pol.Proxy.Fronts = append(pol.Proxy.Fronts, name)
-			if port != 0 {
-				if pol.Proxy.Ports == nil {
-					pol.Proxy.Ports = map[string]int{}
-				}
-				pol.Proxy.Ports[name] = port
-			}
+			proxy.Ports[name] = port
 		}
 	}
+	return proxy
+}
+
+// checkDependsOn refuses the depends_on conditions Berth does not honour.
+func checkDependsOn(p *types.Project, s types.ServiceConfig, bad complain) {
 	for dep, d := range s.DependsOn {
 		switch d.Condition {
 		case "", types.ServiceConditionStarted, types.ServiceConditionHealthy:
@@ -380,7 +423,6 @@ func policyOf(p *types.Project, s types.ServiceConfig) (Policy, []error) {
 			}
 		}
 	}
-	return pol, errs
 }
 
 // splitFront reads a proxy.fronts entry: SERVICE or SERVICE:PORT.

@@ -33,14 +33,8 @@ func TestSettle(t *testing.T) {
 	// A create under way: listed, not found by ID for 500ms; and another
 	// container that appears 700ms in.
 	ghost, _ := eng.ContainerCreate(t.Context(), &container.Config{Labels: labels}, nil, nil, nil, "shop-web-2")
-	eng.mu.Lock()
-	eng.unfound = map[string]bool{ghost.ID: true}
-	eng.mu.Unlock()
-	time.AfterFunc(500*time.Millisecond, func() {
-		eng.mu.Lock()
-		delete(eng.unfound, ghost.ID)
-		eng.mu.Unlock()
-	})
+	eng.SetUnfound(ghost.ID, true)
+	time.AfterFunc(500*time.Millisecond, func() { eng.SetUnfound(ghost.ID, false) })
 	time.AfterFunc(700*time.Millisecond, func() {
 		eng.ContainerCreate(context.Background(), &container.Config{Labels: labels}, nil, nil, nil, "shop-web-3")
 	})
@@ -56,9 +50,7 @@ func TestSettle(t *testing.T) {
 	}
 
 	// Never settles: given up at the limit.
-	eng.mu.Lock()
-	eng.unfound = map[string]bool{ghost.ID: true}
-	eng.mu.Unlock()
+	eng.SetUnfound(ghost.ID, true)
 	start = time.Now()
 	if ok, err := Settle(t.Context(), eng, "shop", quiet, time.Second); ok || err != nil {
 		t.Errorf("never settling: settled %v, %v; want false, nil", ok, err)

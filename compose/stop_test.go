@@ -86,14 +86,14 @@ func (p *progressLog) grep(word string) []string {
 // the retirement of a rollout, the stop of a rollback, and an undo.
 func TestStopsKilledAtGraceAreReported(t *testing.T) {
 	eng := newFakeEngine()
-	eng.stubborn = map[string]bool{"web": true, "db": true}
+	eng.SetStubborn("web", "db")
 	p1 := load(t, nil)
 	apply(t, eng, plan(t, eng, desired(t, p1)))
 
 	// A rollout that changes web, worker and db.
 	p2 := load(t, map[string]string{"web": "registry.test/web:v2", "worker": "registry.test/worker:v2", "db": "registry.test/db:v2"})
 	var log progressLog
-	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, Progress: log.add, clock: eng.now}
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, Progress: log.add, clock: eng.Now}
 	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p2))); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestStopsKilledAtGraceAreReported(t *testing.T) {
 	}
 
 	// The rollback to release 1 stops release 2's containers.
-	back := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Rollback: true, Progress: log.add, clock: eng.now}
+	back := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Rollback: true, Progress: log.add, clock: eng.Now}
 	if err := back.Apply(t.Context(), plan(t, eng, desired(t, p1))); err != nil {
 		t.Fatal(err)
 	}
@@ -140,13 +140,13 @@ func TestStopsKilledAtGraceAreReported(t *testing.T) {
 // kills are reported.
 func TestUndoReportsKilled(t *testing.T) {
 	eng := newFakeEngine()
-	eng.stubborn = map[string]bool{"db": true}
+	eng.SetStubborn("db")
 	d := desired(t, load(t, nil))
 	if err := (&Executor{Engine: eng, Release: "1"}).Apply(t.Context(), plan(t, eng, d)); err != nil {
 		t.Fatal(err)
 	}
 	var log progressLog
-	exec := &Executor{Engine: eng, Progress: log.add, clock: eng.now}
+	exec := &Executor{Engine: eng, Progress: log.add, clock: eng.Now}
 	if err := exec.Undo(t.Context(), d, "1"); err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestStopSignalKillIsNotReported(t *testing.T) {
 	apply(t, eng, plan(t, eng, desired(t, p)))
 	p.Services["worker"] = withImage(worker, "registry.test/worker:v2")
 	var log progressLog
-	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", Progress: log.add, clock: eng.now}
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", Progress: log.add, clock: eng.Now}
 	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
 		t.Fatal(err)
 	}
@@ -191,9 +191,9 @@ func TestStopFailureIsNotAKill(t *testing.T) {
 	eng := &failingStop{fakeEngine: newFakeEngine()}
 	p := load(t, nil)
 	apply(t, eng.fakeEngine, plan(t, eng.fakeEngine, desired(t, p)))
-	eng.stubborn = map[string]bool{"db": true}
+	eng.SetStubborn("db")
 	p.Services["db"] = withImage(p.Services["db"], "registry.test/db:v2")
-	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng.fakeEngine}, Release: "2", KeepRetired: true, clock: eng.now}
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng.fakeEngine}, Release: "2", KeepRetired: true, clock: eng.Now}
 	err := exec.Apply(t.Context(), plan(t, eng.fakeEngine, desired(t, p)))
 	if !errors.Is(err, errStop) {
 		t.Fatalf("apply = %v, want the stop's error", err)
@@ -216,7 +216,7 @@ func (f *failingStop) ContainerStop(context.Context, string, container.StopOptio
 // here), not a default 10 s, and a kill at its end is reported with it.
 func TestRemovedServiceStopsWithItsOwnGrace(t *testing.T) {
 	eng := newFakeEngine()
-	eng.stubborn = map[string]bool{"worker": true}
+	eng.SetStubborn("worker")
 	p := load(t, nil)
 	worker := p.Services["worker"]
 	grace := types.Duration(25 * time.Second)
@@ -225,12 +225,12 @@ func TestRemovedServiceStopsWithItsOwnGrace(t *testing.T) {
 	apply(t, eng, plan(t, eng, desired(t, p)))
 
 	delete(p.Services, "worker")
-	start := eng.now()
-	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, clock: eng.now}
+	start := eng.Now()
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, clock: eng.Now}
 	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
 		t.Fatal(err)
 	}
-	if took := eng.now().Sub(start); took < 25*time.Second {
+	if took := eng.Now().Sub(start); took < 25*time.Second {
 		t.Errorf("the stop took %s: the engine was not given worker's 25s", took)
 	}
 	got := exec.Killed()

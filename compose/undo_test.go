@@ -44,8 +44,8 @@ func TestUndoFirstReleaseOverComposeStack(t *testing.T) {
 		t.Errorf("containers after the undo:\n%v\nwant those before the release:\n%v", after, before)
 	}
 	for name, id := range after {
-		if c := eng.containers[id]; !c.running || c.cfg.Labels[LabelRelease] != "" {
-			t.Errorf("%s: running %v, release label %q", name, c.running, c.cfg.Labels[LabelRelease])
+		if c, _ := eng.Container(id); !c.State.Running || c.Config.Labels[LabelRelease] != "" {
+			t.Errorf("%s: running %v, release label %q", name, c.State.Running, c.Config.Labels[LabelRelease])
 		}
 	}
 	calls := eng.takeCalls()
@@ -55,7 +55,7 @@ func TestUndoFirstReleaseOverComposeStack(t *testing.T) {
 	if !slices.Contains(calls, "exec shop-proxy-1 nginx -s reload") {
 		t.Errorf("the proxy was not reloaded:\n%s", strings.Join(calls, "\n"))
 	}
-	if len(eng.networks) == 0 {
+	if len(eng.Networks()) == 0 {
 		t.Error("the project's network was removed though its containers remain")
 	}
 }
@@ -71,8 +71,8 @@ func TestUndoFirstReleaseOverNothing(t *testing.T) {
 	if err := (&Executor{Engine: eng}).Undo(t.Context(), d, "1"); err != nil {
 		t.Fatal(err)
 	}
-	if ids := eng.ids(); len(ids) != 0 || len(eng.networks) != 0 {
-		t.Errorf("left after the undo: containers %v, networks %v", ids, slices.Collect(maps.Keys(eng.networks)))
+	if ids := eng.ids(); len(ids) != 0 || len(eng.Networks()) != 0 {
+		t.Errorf("left after the undo: containers %v, networks %v", ids, eng.Networks())
 	}
 }
 

@@ -41,14 +41,14 @@ func TestStartFirstDrainsBehindUpstreams(t *testing.T) {
 	ids := eng.ids()
 	old := ids["shop-web-1"]
 	file := "shop-proxy-1:" + upstreamsPath
-	if got, want := eng.files[file], "server "+eng.containers[old].ip+":8080;  # shop-web-1\n"; !strings.Contains(got, want) {
+	if got, want := eng.Files()[file], "server "+eng.IP(old)+":8080;  # shop-web-1\n"; !strings.Contains(got, want) {
 		t.Fatalf("the proxy started with upstreams\n%s\nwant a line %q", got, want)
 	}
 
 	p.Services["web"] = withImage(p.Services["web"], "registry.test/web:v2")
 	retired := "shop-web-1-retired-" + old[:min(8, len(old))]
-	eng.connPort = 8080
-	eng.conns = map[string]int{retired: 3}
+	eng.SetConnPort(8080)
+	eng.SetConns(retired, 3)
 	eng.takeCalls()
 	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true}
 	start := time.Now()
@@ -72,10 +72,10 @@ func TestStartFirstDrainsBehindUpstreams(t *testing.T) {
 	if got := eng.takeCalls(); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("calls:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	newIP := eng.containers[eng.ids()["shop-web-1"]].ip
-	got := eng.files[file]
-	if !strings.Contains(got, "server "+newIP+":8080;  # shop-web-1\n") || strings.Contains(got, eng.containers[old].ip) {
-		t.Errorf("upstreams after the switch:\n%s\nwant only the new container (%s), not the old (%s)", got, newIP, eng.containers[old].ip)
+	newIP := eng.IP(eng.ids()["shop-web-1"])
+	got := eng.Files()[file]
+	if !strings.Contains(got, "server "+newIP+":8080;  # shop-web-1\n") || strings.Contains(got, eng.IP(old)) {
+		t.Errorf("upstreams after the switch:\n%s\nwant only the new container (%s), not the old (%s)", got, newIP, eng.IP(old))
 	}
 }
 
@@ -88,8 +88,8 @@ func TestDrainIsBounded(t *testing.T) {
 	apply(t, eng, plan(t, eng, desired(t, p)))
 	old := eng.ids()["shop-web-1"]
 	retired := "shop-web-1-retired-" + old[:min(8, len(old))]
-	eng.connPort = 8080
-	eng.conns = map[string]int{retired: -1}
+	eng.SetConnPort(8080)
+	eng.SetConns(retired, -1)
 	p.Services["web"] = withImage(p.Services["web"], "registry.test/web:v2")
 	var said []string
 	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true,
@@ -104,7 +104,7 @@ func TestDrainIsBounded(t *testing.T) {
 	if !strings.Contains(strings.Join(said, "\n"), "still had") {
 		t.Errorf("the end of the drain period was not said:\n%s", strings.Join(said, "\n"))
 	}
-	if c := eng.containers[old]; c.running {
+	if eng.Running(old) {
 		t.Error("the old container was not stopped after the drain period")
 	}
 }
@@ -209,8 +209,8 @@ func TestServersMode(t *testing.T) {
 	apply(t, eng, plan(t, eng, desired(t, p)))
 	file := "shop-proxy-1:" + serversDir + "/web.conf"
 	ids := eng.ids()
-	ip := func(name string) string { return eng.containers[eng.ids()[name]].ip }
-	got := eng.files[file]
+	ip := func(name string) string { return eng.IP(eng.ids()[name]) }
+	got := eng.Files()[file]
 	for _, want := range []string{
 		"server " + ip("shop-web-1") + ":8080 max_fails=3 fail_timeout=10s;  # shop-web-1\n",
 		"server " + ip("shop-web-2") + ":8080 max_fails=3 fail_timeout=10s;  # shop-web-2\n",
@@ -224,13 +224,13 @@ func TestServersMode(t *testing.T) {
 			t.Errorf("%s holds %q: only server lines (and comments) belong there", file, line)
 		}
 	}
-	if len(eng.files) != 1 {
-		t.Errorf("files written: %v, want only %s", slices.Sorted(maps.Keys(eng.files)), file)
+	if len(eng.Files()) != 1 {
+		t.Errorf("files written: %v, want only %s", slices.Sorted(maps.Keys(eng.Files())), file)
 	}
 
 	old1, old2 := ids["shop-web-1"], ids["shop-web-2"]
 	p.Services["web"] = withImage(p.Services["web"], "registry.test/web:v2")
-	eng.connPort = 8080
+	eng.SetConnPort(8080)
 	eng.takeCalls()
 	var said []string
 	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true,
@@ -251,15 +251,15 @@ func TestServersMode(t *testing.T) {
 	if last := said[len(said)-1]; last != "proxy: reloaded 2 times in this rollout" {
 		t.Errorf("the last progress line is %q, want the reload count:\n%s", last, strings.Join(said, "\n"))
 	}
-	got = eng.files[file]
+	got = eng.Files()[file]
 	for _, name := range []string{"shop-web-1", "shop-web-2"} {
 		if !strings.Contains(got, "server "+ip(name)+":8080 max_fails=3 fail_timeout=10s;  # "+name+"\n") {
 			t.Errorf("after the rollout %s lacks the new %s:\n%s", file, name, got)
 		}
 	}
 	for _, id := range []string{old1, old2} {
-		if strings.Contains(got, eng.containers[id].ip+":") {
-			t.Errorf("after the rollout %s still lists an old container (%s):\n%s", file, eng.containers[id].ip, got)
+		if strings.Contains(got, eng.IP(id)+":") {
+			t.Errorf("after the rollout %s still lists an old container (%s):\n%s", file, eng.IP(id), got)
 		}
 	}
 }
@@ -409,8 +409,8 @@ func TestUpstreamsServerParameters(t *testing.T) {
 	withUpstreams(p, "1s")
 	p.Services["proxy"].Extensions[ExtensionKey].(map[string]any)["proxy"].(map[string]any)["server_parameters"] = "weight=2 max_fails=1"
 	apply(t, eng, plan(t, eng, desired(t, p)))
-	ip := eng.containers[eng.ids()["shop-web-1"]].ip
-	got := eng.files["shop-proxy-1:"+upstreamsPath]
+	ip := eng.IP(eng.ids()["shop-web-1"])
+	got := eng.Files()["shop-proxy-1:"+upstreamsPath]
 	if want := "upstream web {\n    server " + ip + ":8080 weight=2 max_fails=1;  # shop-web-1\n}\n"; !strings.Contains(got, want) {
 		t.Errorf("upstreams:\n%s\nwant %q", got, want)
 	}

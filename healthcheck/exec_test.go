@@ -7,17 +7,19 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 func TestExec(t *testing.T) {
 	f := newWeb(t)
-	f.execs = []fakeExec{{stdout: "syntax is ok\n", stderr: "test is successful\n", code: 0}, {stderr: "emerg: unknown directive\n", code: 1}}
+	f.SetExecResults(fakeengine.ExecResult{Stdout: "syntax is ok\n", Stderr: "test is successful\n", ExitCode: 0}, fakeengine.ExecResult{Stderr: "emerg: unknown directive\n", ExitCode: 1})
 	code, out, err := Exec(t.Context(), f, webID, []string{"nginx", "-t"})
 	if err != nil || code != 0 || out != "syntax is ok\ntest is successful\n" {
 		t.Fatalf("Exec = %d, %q, %v", code, out, err)
 	}
-	if !slices.Equal(f.execCmds[0], []string{"nginx", "-t"}) {
-		t.Errorf("ran %v", f.execCmds[0])
+	if !slices.Equal(f.Execs()[0].Opts.Cmd, []string{"nginx", "-t"}) {
+		t.Errorf("ran %v", f.Execs()[0].Opts.Cmd)
 	}
 	code, out, err = Exec(t.Context(), f, webID, []string{"nginx", "-t"})
 	if err != nil || code != 1 || out != "emerg: unknown directive\n" {
@@ -28,7 +30,7 @@ func TestExec(t *testing.T) {
 func TestExecKeepsTheEndOfLongOutput(t *testing.T) {
 	f := newWeb(t)
 	long := strings.Repeat("x", 100<<10) + "the end\n"
-	f.execs = []fakeExec{{stdout: long}}
+	f.SetExecResults(fakeengine.ExecResult{Stdout: long})
 	_, out, err := Exec(t.Context(), f, webID, []string{"cat", "big"})
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +42,7 @@ func TestExecKeepsTheEndOfLongOutput(t *testing.T) {
 
 func TestExecErrors(t *testing.T) {
 	f := newWeb(t)
-	f.execs = []fakeExec{{}}
+	f.SetExecResults(fakeengine.ExecResult{})
 	if _, _, err := Exec(t.Context(), f, "nope", []string{"true"}); err == nil || !strings.HasPrefix(err.Error(), `exec "true" in nope: create:`) {
 		t.Errorf("unknown container: error = %v", err)
 	}
@@ -51,7 +53,7 @@ func TestExecErrors(t *testing.T) {
 
 func TestExecContextCancelled(t *testing.T) {
 	f := newWeb(t)
-	f.execs = []fakeExec{{stdout: "working\n", hang: true}}
+	f.SetExecResults(fakeengine.ExecResult{Stdout: "working\n", Hang: true})
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()

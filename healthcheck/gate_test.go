@@ -16,6 +16,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/network"
+
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 const (
@@ -63,16 +65,16 @@ func wantQuick(t *testing.T, took, limit time.Duration) {
 	}
 }
 
-func newWeb(t *testing.T) *fakeEngine {
+func newWeb(t *testing.T) *fakeengine.Engine {
 	t.Helper()
-	f := newFake()
-	f.add(webID, "web-1", "127.0.0.1")
+	f := fakeengine.New()
+	addContainer(f, webID, "web-1", "127.0.0.1")
 	return f
 }
 
 func TestGateAlreadyHealthy(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Healthy)
+	f.SetHealth(webID, container.Healthy)
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -82,14 +84,14 @@ func TestGateAlreadyHealthy(t *testing.T) {
 
 func TestGateSubscribesToTheContainersEvents(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Healthy)
+	f.SetHealth(webID, container.Healthy)
 	if _, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{}); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.filters) != 1 {
-		t.Fatalf("%d event subscriptions, want 1", len(f.filters))
+	if len(f.EventFilters()) != 1 {
+		t.Fatalf("%d event subscriptions, want 1", len(f.EventFilters()))
 	}
-	got := f.filters[0].Filters
+	got := f.EventFilters()[0].Filters
 	if v := got.Get("type"); !slices.Equal(v, []string{"container"}) {
 		t.Errorf("type filter = %v", v)
 	}
@@ -105,8 +107,8 @@ func TestGateSubscribesToTheContainersEvents(t *testing.T) {
 
 func TestGateHealthyByEvent(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
-	after(t, 100*time.Millisecond, func() { f.send(webID, events.ActionHealthStatusHealthy, nil) })
+	f.SetHealth(webID, container.Starting)
+	after(t, 100*time.Millisecond, func() { f.SendContainer(webID, events.ActionHealthStatusHealthy, nil) })
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -119,13 +121,13 @@ func TestGateHealthyByEvent(t *testing.T) {
 
 func TestGateUnhealthyEventFailsAtOnce(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
+	f.SetHealth(webID, container.Starting)
 	after(t, 50*time.Millisecond, func() {
-		f.update(webID, func(in *container.InspectResponse) {
+		f.Update(webID, func(in *container.InspectResponse) {
 			in.State.Health.Status = container.Unhealthy
 			in.State.Health.Log = []*container.HealthcheckResult{{ExitCode: 1, Output: "testapp check: status 500\n"}}
 		})
-		f.send(webID, events.ActionHealthStatusUnhealthy, nil)
+		f.SendContainer(webID, events.ActionHealthStatusUnhealthy, nil)
 	})
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{Timeout: 5 * time.Second})
 	wantErr(t, err, ErrUnhealthy, "gate web-1:", `Docker health "healthy"`, "last health check exited 1: testapp check: status 500")
@@ -134,11 +136,11 @@ func TestGateUnhealthyEventFailsAtOnce(t *testing.T) {
 
 func TestGateDieEventFailsAtOnce(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
-	f.logs[webID] = "booting\nfatal: database unreachable\n"
+	f.SetHealth(webID, container.Starting)
+	f.SetLogs(webID, fakeengine.Output{Stderr: "booting\nfatal: database unreachable\n"})
 	after(t, 50*time.Millisecond, func() {
-		f.exit(webID, 3)
-		f.send(webID, events.ActionDie, map[string]string{"exitCode": "3"})
+		f.Exit(webID, 3)
+		f.SendContainer(webID, events.ActionDie, map[string]string{"exitCode": "3"})
 	})
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{Timeout: 5 * time.Second})
 	wantErr(t, err, ErrExited, "exit code 3", "last 2 log lines:\n\tbooting\n\tfatal: database unreachable")
@@ -147,8 +149,8 @@ func TestGateDieEventFailsAtOnce(t *testing.T) {
 
 func TestGateAlreadyExited(t *testing.T) {
 	f := newWeb(t)
-	f.exit(webID, 2)
-	f.logs[webID] = "panic: boom\n"
+	f.Exit(webID, 2)
+	f.SetLogs(webID, fakeengine.Output{Stderr: "panic: boom\n"})
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{Timeout: 5 * time.Second})
 	wantErr(t, err, ErrExited, "exit code 2", "last log line:\n\tpanic: boom")
 	wantQuick(t, took, 100*time.Millisecond)
@@ -156,9 +158,9 @@ func TestGateAlreadyExited(t *testing.T) {
 
 func TestGateRestartCountGrows(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
+	f.SetHealth(webID, container.Starting)
 	after(t, 50*time.Millisecond, func() {
-		f.update(webID, func(in *container.InspectResponse) { in.RestartCount++ })
+		f.Update(webID, func(in *container.InspectResponse) { in.RestartCount++ })
 	})
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: 20 * time.Millisecond}, Spec{Timeout: 5 * time.Second})
 	wantErr(t, err, ErrRestarted, "restart count 0 -> 1")
@@ -167,7 +169,7 @@ func TestGateRestartCountGrows(t *testing.T) {
 
 func TestGateRestartEvent(t *testing.T) {
 	f := newWeb(t)
-	after(t, 50*time.Millisecond, func() { f.send(webID, events.ActionRestart, nil) })
+	after(t, 50*time.Millisecond, func() { f.SendContainer(webID, events.ActionRestart, nil) })
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{MinUp: 5 * time.Second, Timeout: 10 * time.Second})
 	wantErr(t, err, ErrRestarted, "the container to stay running for 5s")
 	wantQuick(t, took, time.Second)
@@ -188,8 +190,8 @@ func TestGateNoCheckPassesAfterMinUp(t *testing.T) {
 func TestGateNoCheckDiesWithinMinUp(t *testing.T) {
 	f := newWeb(t)
 	after(t, 50*time.Millisecond, func() {
-		f.exit(webID, 1)
-		f.send(webID, events.ActionDie, map[string]string{"exitCode": "1"})
+		f.Exit(webID, 1)
+		f.SendContainer(webID, events.ActionDie, map[string]string{"exitCode": "1"})
 	})
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{MinUp: 200 * time.Millisecond, Timeout: 5 * time.Second})
 	wantErr(t, err, ErrExited, "the container to stay running for 200ms", "exit code 1", "no log output")
@@ -200,15 +202,15 @@ func TestGateNoCheckExitSeenAtTheEnd(t *testing.T) {
 	// The die event is lost and MinUp ends before the next poll: the final
 	// inspect still sees the exit.
 	f := newWeb(t)
-	after(t, 50*time.Millisecond, func() { f.exit(webID, 1) })
+	after(t, 50*time.Millisecond, func() { f.Exit(webID, 1) })
 	_, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{MinUp: 200 * time.Millisecond, Timeout: 5 * time.Second})
 	wantErr(t, err, ErrExited, "exit code 1")
 }
 
 func TestGateTimeout(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
-	f.update(webID, func(in *container.InspectResponse) {
+	f.SetHealth(webID, container.Starting)
+	f.Update(webID, func(in *container.InspectResponse) {
 		in.State.Health.Log = []*container.HealthcheckResult{{ExitCode: 1, Output: "connection refused"}}
 	})
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: 50 * time.Millisecond}, Spec{Timeout: 300 * time.Millisecond})
@@ -249,8 +251,8 @@ func TestGateMissedEventCaughtByInspect(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newWeb(t)
-			f.withHealth(webID, container.Starting)
-			after(t, 50*time.Millisecond, func() { f.update(webID, tc.change) })
+			f.SetHealth(webID, container.Starting)
+			after(t, 50*time.Millisecond, func() { f.Update(webID, tc.change) })
 			took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: 20 * time.Millisecond}, Spec{Timeout: 5 * time.Second})
 			if tc.want == nil {
 				if err != nil {
@@ -266,9 +268,9 @@ func TestGateMissedEventCaughtByInspect(t *testing.T) {
 
 func TestGateDefaultPollCatchesMissedEvent(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
+	f.SetHealth(webID, container.Starting)
 	after(t, 50*time.Millisecond, func() {
-		f.update(webID, func(in *container.InspectResponse) { in.State.Health.Status = container.Healthy })
+		f.Update(webID, func(in *container.InspectResponse) { in.State.Health.Status = container.Healthy })
 	})
 	took, err := runGate(t.Context(), t, &Checker{Engine: f}, Spec{Timeout: 5 * time.Second})
 	if err != nil {
@@ -279,7 +281,7 @@ func TestGateDefaultPollCatchesMissedEvent(t *testing.T) {
 
 func TestGateContextCancelled(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
+	f.SetHealth(webID, container.Starting)
 	ctx, cancel := context.WithCancel(t.Context())
 	after(t, 50*time.Millisecond, cancel)
 	took, err := runGate(ctx, t, &Checker{Engine: f, poll: 20 * time.Millisecond}, Spec{Timeout: 5 * time.Second})
@@ -296,7 +298,7 @@ func TestGateContextCancelled(t *testing.T) {
 
 func TestGateParentDeadlineIsNotErrTimeout(t *testing.T) {
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
+	f.SetHealth(webID, container.Starting)
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	_, err := runGate(ctx, t, &Checker{Engine: f, poll: never}, Spec{Timeout: 5 * time.Second})
@@ -306,7 +308,7 @@ func TestGateParentDeadlineIsNotErrTimeout(t *testing.T) {
 }
 
 func TestGateUnknownContainer(t *testing.T) {
-	f := newFake()
+	f := fakeengine.New()
 	err := (&Checker{Engine: f}).Gate(t.Context(), "nope", Spec{})
 	if err == nil || !strings.HasPrefix(err.Error(), "gate nope: inspect:") {
 		t.Fatalf("error = %v, want an inspect error", err)
@@ -386,8 +388,8 @@ func TestGateHTTPProbeAndDockerHealth(t *testing.T) {
 	// Both must pass: the probe passes at once, health only by event.
 	srv, _ := healthz(t, 0)
 	f := newWeb(t)
-	f.withHealth(webID, container.Starting)
-	after(t, 150*time.Millisecond, func() { f.send(webID, events.ActionHealthStatusHealthy, nil) })
+	f.SetHealth(webID, container.Starting)
+	after(t, 150*time.Millisecond, func() { f.SendContainer(webID, events.ActionHealthStatusHealthy, nil) })
 	spec := Spec{HTTP: &HTTPProbe{Path: "/healthz", Port: port(t, srv.Listener.Addr().String())}, Timeout: 5 * time.Second}
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, spec)
 	if err != nil {
@@ -400,7 +402,7 @@ func TestGateHTTPProbeAndDockerHealth(t *testing.T) {
 
 func TestGateHTTPProbeNeedsAnAddress(t *testing.T) {
 	f := newWeb(t)
-	f.update(webID, func(in *container.InspectResponse) { in.NetworkSettings.Networks["bridge"].IPAddress = "" })
+	f.Update(webID, func(in *container.InspectResponse) { in.NetworkSettings.Networks["bridge"].IPAddress = "" })
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, Spec{HTTP: &HTTPProbe{Port: 80}, Timeout: 5 * time.Second})
 	if err == nil || errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "no IP address on its networks (bridge)") {
 		t.Fatalf("error = %v, want no IP address", err)
@@ -410,7 +412,7 @@ func TestGateHTTPProbeNeedsAnAddress(t *testing.T) {
 
 func TestProbeHostPicksTheFirstNetworkByName(t *testing.T) {
 	f := newWeb(t)
-	f.update(webID, func(in *container.InspectResponse) {
+	f.Update(webID, func(in *container.InspectResponse) {
 		in.NetworkSettings.Networks["zeta"] = &network.EndpointSettings{IPAddress: "10.0.0.9"}
 		in.NetworkSettings.Networks["alpha"] = &network.EndpointSettings{}
 		in.NetworkSettings.Networks["beta"] = &network.EndpointSettings{IPAddress: "10.0.0.2"}
@@ -446,19 +448,19 @@ func TestGateTCPProbe(t *testing.T) {
 
 func TestGateExecProbe(t *testing.T) {
 	f := newWeb(t)
-	f.execs = []fakeExec{{stderr: "db not ready\n", code: 1}, {code: 1}, {stdout: "ok\n", code: 0}}
+	f.SetExecResults(fakeengine.ExecResult{Stderr: "db not ready\n", ExitCode: 1}, fakeengine.ExecResult{ExitCode: 1}, fakeengine.ExecResult{Stdout: "ok\n", ExitCode: 0})
 	spec := Spec{Exec: []string{"pg_isready"}, Interval: 20 * time.Millisecond, Timeout: 5 * time.Second}
 	took, err := runGate(t.Context(), t, &Checker{Engine: f, poll: never}, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(f.execCmds) != 3 {
-		t.Errorf("ran %d execs, want 3", len(f.execCmds))
+	if len(f.Execs()) != 3 {
+		t.Errorf("ran %d execs, want 3", len(f.Execs()))
 	}
 	wantQuick(t, took, time.Second)
 
 	f = newWeb(t)
-	f.execs = []fakeExec{{stderr: "db not ready\n", code: 2}}
+	f.SetExecResults(fakeengine.ExecResult{Stderr: "db not ready\n", ExitCode: 2})
 	spec.Timeout = 200 * time.Millisecond
 	_, err = runGate(t.Context(), t, &Checker{Engine: f, poll: never}, spec)
 	wantErr(t, err, ErrTimeout, `the exec probe "pg_isready" to exit 0: last exit code 2: db not ready`)
@@ -469,4 +471,25 @@ func TestSpecDefaults(t *testing.T) {
 	if s.Interval != time.Second || s.Timeout != 2*time.Minute || s.MinUp != 5*time.Second {
 		t.Errorf("defaults = %+v", s)
 	}
+}
+
+// addContainer adds a running container with the given name and IP on
+// "bridge".
+func addContainer(f *fakeengine.Engine, id, name, ip string) {
+	f.Put(container.InspectResponse{
+		ContainerJSONBase: &container.ContainerJSONBase{
+			ID:   id,
+			Name: "/" + name,
+			State: &container.State{
+				Status:    container.StateRunning,
+				Running:   true,
+				StartedAt: "2025-01-01T00:00:00Z",
+			},
+			HostConfig: &container.HostConfig{NetworkMode: "bridge"},
+		},
+		Config: &container.Config{},
+		NetworkSettings: &container.NetworkSettings{Networks: map[string]*network.EndpointSettings{
+			"bridge": {IPAddress: ip},
+		}},
+	})
 }

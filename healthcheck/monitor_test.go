@@ -10,15 +10,17 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
+
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 const workerID = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
 
 // newPair returns a fake with two running containers, web-1 and worker-1.
-func newPair(t *testing.T) *fakeEngine {
+func newPair(t *testing.T) *fakeengine.Engine {
 	t.Helper()
 	f := newWeb(t)
-	f.add(workerID, "worker-1", "127.0.0.2")
+	addContainer(f, workerID, "worker-1", "127.0.0.2")
 	return f
 }
 
@@ -35,7 +37,7 @@ func runMonitor(ctx context.Context, t *testing.T, c *Checker, window time.Durat
 
 func TestMonitorQuietWindowPasses(t *testing.T) {
 	f := newPair(t)
-	f.withHealth(webID, container.Healthy)
+	f.SetHealth(webID, container.Healthy)
 	took, err := runMonitor(t.Context(), t, &Checker{Engine: f, poll: 50 * time.Millisecond}, 200*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +46,7 @@ func TestMonitorQuietWindowPasses(t *testing.T) {
 		t.Errorf("passed after %v, before the window ended", took)
 	}
 	wantQuick(t, took, time.Second)
-	got := f.filters[0].Filters.Get("container")
+	got := f.EventFilters()[0].Filters.Get("container")
 	slices.Sort(got)
 	if want := []string{webID, workerID}; !slices.Equal(got, want) {
 		t.Errorf("container filter = %v, want %v", got, want)
@@ -53,10 +55,10 @@ func TestMonitorQuietWindowPasses(t *testing.T) {
 
 func TestMonitorFailsAtTheFirstDie(t *testing.T) {
 	f := newPair(t)
-	f.logs[workerID] = "celery: lost connection to broker\n"
+	f.SetLogs(workerID, fakeengine.Output{Stderr: "celery: lost connection to broker\n"})
 	after(t, 50*time.Millisecond, func() {
-		f.exit(workerID, 1)
-		f.send(workerID, events.ActionDie, map[string]string{"exitCode": "1"})
+		f.Exit(workerID, 1)
+		f.SendContainer(workerID, events.ActionDie, map[string]string{"exitCode": "1"})
 	})
 	took, err := runMonitor(t.Context(), t, &Checker{Engine: f, poll: never}, 5*time.Second)
 	wantErr(t, err, ErrExited, "monitor worker-1: container exited ", "into the 5s window: exit code 1", "celery: lost connection to broker")
@@ -65,13 +67,13 @@ func TestMonitorFailsAtTheFirstDie(t *testing.T) {
 
 func TestMonitorFailsOnUnhealthy(t *testing.T) {
 	f := newPair(t)
-	f.withHealth(webID, container.Healthy)
+	f.SetHealth(webID, container.Healthy)
 	after(t, 50*time.Millisecond, func() {
-		f.update(webID, func(in *container.InspectResponse) {
+		f.Update(webID, func(in *container.InspectResponse) {
 			in.State.Health.Status = container.Unhealthy
 			in.State.Health.Log = []*container.HealthcheckResult{{ExitCode: 1, Output: "502 from upstream"}}
 		})
-		f.send(webID, events.ActionHealthStatusUnhealthy, nil)
+		f.SendContainer(webID, events.ActionHealthStatusUnhealthy, nil)
 	})
 	took, err := runMonitor(t.Context(), t, &Checker{Engine: f, poll: never}, 5*time.Second)
 	wantErr(t, err, ErrUnhealthy, "monitor web-1: container is unhealthy", "last health check exited 1: 502 from upstream")
@@ -81,8 +83,8 @@ func TestMonitorFailsOnUnhealthy(t *testing.T) {
 func TestMonitorIgnoresHealthyAndOtherContainers(t *testing.T) {
 	f := newPair(t)
 	after(t, 20*time.Millisecond, func() {
-		f.send(webID, events.ActionHealthStatusHealthy, nil)
-		f.send("someone-else", events.ActionDie, map[string]string{"exitCode": "1"})
+		f.SendContainer(webID, events.ActionHealthStatusHealthy, nil)
+		f.SendContainer("someone-else", events.ActionDie, map[string]string{"exitCode": "1"})
 	})
 	if _, err := runMonitor(t.Context(), t, &Checker{Engine: f, poll: never}, 200*time.Millisecond); err != nil {
 		t.Fatal(err)
@@ -91,7 +93,7 @@ func TestMonitorIgnoresHealthyAndOtherContainers(t *testing.T) {
 
 func TestMonitorFallsBackToInspect(t *testing.T) {
 	f := newPair(t)
-	after(t, 50*time.Millisecond, func() { f.exit(workerID, 137) })
+	after(t, 50*time.Millisecond, func() { f.Exit(workerID, 137) })
 	took, err := runMonitor(t.Context(), t, &Checker{Engine: f, poll: 20 * time.Millisecond}, 5*time.Second)
 	wantErr(t, err, ErrExited, "monitor worker-1:", "exit code 137")
 	wantQuick(t, took, time.Second)
@@ -102,7 +104,7 @@ func TestMonitorFinalInspect(t *testing.T) {
 	// restart.
 	f := newPair(t)
 	after(t, 50*time.Millisecond, func() {
-		f.update(workerID, func(in *container.InspectResponse) { in.RestartCount = 2 })
+		f.Update(workerID, func(in *container.InspectResponse) { in.RestartCount = 2 })
 	})
 	took, err := runMonitor(t.Context(), t, &Checker{Engine: f, poll: never}, 200*time.Millisecond)
 	wantErr(t, err, ErrRestarted, "monitor worker-1:", "restart count 0 -> 2")
@@ -113,7 +115,7 @@ func TestMonitorFinalInspect(t *testing.T) {
 
 func TestMonitorNotRunningAtTheStart(t *testing.T) {
 	f := newPair(t)
-	f.exit(webID, 0)
+	f.Exit(webID, 0)
 	took, err := runMonitor(t.Context(), t, &Checker{Engine: f, poll: never}, 5*time.Second)
 	wantErr(t, err, ErrExited, "monitor web-1:", "exit code 0")
 	wantQuick(t, took, 100*time.Millisecond)
@@ -136,13 +138,13 @@ func TestMonitorContextCancelled(t *testing.T) {
 }
 
 func TestMonitorNothing(t *testing.T) {
-	if err := (&Checker{Engine: newFake()}).Monitor(t.Context(), nil, time.Hour); err != nil {
+	if err := (&Checker{Engine: fakeengine.New()}).Monitor(t.Context(), nil, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestMonitorUnknownContainer(t *testing.T) {
-	err := (&Checker{Engine: newFake()}).Monitor(t.Context(), []string{"gone"}, time.Second)
+	err := (&Checker{Engine: fakeengine.New()}).Monitor(t.Context(), []string{"gone"}, time.Second)
 	if err == nil || !strings.HasPrefix(err.Error(), "monitor gone: inspect:") {
 		t.Fatalf("error = %v, want an inspect error", err)
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 	"github.com/docker/docker/api/types/image"
 )
 

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 const stack = `

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // TestOpenSSHForcedCommand drives agentd through the host's own OpenSSH

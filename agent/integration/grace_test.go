@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // graceStack: worker takes 30 s to stop after SIGTERM (STOP_DELAY in its

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/testenv"
 	"github.com/berth-deploy/berth/agent/token"
+	"github.com/berth-deploy/berth/internal/testenv"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 )

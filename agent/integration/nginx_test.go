@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // What an nginx reload does to the connections Berth's drain counts and to

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/testenv"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/internal/testenv"
 	"github.com/docker/docker/api/types/image"
 )
 

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // tarball is a tar archive of files (name, content, ...), as tar -cf -

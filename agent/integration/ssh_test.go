@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // sshClient runs the real OpenSSH client with one key against agentd's

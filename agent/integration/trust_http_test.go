@@ -22,8 +22,8 @@ import (
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/config"
-	"github.com/berth-deploy/berth/agent/testenv"
 	"github.com/berth-deploy/berth/agent/token"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // Targets of the HTTP API under attack, with agentd's default limits.

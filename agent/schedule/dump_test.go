@@ -11,16 +11,17 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/berth-deploy/berth/agent/config"
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 // dumpScheduler returns a scheduler with job, a running db container of
 // project app (two replicas) and a clock that moves on a minute a reading.
-func dumpScheduler(t *testing.T, jobs ...config.PgDumpJob) (*Scheduler, *fakeEngine) {
+func dumpScheduler(t *testing.T, jobs ...config.PgDumpJob) (*Scheduler, *fakeengine.Engine) {
 	t.Helper()
-	eng := newFakeEngine()
-	eng.service("app", "db", 2, 1, container.StateRunning)
-	eng.service("app", "db", 1, 1, container.StateRunning)
-	eng.service("app", "web", 1, 1, container.StateRunning)
+	eng := fakeengine.New()
+	service(eng, "app", "db", 2, 1, container.StateRunning)
+	service(eng, "app", "db", 1, 1, container.StateRunning)
+	service(eng, "app", "web", 1, 1, container.StateRunning)
 	log, _ := testLogger(t)
 	s, err := New(config.Jobs{PgDump: jobs}, []string{"app"}, eng, newFakeHistory(), nil, log)
 	if err != nil {
@@ -54,7 +55,7 @@ func TestDump(t *testing.T) {
 	job := dumpJob(dir)
 	s, eng := dumpScheduler(t, job)
 	content := "PGDMP" + strings.Repeat("\x01data", 1000)
-	eng.exec = fakeExec{stdout: content, stderr: "pg_dump: warning: something harmless\n"}
+	eng.SetExecResults(fakeengine.ExecResult{Stdout: content, Stderr: "pg_dump: warning: something harmless\n"})
 
 	path, err := s.Dump(t.Context(), job)
 	if err != nil {
@@ -73,15 +74,15 @@ func TestDump(t *testing.T) {
 	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
 		t.Errorf("dir mode %v, want 0700", st.Mode().Perm())
 	}
-	call := eng.execs[0]
-	if call.container != "c-app-db-1" {
-		t.Errorf("exec in %s, want the first replica c-app-db-1", call.container)
+	call := eng.Execs()[0]
+	if call.ContainerID != "c-app-db-1" {
+		t.Errorf("exec in %s, want the first replica c-app-db-1", call.ContainerID)
 	}
-	if want := []string{"pg_dump", "-U", "shop", "-d", "shop", "--no-password", "-Fc"}; !slices.Equal(call.opts.Cmd, want) {
-		t.Errorf("cmd %q, want %q", call.opts.Cmd, want)
+	if want := []string{"pg_dump", "-U", "shop", "-d", "shop", "--no-password", "-Fc"}; !slices.Equal(call.Opts.Cmd, want) {
+		t.Errorf("cmd %q, want %q", call.Opts.Cmd, want)
 	}
-	if call.opts.User != "postgres" || !call.opts.AttachStdout || !call.opts.AttachStderr || call.opts.Tty {
-		t.Errorf("exec options %+v", call.opts)
+	if call.Opts.User != "postgres" || !call.Opts.AttachStdout || !call.Opts.AttachStderr || call.Opts.Tty {
+		t.Errorf("exec options %+v", call.Opts)
 	}
 
 	// Keep 2: after three more dumps the two newest remain; files that are
@@ -107,7 +108,7 @@ func TestDumpFails(t *testing.T) {
 	dir := t.TempDir()
 	job := dumpJob(dir)
 	s, eng := dumpScheduler(t, job)
-	eng.exec = fakeExec{stdout: "PGDMP half a dump", stderr: `pg_dump: error: connection to server failed: FATAL:  database "shop" does not exist` + "\n", exitCode: 1}
+	eng.SetExecResults(fakeengine.ExecResult{Stdout: "PGDMP half a dump", Stderr: `pg_dump: error: connection to server failed: FATAL:  database "shop" does not exist` + "\n", ExitCode: 1})
 	// A temp file of a dump cut short by a crash, and someone else's.
 	stale := filepath.Join(dir, ".app-shop-20250101T000000Z.dump.123456.tmp")
 	other := filepath.Join(dir, ".app-other-20250101T000000Z.dump.123456.tmp")
@@ -160,22 +161,22 @@ func TestBeforeRelease(t *testing.T) {
 	scheduledOnly := dumpJob(dir)
 	scheduledOnly.Database = "stats"
 	s, eng := dumpScheduler(t, before, scheduledOnly)
-	eng.exec = fakeExec{stdout: "PGDMP"}
+	eng.SetExecResults(fakeengine.ExecResult{Stdout: "PGDMP"})
 
-	if err := s.BeforeRelease(t.Context(), "app", false); err != nil || len(eng.execs) != 0 {
-		t.Errorf("release without hooks: err %v, %d dumps; want none", err, len(eng.execs))
+	if err := s.BeforeRelease(t.Context(), "app", false); err != nil || len(eng.Execs()) != 0 {
+		t.Errorf("release without hooks: err %v, %d dumps; want none", err, len(eng.Execs()))
 	}
-	if err := s.BeforeRelease(t.Context(), "other", true); err != nil || len(eng.execs) != 0 {
-		t.Errorf("other project: err %v, %d dumps; want none", err, len(eng.execs))
+	if err := s.BeforeRelease(t.Context(), "other", true); err != nil || len(eng.Execs()) != 0 {
+		t.Errorf("other project: err %v, %d dumps; want none", err, len(eng.Execs()))
 	}
 	if err := s.BeforeRelease(t.Context(), "app", true); err != nil {
 		t.Fatalf("release with hooks: %v", err)
 	}
-	if len(eng.execs) != 1 || !slices.Contains(eng.execs[0].opts.Cmd, "shop") {
-		t.Errorf("dumps %+v, want one of shop", eng.execs)
+	if len(eng.Execs()) != 1 || !slices.Contains(eng.Execs()[0].Opts.Cmd, "shop") {
+		t.Errorf("dumps %+v, want one of shop", eng.Execs())
 	}
 
-	eng.exec = fakeExec{stderr: "pg_dump: error: no", exitCode: 1}
+	eng.SetExecResults(fakeengine.ExecResult{Stderr: "pg_dump: error: no", ExitCode: 1})
 	if err := s.BeforeRelease(t.Context(), "app", true); err == nil || !strings.Contains(err.Error(), "pg_dump: error: no") {
 		t.Errorf("failed dump: err %v, want it to fail the release", err)
 	}

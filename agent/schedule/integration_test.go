@@ -20,9 +20,9 @@ import (
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/config"
-	"github.com/berth-deploy/berth/agent/testenv"
 	"github.com/berth-deploy/berth/compose"
 	"github.com/berth-deploy/berth/healthcheck"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // TestPruneImagesEngine prunes a real engine's images after three releases

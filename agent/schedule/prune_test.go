@@ -8,17 +8,19 @@ import (
 	"testing"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/config"
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 // digest returns a fake sha256 digest made of c.
 func digest(c string) string { return "sha256:" + strings.Repeat(c, 64) }
 
 func TestPruneImages(t *testing.T) {
-	eng, hist := newFakeEngine(), newFakeHistory()
+	eng, hist := fakeengine.New(), newFakeHistory()
 	const reg = "registry.example.com:5000"
 	web := func(d string) string { return reg + "/app/web@" + digest(d) }
 	img := func(id string, size int64, repoDigests ...string) image.Summary {
@@ -40,7 +42,7 @@ func TestPruneImages(t *testing.T) {
 	// A project that is not configured any more: its images are foreign.
 	hist.record("gone", 1, api.OutcomeSucceeded, false, map[string]string{"web": reg + "/gone/web@" + digest("9")})
 
-	eng.images = []image.Summary{
+	imgs := []image.Summary{
 		img("1", 100, web("1")),                     // in use by a stopped container: stays
 		img("2", 200),                               // app #2 by ID: goes
 		img("3", 300, web("3")),                     // kept release: stays
@@ -56,12 +58,12 @@ func TestPruneImages(t *testing.T) {
 		img("7", 70, "nginx@"+digest("8")),          // foreign: stays
 		img("6", 60),                                // foreign, tagged below: stays
 	}
-	eng.images[1].RepoTags = []string{"app-web:local"}
-	eng.images[13].RepoTags = []string{"someone/else:latest"}
+	imgs[1].RepoTags = []string{"app-web:local"}
+	imgs[13].RepoTags = []string{"someone/else:latest"}
+	eng.SetImages(imgs...)
 	// A stopped container of no project uses image 1.
-	c := eng.service("", "", 0, 0, "exited")
-	c.labels = nil
-	c.image = digest("1")
+	c := service(eng, "", "", 0, 0, "exited")
+	eng.Update(c, func(in *container.InspectResponse) { in.Config.Labels = nil; in.Image = digest("1") })
 
 	log, _ := testLogger(t)
 	s, err := New(config.Jobs{PruneImages: &config.PruneJob{Schedule: "@daily", KeepReleases: 2}},
@@ -81,7 +83,8 @@ func TestPruneImages(t *testing.T) {
 	if freed != 200+400+10 {
 		t.Errorf("freed %d bytes, want %d", freed, 610)
 	}
-	for _, o := range eng.removeOpts {
+	_, opts := eng.RemovedImages()
+	for _, o := range opts {
 		if o.Force || !o.PruneChildren {
 			t.Errorf("remove options %+v: want PruneChildren and no Force", o)
 		}
@@ -94,14 +97,16 @@ func TestPruneImages(t *testing.T) {
 }
 
 func TestPruneImagesRefusedAndFailed(t *testing.T) {
-	eng, hist := newFakeEngine(), newFakeHistory()
+	eng, hist := fakeengine.New(), newFakeHistory()
+	var imgs []image.Summary
 	for i, d := range []string{"1", "2", "3", "4"} {
 		hist.record("app", i+1, api.OutcomeSucceeded, i == 3, map[string]string{"web": "r.example/web@" + digest(d)})
-		eng.images = append(eng.images, image.Summary{ID: digest(d), RepoDigests: []string{"r.example/web@" + digest(d)}})
+		imgs = append(imgs, image.Summary{ID: digest(d), RepoDigests: []string{"r.example/web@" + digest(d)}})
 	}
+	eng.SetImages(imgs...)
 	// Image 1 is tagged in another repository too; image 2's removal fails.
-	eng.removeErr[digest("1")] = fmt.Errorf("conflict: unable to delete (must be forced) - image is referenced in multiple repositories: %w", cerrdefs.ErrConflict)
-	eng.removeErr[digest("2")] = errors.New("disk on fire")
+	eng.FailImageRemove(digest("1"), fmt.Errorf("conflict: unable to delete (must be forced) - image is referenced in multiple repositories: %w", cerrdefs.ErrConflict))
+	eng.FailImageRemove(digest("2"), errors.New("disk on fire"))
 
 	log, logs := testLogger(t)
 	s, err := New(config.Jobs{PruneImages: &config.PruneJob{Schedule: "@daily", KeepReleases: 1}}, []string{"app"}, eng, hist, nil, log)
@@ -125,7 +130,7 @@ func TestPruneImagesRefusedAndFailed(t *testing.T) {
 
 func TestPruneImagesNotConfigured(t *testing.T) {
 	log, _ := testLogger(t)
-	s, err := New(config.Jobs{}, nil, newFakeEngine(), newFakeHistory(), nil, log)
+	s, err := New(config.Jobs{}, nil, fakeengine.New(), newFakeHistory(), nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}

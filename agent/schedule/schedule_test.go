@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/config"
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 func TestNewChecksJobs(t *testing.T) {
@@ -20,7 +21,7 @@ func TestNewChecksJobs(t *testing.T) {
 			{Project: "app", Service: "db", Database: "app", User: "app", Dir: "/var/lib/berth/dumps/app", Keep: 7, BeforeDeploy: true},
 		},
 	}
-	s, err := New(good, []string{"app"}, newFakeEngine(), newFakeHistory(), nil, log)
+	s, err := New(good, []string{"app"}, fakeengine.New(), newFakeHistory(), nil, log)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -35,7 +36,7 @@ func TestNewChecksJobs(t *testing.T) {
 			{Project: "nope", Service: "db", Database: "app", User: "app", Dir: "/tmp", Keep: 7, Schedule: "@fortnightly"},
 		},
 	}
-	_, err = New(bad, []string{"app"}, newFakeEngine(), newFakeHistory(), nil, log)
+	_, err = New(bad, []string{"app"}, fakeengine.New(), newFakeHistory(), nil, log)
 	if err == nil {
 		t.Fatal("New with bad jobs: want an error")
 	}
@@ -52,12 +53,12 @@ func TestNewChecksJobs(t *testing.T) {
 // context.
 func blockingPrune(t *testing.T, block func(ctx context.Context) error) (*Scheduler, chan context.Context, *logBuffer) {
 	t.Helper()
-	eng := newFakeEngine()
+	eng := fakeengine.New()
 	entered := make(chan context.Context, 10)
-	eng.onList = func(ctx context.Context) error {
+	eng.OnImageList(func(ctx context.Context) error {
 		entered <- ctx
 		return block(ctx)
-	}
+	})
 	log, logs := testLogger(t)
 	s, err := New(config.Jobs{PruneImages: &config.PruneJob{Schedule: "@every 1s", KeepReleases: 1}},
 		[]string{"app"}, eng, newFakeHistory(), nil, log)
@@ -147,7 +148,7 @@ func TestStopGivesUpAtDeadline(t *testing.T) {
 
 func TestStopBeforeStart(t *testing.T) {
 	log, _ := testLogger(t)
-	s, err := New(config.Jobs{Watch: &config.WatchJob{Schedule: "@hourly"}}, nil, newFakeEngine(), newFakeHistory(), nil, log)
+	s, err := New(config.Jobs{Watch: &config.WatchJob{Schedule: "@hourly"}}, nil, fakeengine.New(), newFakeHistory(), nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/config"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
 // watchRun runs the watch job and returns the names of the containers it
@@ -38,21 +39,24 @@ func watchRun(t *testing.T, s *Scheduler, a *alerts) ([]string, []api.UnhealthyE
 }
 
 func TestWatch(t *testing.T) {
-	eng, hist := newFakeEngine(), newFakeHistory()
+	eng, hist := fakeengine.New(), newFakeHistory()
 	hist.record("app", 7, api.OutcomeSucceeded, true, map[string]string{"web": digest("1")})
 	hist.record("idle", 1, api.OutcomeFailed, false, nil) // no live release: not watched
 
-	web := eng.service("app", "web", 1, 7, container.StateRunning)
-	eng.set(web, func(c *fakeContainer) { c.health = container.Healthy })
-	worker := eng.service("app", "worker", 1, 6, container.StateExited)
-	eng.set(worker, func(c *fakeContainer) { c.exitCode = 137 })
-	api1 := eng.service("app", "api", 1, 7, container.StateRunning)
-	eng.set(api1, func(c *fakeContainer) { c.health = container.Unhealthy; c.healthLog = "GET /healthz: 500\n" })
-	db := eng.service("app", "db", 1, 7, container.StateRunning)
-	eng.set(db, func(c *fakeContainer) { c.restarts = 3 }) // before the first run: not news
-	hook := eng.service("app", "migrate", 1, 7, container.StateExited)
-	eng.set(hook, func(c *fakeContainer) { c.labels[compose.LabelOneoff] = "True"; c.exitCode = 1 })
-	eng.service("idle", "web", 1, 1, container.StateExited)
+	web := service(eng, "app", "web", 1, 7, container.StateRunning)
+	eng.Update(web, func(in *container.InspectResponse) { setHealth(in, container.Healthy, "") })
+	worker := service(eng, "app", "worker", 1, 6, container.StateExited)
+	eng.Update(worker, func(in *container.InspectResponse) { in.State.ExitCode = 137 })
+	api1 := service(eng, "app", "api", 1, 7, container.StateRunning)
+	eng.Update(api1, func(in *container.InspectResponse) { setHealth(in, container.Unhealthy, "GET /healthz: 500\n") })
+	db := service(eng, "app", "db", 1, 7, container.StateRunning)
+	eng.Update(db, func(in *container.InspectResponse) { in.RestartCount = 3 }) // before the first run: not news
+	hook := service(eng, "app", "migrate", 1, 7, container.StateExited)
+	eng.Update(hook, func(in *container.InspectResponse) {
+		in.Config.Labels[compose.LabelOneoff] = "True"
+		in.State.ExitCode = 1
+	})
+	service(eng, "idle", "web", 1, 1, container.StateExited)
 
 	a := &alerts{}
 	log, logs := testLogger(t)
@@ -92,8 +96,8 @@ func TestWatch(t *testing.T) {
 	}
 
 	// db restarts; the worker is restarted by hand and runs.
-	eng.set(db, func(c *fakeContainer) { c.restarts = 5 })
-	eng.set(worker, func(c *fakeContainer) { c.status = container.StateRunning; c.exitCode = 0 })
+	eng.Update(db, func(in *container.InspectResponse) { in.RestartCount = 5 })
+	eng.Update(worker, func(in *container.InspectResponse) { setStatus(in, container.StateRunning); in.State.ExitCode = 0 })
 	names, events = watchRun(t, s, a)
 	if want := []string{"app-db-1"}; !slices.Equal(names, want) {
 		t.Fatalf("after db restarts: reported %v, want %v", names, want)
@@ -103,7 +107,7 @@ func TestWatch(t *testing.T) {
 	}
 
 	// db settles (no restart since); the worker fails again: reported again.
-	eng.set(worker, func(c *fakeContainer) { c.status = container.StateRestarting; c.exitCode = 2 })
+	eng.Update(worker, func(in *container.InspectResponse) { setStatus(in, container.StateRestarting); in.State.ExitCode = 2 })
 	names, events = watchRun(t, s, a)
 	if want := []string{"app-worker-1"}; !slices.Equal(names, want) {
 		t.Fatalf("after the worker failed again: reported %v, want %v", names, want)
@@ -112,20 +116,22 @@ func TestWatch(t *testing.T) {
 		t.Errorf("worker detail %q", d)
 	}
 	// db restarts again after a quiet run: news again.
-	eng.set(db, func(c *fakeContainer) { c.restarts = 6 })
+	eng.Update(db, func(in *container.InspectResponse) { in.RestartCount = 6 })
 	if names, _ := watchRun(t, s, a); !slices.Equal(names, []string{"app-db-1"}) {
 		t.Errorf("db restarted after recovering: reported %v, want it", names)
 	}
 	// The worker's state changes from restarting to exited: a new state.
-	eng.set(worker, func(c *fakeContainer) { c.status = container.StateExited })
+	eng.Update(worker, func(in *container.InspectResponse) { setStatus(in, container.StateExited) })
 	if names, _ := watchRun(t, s, a); !slices.Equal(names, []string{"app-worker-1"}) {
 		t.Errorf("worker restarting -> exited: reported %v, want it", names)
 	}
 
 	// A removed container is forgotten.
-	eng.remove(api1)
+	if err := eng.ContainerRemove(t.Context(), api1, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
 	watchRun(t, s, a)
-	if _, ok := s.watch[api1.id]; ok {
+	if _, ok := s.watch[api1]; ok {
 		t.Error("the removed container is still remembered")
 	}
 	for id, w := range s.watch {
@@ -136,9 +142,9 @@ func TestWatch(t *testing.T) {
 }
 
 func TestWatchSkipsDeployInProgress(t *testing.T) {
-	eng, hist := newFakeEngine(), newFakeHistory()
+	eng, hist := fakeengine.New(), newFakeHistory()
 	hist.record("app", 1, api.OutcomeSucceeded, true, map[string]string{"web": digest("1")})
-	eng.service("app", "web", 1, 1, container.StateExited)
+	service(eng, "app", "web", 1, 1, container.StateExited)
 	hist.record("app", 2, api.OutcomeInProgress, false, map[string]string{"web": digest("2")})
 
 	a := &alerts{}
@@ -158,9 +164,9 @@ func TestWatchSkipsDeployInProgress(t *testing.T) {
 }
 
 func TestWatchWithoutAlerter(t *testing.T) {
-	eng, hist := newFakeEngine(), newFakeHistory()
+	eng, hist := fakeengine.New(), newFakeHistory()
 	hist.record("app", 1, api.OutcomeSucceeded, true, nil)
-	eng.service("app", "web", 1, 1, container.StateDead)
+	service(eng, "app", "web", 1, 1, container.StateDead)
 	log, _ := testLogger(t)
 	s, err := New(config.Jobs{}, []string{"app"}, eng, hist, nil, log)
 	if err != nil {

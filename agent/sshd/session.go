@@ -59,8 +59,8 @@ func (s *Server) handler() handler {
 	//  8. holdIdle: the idle timeout is suspended while the command runs, a
 	//     deploy may be quiet for minutes; none starts while agentd stops.
 	//     (The Runner bounds how long it waits for standard input.)
-	//  9. s.run: the Runner.
-	return chain(s.run, s.audit, s.recoverPanic, authorizeCaller, commandsOnly, noTerminal, s.capLine, splitArgs, holdIdle)
+	//  9. s.runCommand: the Runner.
+	return chain(s.runCommand, s.audit, s.recoverPanic, authorizeCaller, commandsOnly, noTerminal, s.capLine, splitArgs, holdIdle)
 }
 
 // chain wraps h in mws, the first outermost.
@@ -193,7 +193,7 @@ func holdIdle(next handler) handler {
 	}
 }
 
-func (s *Server) run(ctx context.Context, r *request) int {
+func (s *Server) runCommand(ctx context.Context, r *request) int {
 	return s.Runner.Run(ctx, r.caller.principal, r.args, r.stdin, r.stdout, r.stderr)
 }
 

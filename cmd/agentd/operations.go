@@ -32,7 +32,7 @@ func setupOperations(cfg *config.Config, svc *agent.Service, docker *client.Clie
 	ops := &operations{}
 	if cfg.Metrics != nil {
 		m := metrics.New(version, svc)
-		svc.Observe(m)
+		svc.AddObserver(m)
 		ln, err := net.Listen("tcp", cfg.Metrics.Listen)
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
@@ -45,7 +45,7 @@ func setupOperations(cfg *config.Config, svc *agent.Service, docker *client.Clie
 	var alert schedule.Alerter
 	if len(cfg.Notifications) > 0 {
 		ops.notifier = notify.New(cfg.Notifications, nil, log)
-		svc.Observe(ops.notifier)
+		svc.AddObserver(ops.notifier)
 		alert = ops.notifier
 	}
 	j := cfg.Jobs
@@ -55,7 +55,7 @@ func setupOperations(cfg *config.Config, svc *agent.Service, docker *client.Clie
 			return nil, fmt.Errorf("jobs: %w", err)
 		}
 		ops.sched = sched
-		svc.Prepare(sched)
+		svc.AddPreparer(sched)
 	}
 	return ops, nil
 }

@@ -18,7 +18,7 @@ import (
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/agent/store"
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 )
 
 // engineProxy is a unix socket in front of the Docker engine that the test

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-deploy/berth/agent/testenv"
+	"github.com/berth-deploy/berth/internal/testenv"
 	"github.com/docker/docker/api/types"
 )
 
