@@ -24,6 +24,7 @@ import (
 	"github.com/berth-deploy/berth/agent/config"
 	"github.com/berth-deploy/berth/agent/registry"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/compose/life"
 	"github.com/berth-deploy/berth/healthcheck"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
@@ -354,7 +355,7 @@ func (r *releaseRun) dryRun(ctx context.Context, desired *compose.Desired) outco
 	if plan.Empty() {
 		return outcome{code: api.ExitOK, msg: "dry run: nothing to change: the running containers already match this deploy"}
 	}
-	graph := plan.Graph(r.executor(rollOut).Mode())
+	graph := r.life().Graph(plan)
 	r.event(api.Event{Type: api.EventPlan, Message: graph.String()})
 	r.progress("", "%s", r.estimate(graph))
 	return outcome{code: api.ExitOK, msg: fmt.Sprintf("dry run: the deploy would change %s; nothing was changed", strings.Join(plan.ChangedServices(), ", "))}
@@ -461,7 +462,7 @@ func (r *releaseRun) roll(ctx context.Context, desired *compose.Desired, rec api
 	// restarted agentd knows what was under way.
 	rec.Project, rec.Previous, rec.Started, rec.Identity = r.project, prev.Number, r.started, r.identity
 	rec.Outcome, rec.Plan, rec.State = api.OutcomeInProgress, plan.String(), state
-	graph := plan.Graph(r.executor(rollOut).Mode())
+	graph := r.life().Graph(plan)
 	rec.Steps = pendingSteps(graph)
 	r.release, err = r.svc.store.Begin(rec)
 	if err != nil {
@@ -482,7 +483,7 @@ func (r *releaseRun) roll(ctx context.Context, desired *compose.Desired, rec api
 	}
 	err = r.runPreparers(rollCtx, desired, plan)
 	if err == nil {
-		err = r.apply(rollCtx, plan, graph, rollOut)
+		err = r.life().RollOut(rollCtx, plan, graph)
 	}
 	cancel()
 	if err != nil {
@@ -493,13 +494,24 @@ func (r *releaseRun) roll(ctx context.Context, desired *compose.Desired, rec api
 
 // plan observes the project, plans the way to desired and shows the plan.
 func (r *releaseRun) plan(ctx context.Context, desired *compose.Desired) (*compose.Plan, error) {
-	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
-	if err != nil {
-		return nil, err
+	return r.life().Plan(ctx, desired)
+}
+
+// life is the life of this release on the engine: its rollout, its
+// rollback or undo, its cleanup and post-deploy hooks (compose/life).
+func (r *releaseRun) life() *life.Life {
+	return &life.Life{
+		Engine:        r.svc.engine,
+		Health:        r.svc.checker,
+		Project:       r.project,
+		Release:       fmt.Sprint(r.release.Number),
+		BootCPUShares: r.svc.cfg.Rollout.BootCPUShares,
+		Progress:      func(svc, msg string) { r.progress(svc, "%s", msg) },
+		OnPlan:        func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
+		OnStep:        r.stepEnded,
+		// life's words for when a container was stopped are api's.
+		OnKilled: r.killed,
 	}
-	plan := compose.MakePlan(desired, observed)
-	r.event(api.Event{Type: api.EventPlan, Message: plan.String()})
-	return plan, nil
 }
 
 // runPreparers runs the preparers before the first change.
@@ -519,57 +531,6 @@ func (r *releaseRun) runPreparers(ctx context.Context, desired *compose.Desired,
 		if err := p.BeforeRelease(ctx, r.project, hooks); err != nil {
 			return fmt.Errorf("before the release: %w", err)
 		}
-	}
-	return nil
-}
-
-// applyMode says which way apply takes a project.
-type applyMode int
-
-const (
-	// rollOut is a release's own rollout: what it retires is kept until
-	// the commit, so that a failure can go back to it.
-	rollOut applyMode = iota
-	// rollBack restores the previous release after a failed one.
-	rollBack
-)
-
-// executor is the executor of this release's rollout, or of its
-// rollback.
-func (r *releaseRun) executor(mode applyMode) *compose.Executor {
-	rollback := mode == rollBack
-	return &compose.Executor{
-		Engine:        r.svc.engine,
-		Health:        r.svc.checker,
-		Monitor:       r.svc.checker,
-		Release:       fmt.Sprint(r.release.Number),
-		Progress:      func(svc, msg string) { r.progress(svc, "%s", msg) },
-		KeepRetired:   !rollback,
-		Rollback:      rollback,
-		BootCPUShares: r.svc.cfg.Rollout.BootCPUShares,
-	}
-}
-
-// apply rolls a plan out as graph (made by plan.Graph in the executor's
-// mode), its monitor window included. The steps of a forward rollout are
-// recorded on the release as they end.
-func (r *releaseRun) apply(ctx context.Context, plan *compose.Plan, graph *compose.Graph, mode applyMode) error {
-	exec := r.executor(mode)
-	rollback := mode == rollBack
-	during := api.StopDuringRollout
-	if rollback {
-		during = api.StopDuringRollback
-	} else {
-		exec.OnStep = r.stepEnded
-	}
-	// Recorded whether the rollout succeeds or not: a kill on the way to a
-	// failure counts as much.
-	defer func() { r.killed(during, exec.Killed()) }()
-	if err := exec.Run(ctx, plan, graph); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("the rollout timed out: %w", err)
-		}
-		return err
 	}
 	return nil
 }
@@ -613,51 +574,14 @@ func (r *releaseRun) restore(ctx context.Context, prev api.Release) error {
 			failed = &compose.Desired{Project: r.project}
 		}
 		r.progress("", "undoing release %d (there is no earlier release): back to what ran before it", r.release.Number)
-		exec := &compose.Executor{Engine: r.svc.engine, Progress: func(svc, msg string) { r.progress(svc, "%s", msg) }}
-		err = exec.Undo(ctx, failed, fmt.Sprint(r.release.Number))
-		r.killed(api.StopDuringUndo, exec.Killed())
-		return err
+		return r.life().Undo(ctx, failed)
 	}
 	desired, err := decodeState(prev)
 	if err != nil {
 		return err
 	}
 	r.progress("", "rolling back to release %d", prev.Number)
-	plan, err := r.plan(ctx, desired)
-	if err != nil {
-		return err
-	}
-	if err := r.apply(ctx, plan, plan.Graph(r.executor(rollBack).Mode()), rollBack); err != nil {
-		return err
-	}
-	if r.release.Interrupted {
-		// The rollout gates only the containers it starts. After a crash,
-		// a container of prev may be running that no gate has passed: the
-		// rollback the dead agentd did not finish had started it.
-		return r.gateRunning(ctx, desired)
-	}
-	return nil
-}
-
-// gateRunning waits until every running container of desired's services
-// is ready, as a rollout's gate would.
-func (r *releaseRun) gateRunning(ctx context.Context, desired *compose.Desired) error {
-	observed, err := compose.Observe(ctx, r.svc.engine, r.project)
-	if err != nil {
-		return err
-	}
-	for _, spec := range desired.Services {
-		for _, c := range observed.Service(spec.Name) {
-			if !c.Running() {
-				continue
-			}
-			r.progress(spec.Name, "checking that %s is ready", c.Name)
-			if err := r.svc.checker.Gate(ctx, c.ID, spec.Policy.Health); err != nil {
-				return fmt.Errorf("service %s: %w", spec.Name, err)
-			}
-		}
-	}
-	return nil
+	return r.life().RollBack(ctx, desired, r.release.Interrupted)
 }
 
 // commit makes the release live, then removes what it retired and runs
@@ -668,27 +592,15 @@ func (r *releaseRun) commit(ctx context.Context, desired *compose.Desired, plan 
 	if err := r.svc.store.Save(r.release, true); err != nil {
 		return outcome{code: api.ExitBroken, err: err}
 	}
-	killed, err := r.svc.cleanup(ctx, r.project, desired, func(svc, msg string) { r.progress(svc, "%s", msg) })
-	if err != nil {
+	lf := r.life()
+	kills := len(r.release.KilledOnStop)
+	if err := lf.Cleanup(ctx, desired); err != nil {
 		r.progress("", "warning: cleaning up after the release: %v", err)
 	}
-	if len(killed) > 0 {
-		r.killed(api.StopDuringCleanup, killed)
+	if len(r.release.KilledOnStop) > kills {
 		r.save(true)
 	}
-	exec := &compose.Executor{Engine: r.svc.engine, Release: fmt.Sprint(r.release.Number), Progress: func(svc, msg string) { r.progress(svc, "%s", msg) }}
-	changed := map[string]bool{}
-	for _, s := range plan.ChangedServices() {
-		changed[s] = true
-	}
-	for i := range desired.Services {
-		spec := &desired.Services[i]
-		if changed[spec.Name] && len(spec.Policy.PostDeploy) > 0 {
-			if err := exec.RunHooks(ctx, r.project, spec, "post-deploy", spec.Policy.PostDeploy); err != nil {
-				r.progress(spec.Name, "warning: %v", err)
-			}
-		}
-	}
+	lf.PostDeploy(ctx, desired, plan.ChangedServices())
 	if n, err := r.svc.store.Prune(r.project, r.pc.KeepReleases); err != nil {
 		r.log.Warn("prune history", "err", err)
 	} else if n > 0 {
@@ -698,19 +610,6 @@ func (r *releaseRun) commit(ctx context.Context, desired *compose.Desired, plan 
 		r.log.Warn("prune shipped compose files", "err", err)
 	}
 	return outcome{code: api.ExitOK, msg: fmt.Sprintf("release %d is live", r.release.Number)}
-}
-
-// cleanup removes the containers a committed release retired, and returns
-// those of them the engine killed at the end of their grace period (they
-// are stopped already, unless a start was still under way).
-func (s *Service) cleanup(ctx context.Context, project string, desired *compose.Desired, progress compose.Progress) ([]compose.Killed, error) {
-	observed, err := compose.Observe(ctx, s.engine, project)
-	if err != nil {
-		return nil, err
-	}
-	exec := &compose.Executor{Engine: s.engine, Progress: progress}
-	err = exec.Apply(ctx, compose.MakePlan(desired, observed).Cleanup())
-	return exec.Killed(), err
 }
 
 // killed records, on the release, the containers the engine killed at the

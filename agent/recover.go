@@ -8,6 +8,7 @@ import (
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/compose/life"
 )
 
 // Recover brings every project to one consistent release before agentd
@@ -92,12 +93,16 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 	if err != nil {
 		return errors.Join(hooksErr, err)
 	}
-	killed, err := s.cleanup(ctx, name, desired, func(svc, msg string) {
-		s.log.Info(msg, "project", name, "service", svc, "release", cur.Number, "phase", "recovery")
-	})
-	for _, k := range killed {
-		s.log.Warn("container killed at the end of its grace period", "project", name, "release", cur.Number, "phase", "recovery",
-			"service", k.Service, "container", k.Container, "signal", k.Signal, "grace_period", k.Grace, "stopped_after", k.Took)
+	lf := &life.Life{Engine: s.engine, Project: name,
+		Progress: func(svc, msg string) {
+			s.log.Info(msg, "project", name, "service", svc, "release", cur.Number, "phase", "recovery")
+		},
+		OnKilled: func(_ string, killed []compose.Killed) {
+			for _, k := range killed {
+				s.log.Warn("container killed at the end of its grace period", "project", name, "release", cur.Number, "phase", "recovery",
+					"service", k.Service, "container", k.Container, "signal", k.Signal, "grace_period", k.Grace, "stopped_after", k.Took)
+			}
+		},
 	}
-	return errors.Join(hooksErr, err)
+	return errors.Join(hooksErr, lf.Cleanup(ctx, desired))
 }

@@ -57,10 +57,11 @@ type Executor struct {
 	// skipped).
 	OnStep func(StepResult)
 
-	mu      sync.Mutex
-	sayMu   sync.Mutex
-	started []Started
-	results []StepResult
+	mu       sync.Mutex
+	sayMu    sync.Mutex
+	createMu sync.Mutex
+	started  []Started
+	results  []StepResult
 	// proxyMu serializes the reloads of each proxy service: services
 	// rolling out at once may front the same proxy.
 	proxyMu map[string]*sync.Mutex
@@ -716,6 +717,13 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 // create creates a container, joins its other networks, runs prepare (if
 // any) on it and starts it.
 func (e *Executor) create(ctx context.Context, name string, cfg *container.Config, host container.HostConfig, nets []EndpointSpec, prepare func(id string) error) (id string, err error) {
+	// One container is created and started at a time, whichever services
+	// roll out at once: the engine's work for each (namespaces, mounts,
+	// network endpoints, iptables) runs outside any container's CPU
+	// weight, and four at once took the CPU from the serving containers
+	// for a second on two cores.
+	e.createMu.Lock()
+	defer e.createMu.Unlock()
 	var netCfg *network.NetworkingConfig
 	if len(nets) > 0 {
 		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
