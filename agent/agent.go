@@ -506,7 +506,6 @@ func (r *releaseRun) life() *life.Life {
 		Project:       r.project,
 		Release:       fmt.Sprint(r.release.Number),
 		BootCPUShares: r.svc.cfg.Rollout.BootCPUShares,
-		BootCPUs:      r.svc.cfg.Rollout.BootCPUCap(),
 		Progress:      func(svc, msg string) { r.progress(svc, "%s", msg) },
 		OnPlan:        func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
 		OnStep:        r.stepEnded,

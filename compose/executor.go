@@ -53,9 +53,6 @@ type Executor struct {
 	// the containers that serve; it gets its configured weight back once
 	// it passes its gate. 0 boots it at its configured weight.
 	BootCPUShares int64
-	// BootCPUs caps a booting container (and a hook) at that many cores
-	// until it passes its gate; 0 does not.
-	BootCPUs float64
 	// OnStep, when set, is told of every step that ends (done, failed or
 	// skipped).
 	OnStep func(StepResult)

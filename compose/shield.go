@@ -60,54 +60,31 @@ func (e *Executor) Steps() []StepResult {
 // none.
 const defaultCPUShares = 1024
 
-// cpuPeriod is the CFS period of a boot's CPU quota (the engine's default).
-const cpuPeriod = 100000 // µs
-
 // shield lowers the CPU weight a new container boots with, so that its
 // boot (imports, forks, migrations' checks) takes the CPU the serving
-// containers leave rather than theirs, and caps it at BootCPUs cores, so
-// that it cannot take every core at once. A service that sets cpu_shares,
-// or a CPU limit, keeps its own.
+// containers leave rather than theirs. A service that sets cpu_shares
+// itself keeps it.
 func (e *Executor) shield(host *container.HostConfig) {
 	if e.BootCPUShares > 0 && host.CPUShares == 0 {
 		host.CPUShares = e.BootCPUShares
 	}
-	if q := e.bootQuota(); q > 0 && host.NanoCPUs == 0 && host.CPUQuota == 0 && host.CPUPeriod == 0 {
-		host.CPUPeriod, host.CPUQuota = cpuPeriod, q
-	}
-}
-
-// bootQuota is BootCPUs as a CFS quota per cpuPeriod, or 0 for none.
-func (e *Executor) bootQuota() int64 {
-	if e.BootCPUs <= 0 {
-		return 0
-	}
-	return max(int64(e.BootCPUs*cpuPeriod), 1000)
 }
 
 // unshield gives containers that passed their gate their configured CPU
-// weight back, and lifts the boot's CPU cap (a live update: nothing
-// restarts).
+// weight back (a live update: nothing restarts).
 func (e *Executor) unshield(ctx context.Context, s ServicePlan, ids []string) error {
+	if e.BootCPUShares <= 0 || s.Spec.Host.CPUShares != 0 {
+		return nil
+	}
 	for _, id := range ids {
 		in, err := e.Engine.ContainerInspect(ctx, id)
 		if err != nil {
 			return fmt.Errorf("restore the CPU weight of %s: %w", id, err)
 		}
-		if in.HostConfig == nil {
-			continue
-		}
-		var r container.Resources
-		if e.BootCPUShares > 0 && s.Spec.Host.CPUShares == 0 && in.HostConfig.CPUShares == e.BootCPUShares {
-			r.CPUShares = defaultCPUShares
-		}
-		if q := e.bootQuota(); q > 0 && s.Spec.Host.CPUQuota == 0 && s.Spec.Host.NanoCPUs == 0 && in.HostConfig.CPUQuota == q {
-			r.CPUQuota = -1 // no quota (0 would leave it as it is)
-		}
-		if r.CPUShares == 0 && r.CPUQuota == 0 {
+		if in.HostConfig == nil || in.HostConfig.CPUShares != e.BootCPUShares {
 			continue // started again, not created: it never booted shielded
 		}
-		if _, err := e.Engine.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: r}); err != nil {
+		if _, err := e.Engine.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: container.Resources{CPUShares: defaultCPUShares}}); err != nil {
 			return fmt.Errorf("restore the CPU weight of %s: %w", in.Name, err)
 		}
 	}

@@ -89,23 +89,7 @@ type Rollout struct {
 	// weight back once it passes its gate. 1024 (the engine's default)
 	// turns it off; a service that sets cpu_shares keeps its own.
 	BootCPUShares int64 `yaml:"boot_cpu_shares"`
-	// BootCPUs caps a new container (and a hook) at that many cores until
-	// it passes its gate; 0 turns the cap off. A service with its own CPU
-	// limit keeps it.
-	BootCPUs *float64 `yaml:"boot_cpus"`
 }
-
-// BootCPUCap is BootCPUs, or 0 when it is not set.
-func (r Rollout) BootCPUCap() float64 {
-	if r.BootCPUs == nil {
-		return 0
-	}
-	return *r.BootCPUs
-}
-
-// DefaultBootCPUs caps a booting container at half a core: the serving
-// containers keep the rest of a two-core host.
-const DefaultBootCPUs = 0.5
 
 // DefaultBootCPUShares is the weight new containers boot with: the least
 // the engine accepts, so the containers that serve come first.
@@ -468,10 +452,6 @@ func (c *Config) applyDefaults() {
 	if c.Rollout.BootCPUShares == 0 {
 		c.Rollout.BootCPUShares = DefaultBootCPUShares
 	}
-	if c.Rollout.BootCPUs == nil {
-		v := DefaultBootCPUs
-		c.Rollout.BootCPUs = &v
-	}
 	c.StateDir = abs(c.StateDir)
 	c.Socket.Path = abs(c.Socket.Path)
 	c.DockerConfig = abs(c.DockerConfig)
@@ -816,9 +796,6 @@ func (c *Config) validateFrontDoors() []error {
 	}
 	if r := c.Recovery; r.Settle <= 0 || r.SettleLimit < r.Settle {
 		bad("recovery: settle (%s) must be positive and settle_limit (%s) at least settle", r.Settle, r.SettleLimit)
-	}
-	if v := c.Rollout.BootCPUCap(); v < 0 || v > 1024 || (v > 0 && v < 0.01) {
-		bad("rollout.boot_cpus %g: a number of cores, 0.01 to 1024, or 0 for no cap", v)
 	}
 	if w := c.Rollout.BootCPUShares; w < 2 || w > 262144 {
 		bad("rollout.boot_cpu_shares %d: the engine takes 2 to 262144 (1024 is its default weight: no shielding)", w)

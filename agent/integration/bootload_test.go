@@ -101,7 +101,7 @@ func TestBootLoadLeavesServingFast(t *testing.T) {
 		shares string
 		shield bool
 	}{
-		{"unshielded", "rollout:\n  boot_cpu_shares: 1024\n  boot_cpus: 0\n", false},
+		{"unshielded", "rollout:\n  boot_cpu_shares: 1024\n", false},
 		{"shielded", "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,9 +37,8 @@ type Life struct {
 	Project string
 	// Release labels what the release creates (its number).
 	Release string
-	// BootCPUShares and BootCPUs: see compose.Executor.
+	// BootCPUShares: see compose.Executor.
 	BootCPUShares int64
-	BootCPUs      float64
 	// Progress receives a line per thing done; may be nil.
 	Progress compose.Progress
 	// OnPlan is shown every plan made (the rollback's too); may be nil.
@@ -68,7 +67,6 @@ func (l *Life) executor(rollback bool) *compose.Executor {
 		KeepRetired:   !rollback,
 		Rollback:      rollback,
 		BootCPUShares: l.BootCPUShares,
-		BootCPUs:      l.BootCPUs,
 	}
 }
 
