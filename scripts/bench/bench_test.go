@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-deploy/berth/agent/api"
 )
 
 var t0 = time.Date(2026, 11, 30, 7, 0, 0, 0, time.UTC)
@@ -146,7 +148,7 @@ func ev(s float64, svc, msg string) Event {
 func stepEv(start, secs float64, svc, kind string) Event {
 	end := start + secs
 	return Event{Time: at(end), Type: "step", Service: svc, Message: "step " + kind,
-		Step: &Step{Kind: kind, Service: svc, State: "done", Started: at(start), Seconds: secs}}
+		Step: &api.Step{Kind: kind, Service: svc, State: "done", Started: at(start), Seconds: secs}}
 }
 
 func events() []Event {
@@ -166,7 +168,7 @@ func events() []Event {
 		stepEv(13, 1, "worker", "create"),
 		ev(20, "worker", "ready"),
 		stepEv(14, 7, "worker", "gate"),
-		{Time: at(20.5), Type: "step", Service: "worker", Step: &Step{Kind: "stop", Service: "worker", State: "skipped"}},
+		{Time: at(20.5), Type: "step", Service: "worker", Step: &api.Step{Kind: "stop", Service: "worker", State: "skipped"}},
 		ev(21, "", "monitoring 4 new container(s) for 5s"),
 		ev(26, "", "release 2 failed: worker exited"),
 		ev(27, "worker", "removing worker-1 (created by release 2)"),

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/berth-deploy/berth/agent/api"
 )
 
 // Event is one line of `agentctl deploy --json` (agent/api.Event).
@@ -19,18 +21,7 @@ type Event struct {
 	Service  string    `json:"service"`
 	Message  string    `json:"message"`
 	ExitCode *int      `json:"exit_code"`
-	Step     *Step     `json:"step"`
-}
-
-// Step is the step a step event carries (agent/api.Step).
-type Step struct {
-	ID      int       `json:"id"`
-	Kind    string    `json:"kind"`
-	Service string    `json:"service"`
-	After   []int     `json:"after"`
-	State   string    `json:"state"`
-	Started time.Time `json:"started"`
-	Seconds float64   `json:"seconds"`
+	Step     *api.Step `json:"step"` // on step events
 }
 
 func parseEvents(r io.Reader) ([]Event, error) {
