@@ -91,8 +91,8 @@ func (l *latencies) between(from, to time.Time) (n int, p99, most time.Duration)
 // steady p99 of this small load alone varies from 13 to 60 ms between
 // runs here, with the engine's health-check execs), and no request takes
 // a second. The same boot without the shield (rollout.boot_cpu_shares:
-// 1024) is measured first and reported: 89-123 ms p99 against 47-83 ms
-// shielded in five runs here.
+// 1024) is measured first and reported: 66-71 ms p99 against 45 ms
+// shielded in two runs here.
 func TestBootLoadLeavesServingFast(t *testing.T) {
 	reg := testenv.StartRegistry(t)
 	var unshielded time.Duration // p99 while booting, without the shield
