@@ -70,6 +70,13 @@ func (e *Executor) shield(host *container.HostConfig) {
 	}
 }
 
+// Unshield gives running containers of a service that were created at the
+// boot CPU weight their configured weight back: after a crash, recovery
+// gates containers a rollout started but never gated.
+func (e *Executor) Unshield(ctx context.Context, spec *ServiceSpec, ids []string) error {
+	return e.unshield(ctx, ServicePlan{Name: spec.Name, Spec: spec}, ids)
+}
+
 // unshield gives containers that passed their gate their configured CPU
 // weight back (a live update: nothing restarts).
 func (e *Executor) unshield(ctx context.Context, s ServicePlan, ids []string) error {

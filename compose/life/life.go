@@ -135,19 +135,25 @@ func (l *Life) RollBack(ctx context.Context, prev *compose.Desired, recheck bool
 }
 
 // gateRunning waits until every running container of desired's services
-// is ready, as a rollout's gate would.
+// is ready, as a rollout's gate would, and gives one that booted at the
+// boot CPU weight (its gate never passed before the crash) its own back.
 func (l *Life) gateRunning(ctx context.Context, desired *compose.Desired) error {
 	observed, err := compose.Observe(ctx, l.Engine, l.Project)
 	if err != nil {
 		return err
 	}
-	for _, spec := range desired.Services {
+	exec := l.executor(true)
+	for i := range desired.Services {
+		spec := &desired.Services[i]
 		for _, c := range observed.Service(spec.Name) {
 			if !c.Running() {
 				continue
 			}
 			l.say(spec.Name, "checking that %s is ready", c.Name)
 			if err := l.Health.Gate(ctx, c.ID, spec.Policy.Health); err != nil {
+				return fmt.Errorf("service %s: %w", spec.Name, err)
+			}
+			if err := exec.Unshield(ctx, spec, []string{c.ID}); err != nil {
 				return fmt.Errorf("service %s: %w", spec.Name, err)
 			}
 		}
