@@ -85,8 +85,8 @@ func (r *releaseRun) estimate(g *compose.Graph) string {
 			measured++
 			return d
 		}
-		if s.Kind == compose.StepDelay || s.Kind == compose.StepMonitor {
-			return stepWait(s)
+		if w := s.Wait(); w > 0 {
+			return w
 		}
 		return defaultStepTime[s.Kind]
 	})
@@ -103,13 +103,4 @@ func (r *releaseRun) estimate(g *compose.Graph) string {
 		basis = fmt.Sprintf("the step times of release %d and older where recorded, defaults for %d other step(s)", from, len(g.Steps)-measured)
 	}
 	return fmt.Sprintf("critical path: about %s, from %s: %s", total.Round(100*time.Millisecond), basis, strings.Join(names, " -> "))
-}
-
-// stepWait is the time a delay or monitor step waits: its target says it.
-func stepWait(s *compose.Step) time.Duration {
-	d, err := time.ParseDuration(s.Target)
-	if err != nil {
-		return 0
-	}
-	return d
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/compose/life"
 )
 
 // TestStepsRecordedAndDryRun: a release records its rollout's steps, each
@@ -68,5 +69,18 @@ func TestStepsRecordedAndDryRun(t *testing.T) {
 	wantMap(t, "running after the dry run", r.running(), running)
 	if hist, _ := r.st.History("shop"); len(hist) != 2 {
 		t.Errorf("the dry run recorded a release: %d in the history", len(hist))
+	}
+}
+
+// TestStopDuringWords: compose/life tells when a container was killed in
+// the words api records (the service passes them through as they are).
+func TestStopDuringWords(t *testing.T) {
+	for ours, theirs := range map[string]string{
+		life.DuringRollout: api.StopDuringRollout, life.DuringRollback: api.StopDuringRollback,
+		life.DuringUndo: api.StopDuringUndo, life.DuringCleanup: api.StopDuringCleanup,
+	} {
+		if ours != theirs {
+			t.Errorf("compose/life says %q where api says %q", ours, theirs)
+		}
 	}
 }

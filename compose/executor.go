@@ -207,9 +207,7 @@ func (e *Executor) step(ctx context.Context, p *Plan, s *Step) error {
 		spec := p.spec(s.Service)
 		return e.runHook(ctx, p.Project, spec, "pre-deploy", s.hook, spec.Policy.PreDeploy[s.hook])
 	case StepAside:
-		if s.old.State != stateRemoved && s.old.Name == bt.svc.canonical(p.Project, s.slot.Number) {
-			return e.rename(ctx, s.old, retiredName(*s.old))
-		}
+		return e.rename(ctx, s.old, retiredName(*s.old))
 	case StepCreate, StepStart:
 		id, err := e.bringUp(ctx, p, bt.svc, *s.slot)
 		if err != nil {
@@ -260,9 +258,7 @@ func (e *Executor) step(ctx context.Context, p *Plan, s *Step) error {
 		}
 		c.State = stateRemoved
 	case StepKeepAside:
-		if !strings.Contains(s.old.Name, retiredMark) { // an aside step may have moved it already
-			return e.rename(ctx, s.old, retiredName(*s.old))
-		}
+		return e.rename(ctx, s.old, retiredName(*s.old))
 	case StepRename:
 		return e.rename(ctx, s.slot.Keep, bt.svc.canonical(p.Project, s.slot.Number))
 	case StepDelay:
@@ -292,26 +288,14 @@ func (e *Executor) step(ctx context.Context, p *Plan, s *Step) error {
 	return nil
 }
 
-// policy is the rollout shape used: the update's, or the rollback's.
-func (e *Executor) policy(spec *ServiceSpec) (order string, parallelism int, delay time.Duration, monitor time.Duration) {
-	pol := spec.Policy
-	if e.Rollback {
-		return pol.Rollback.Order, pol.Rollback.Parallelism, pol.Rollback.Delay, pol.Rollback.Monitor
-	}
-	return pol.Order, pol.Parallelism, pol.Delay, pol.Monitor
-}
-
 // bringUp creates (or starts again) the container of a slot and returns
 // its ID, or "" when nothing had to start.
 func (e *Executor) bringUp(ctx context.Context, p *Plan, s ServicePlan, sl Slot) (string, error) {
 	name := s.canonical(p.Project, sl.Number)
 	switch {
 	case sl.Create:
-		if sl.Replace != nil && sl.Replace.State != stateRemoved && sl.Replace.Name == name {
-			if err := e.rename(ctx, sl.Replace, retiredName(*sl.Replace)); err != nil {
-				return "", err
-			}
-		}
+		// The replaced container is off the name already: moved aside
+		// (start-first), or retired (stop-first), by the steps before.
 		if sl.Replace != nil {
 			e.say(s.Name, "creating %s to replace %s (%s)", name, sl.Replace.Name, sl.Reason)
 		} else {
@@ -335,7 +319,7 @@ func (e *Executor) bringUp(ctx context.Context, p *Plan, s ServicePlan, sl Slot)
 }
 
 func (e *Executor) track(id, name string, s ServicePlan) {
-	_, _, _, monitor := e.policy(s.Spec)
+	monitor := shapeOf(s.Spec, e.Rollback).monitor
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.started = append(e.started, Started{ID: id, Name: name, Service: s.Name, Monitor: monitor})

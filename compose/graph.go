@@ -219,7 +219,7 @@ func (b *graphBuilder) window() time.Duration {
 	var w time.Duration
 	for _, s := range b.p.Services {
 		if s.Spec != nil && s.hasStarts() {
-			w = max(w, b.policy(s.Spec).monitor)
+			w = max(w, shapeOf(s.Spec, b.mode.Rollback).monitor)
 		}
 	}
 	return w
@@ -267,9 +267,10 @@ type shape struct {
 	monitor     time.Duration
 }
 
-func (b *graphBuilder) policy(spec *ServiceSpec) shape {
+// shapeOf is a service's rollout shape: its update's, or its rollback's.
+func shapeOf(spec *ServiceSpec, rollback bool) shape {
 	pol := spec.Policy
-	if b.mode.Rollback {
+	if rollback {
 		return shape{pol.Rollback.Order, pol.Rollback.Parallelism, pol.Rollback.Delay, pol.Rollback.Monitor}
 	}
 	return shape{pol.Order, pol.Parallelism, pol.Delay, pol.Monitor}
@@ -278,7 +279,7 @@ func (b *graphBuilder) policy(spec *ServiceSpec) shape {
 // service adds the steps of one service after the given steps, batch by
 // batch, and returns its final steps.
 func (b *graphBuilder) service(s ServicePlan, after []int) []int {
-	sh := b.policy(s.Spec)
+	sh := shapeOf(s.Spec, b.mode.Rollback)
 	var work, retireOnly []Slot
 	for _, sl := range s.Slots {
 		switch {
@@ -327,12 +328,12 @@ func (b *graphBuilder) up(bt *batch, slots []Slot, after []int) []int {
 		switch {
 		case sl.Create:
 			prev := after
-			if sl.Replace != nil && sl.Replace.Name == name && !bt.retired {
+			if holder := nameHolder(sl, name); holder != nil && !bt.retired {
 				if bt.aside == nil {
 					bt.aside = map[*Container]bool{}
 				}
-				bt.aside[sl.Replace] = true
-				prev = []int{b.add(&Step{Kind: StepAside, Service: s.Name, Target: sl.Replace.Name, batch: bt, slot: sl, old: sl.Replace}, after...).ID}
+				bt.aside[holder] = true
+				prev = []int{b.add(&Step{Kind: StepAside, Service: s.Name, Target: holder.Name, batch: bt, slot: sl, old: holder}, after...).ID}
 			}
 			ups = append(ups, b.add(&Step{Kind: StepCreate, Service: s.Name, Target: name, batch: bt, slot: sl}, prev...))
 		case sl.Keep != nil && !sl.Keep.Running():
@@ -352,6 +353,20 @@ func (b *graphBuilder) up(bt *batch, slots []Slot, after []int) []int {
 	}
 	sw := b.add(&Step{Kind: StepSwitch, Service: s.Name, Target: strings.Join(b.p.proxies[s.Name], ", ") + " to " + strings.Join(names, ", "), batch: bt}, gate.ID)
 	return []int{sw.ID}
+}
+
+// nameHolder is the container of a slot that holds its proper name (the
+// one it replaces, or one it retires), or nil.
+func nameHolder(sl *Slot, name string) *Container {
+	if sl.Replace != nil && sl.Replace.Name == name {
+		return sl.Replace
+	}
+	for i := range sl.Retire {
+		if sl.Retire[i].Name == name {
+			return &sl.Retire[i]
+		}
+	}
+	return nil
 }
 
 // retire adds the steps that take a batch's old containers away: the
@@ -417,6 +432,9 @@ func (b *graphBuilder) restoreNames(bt *batch, slots []Slot, after []int) []int 
 	return ids(out)
 }
 
+// Wait is how long a delay or monitor step waits (0 for other steps).
+func (s *Step) Wait() time.Duration { return s.wait }
+
 // String prints the graph, one step per line with what it waits for.
 func (g *Graph) String() string {
 	var b strings.Builder
@@ -452,15 +470,13 @@ type Estimate func(*Step) time.Duration
 // take when every independent step runs at once.
 func (g *Graph) CriticalPath(est Estimate) (time.Duration, []*Step) {
 	finish := map[int]time.Duration{}
-	from := map[int]int{}
+	from := map[int]int{} // the step on the longest chain to each step
 	var end *Step
 	for _, s := range g.Steps { // steps only wait for earlier ones
 		var start time.Duration
 		for _, a := range s.After {
-			if finish[a] > start || from[s.ID] == 0 {
-				if finish[a] >= start {
-					start, from[s.ID] = finish[a], a
-				}
+			if finish[a] >= start {
+				start, from[s.ID] = finish[a], a
 			}
 		}
 		finish[s.ID] = start + est(s)
