@@ -493,13 +493,18 @@ func (r *releaseRun) roll(ctx context.Context, desired *compose.Desired, rec api
 }
 
 // plan observes the project, plans the way to desired and shows the plan.
-func (r *releaseRun) plan(ctx context.Context, desired *compose.Desired) (*compose.Plan, error) {
+func (r *releaseRun) plan(ctx context.Context, desired *compose.Desired) (life.Plan, error) {
 	return r.life().Plan(ctx, desired)
 }
 
-// life is the life of this release on the engine: its rollout, its
-// rollback or undo, its cleanup and post-deploy hooks (compose/life).
-func (r *releaseRun) life() *life.Life {
+// life is the life of this release on the project's backend: its
+// rollout, its rollback or undo, its cleanup and post-deploy hooks.
+func (r *releaseRun) life() life.Backend {
+	return r.engineLife()
+}
+
+// engineLife is the life of a release on this host's engine (compose/life).
+func (r *releaseRun) engineLife() *life.Life {
 	return &life.Life{
 		Engine:        r.svc.engine,
 		Health:        r.svc.checker,
@@ -515,7 +520,7 @@ func (r *releaseRun) life() *life.Life {
 }
 
 // runPreparers runs the preparers before the first change.
-func (r *releaseRun) runPreparers(ctx context.Context, desired *compose.Desired, plan *compose.Plan) error {
+func (r *releaseRun) runPreparers(ctx context.Context, desired *compose.Desired, plan life.Plan) error {
 	if len(r.svc.preparers) == 0 {
 		return nil
 	}
@@ -586,7 +591,7 @@ func (r *releaseRun) restore(ctx context.Context, prev api.Release) error {
 
 // commit makes the release live, then removes what it retired and runs
 // the post-deploy hooks; neither can fail the release any more.
-func (r *releaseRun) commit(ctx context.Context, desired *compose.Desired, plan *compose.Plan) outcome {
+func (r *releaseRun) commit(ctx context.Context, desired *compose.Desired, plan life.Plan) outcome {
 	r.release.Finished = r.svc.now()
 	r.release.Outcome = api.OutcomeSucceeded
 	if err := r.svc.store.Save(r.release, true); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/go-connections/nat"
 	"github.com/docker/go-units"
 )
@@ -69,6 +70,10 @@ type ServiceSpec struct {
 	Networks []EndpointSpec // the first one is attached at create time
 	// Policy is how the service rolls out; it is not part of the hash.
 	Policy Policy
+	// Swarm is the service as a Swarm runs it, set only for a project
+	// deployed to a Swarm (package compose/swarm converts it from the
+	// compose file): what a release records and a rollback redeploys.
+	Swarm *swarm.ServiceSpec `json:",omitempty"`
 }
 
 // EndpointSpec is the attachment of a service to one network.

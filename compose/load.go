@@ -33,6 +33,9 @@ type LoadOptions struct {
 	// request policy (package compose/trust) uses it to see which settings
 	// read a request's variables.
 	Substitute func(value string, lookup template.Mapping) (string, error)
+	// Check, when set, stands in for the checks of one engine (Check): a
+	// Swarm backend refuses what a Swarm cannot honour instead.
+	Check func(*types.Project) []error
 }
 
 // Load reads and validates the compose project: interpolation from the env
@@ -66,7 +69,11 @@ func Load(ctx context.Context, o LoadOptions) (*types.Project, error) {
 	if err := overrideImages(p, o.Images); err != nil {
 		return nil, err
 	}
-	if problems := check(p); len(problems) > 0 {
+	checkFn := Check
+	if o.Check != nil {
+		checkFn = o.Check
+	}
+	if problems := checkFn(p); len(problems) > 0 {
 		errs := make([]error, len(problems))
 		for i, e := range problems {
 			errs[i] = fmt.Errorf("project %s (%s): %w: %w", o.Name, o.ComposeFile, ErrInvalid, e)
@@ -107,9 +114,10 @@ func overrideImages(p *types.Project, images map[string]string) error {
 	return nil
 }
 
-// check lists every service option the executor does not carry out, so a
-// deploy never silently runs something other than what the file says.
-func check(p *types.Project) []error {
+// Check lists every service option the executor does not carry out on one
+// engine, so a deploy never silently runs something other than what the
+// file says.
+func Check(p *types.Project) []error {
 	var problems []error
 	for _, name := range p.ServiceNames() {
 		s := p.Services[name]
@@ -128,10 +136,8 @@ func check(p *types.Project) []error {
 		if strings.HasPrefix(s.NetworkMode, "service:") || strings.HasPrefix(s.NetworkMode, "container:") {
 			bad("network_mode %q is not supported", s.NetworkMode)
 		}
-		if _, errs := policyOf(p, s); len(errs) > 0 {
-			for _, e := range errs {
-				bad("%v", e)
-			}
+		for _, e := range PolicyProblems(p, s) {
+			bad("%v", e)
 		}
 		for _, key := range sortedKeys(s.Networks) {
 			n := s.Networks[key]
@@ -190,6 +196,14 @@ func check(p *types.Project) []error {
 		}
 	}
 	return problems
+}
+
+// PolicyProblems lists what is wrong with a service's rollout policy
+// (update_config, rollback_config, healthcheck, x-berth), whichever the
+// backend.
+func PolicyProblems(p *types.Project, s types.ServiceConfig) []error {
+	_, errs := policyOf(p, s)
+	return errs
 }
 
 // replicas is the number of containers a service runs.

@@ -32,6 +32,9 @@ const (
 	DefaultSocket       = "/run/berth/agentd.sock"
 	DefaultSocketMode   = "0660"
 	DefaultKeepReleases = 10
+	// BackendEngine and BackendSwarm are the values of projects.NAME.backend.
+	BackendEngine = "engine"
+	BackendSwarm  = "swarm"
 	// DefaultMaxComposeFiles and DefaultMaxComposeBytes bound a shipped
 	// compose file (projects.NAME.max_compose_files, max_compose_bytes).
 	DefaultMaxComposeFiles = 64
@@ -137,6 +140,11 @@ type Project struct {
 	EnvFile      string   `yaml:"env_file"`
 	Profiles     []string `yaml:"profiles"`
 	KeepReleases int      `yaml:"keep_releases"`
+	// Backend is where the project's releases run: BackendEngine (the
+	// default: containers on this host's Docker Engine) or BackendSwarm
+	// (services of a stack on the Docker Swarm whose manager agentd talks
+	// to).
+	Backend string `yaml:"backend"`
 	// DockerConfig overrides the registry credentials for this project.
 	DockerConfig string `yaml:"docker_config"`
 	// RequestVariables are the variables a deploy request may set
@@ -654,6 +662,11 @@ func (c *Config) Validate() error {
 		}
 		if p.KeepReleases < 0 {
 			bad("project %s: keep_releases %d: must be positive", name, p.KeepReleases)
+		}
+		switch p.Backend {
+		case "", BackendEngine, BackendSwarm:
+		default:
+			bad("project %s: backend %q: want %s (the default) or %s", name, p.Backend, BackendEngine, BackendSwarm)
 		}
 		if p.DockerConfig != "" {
 			mustDir(&errs, "project "+name+": docker_config", p.DockerConfig)

@@ -16,6 +16,39 @@ import (
 	"github.com/berth-deploy/berth/compose"
 )
 
+// Backend is where a project's releases run: one Docker engine (Life) or
+// a Docker Swarm (package compose/swarm). agent drives either the same
+// way: it journals the graph, runs it, and on failure rolls back.
+type Backend interface {
+	// Plan observes the project and plans the way to desired; a pure
+	// comparison, printable, changing nothing.
+	Plan(ctx context.Context, desired *compose.Desired) (Plan, error)
+	// Graph is the graph RollOut runs for plan: the journal records it
+	// first.
+	Graph(plan Plan) *compose.Graph
+	// RollOut runs the release's rollout, ending with its monitor window.
+	RollOut(ctx context.Context, plan Plan, graph *compose.Graph) error
+	// RollBack brings the whole project back to prev, a release that was
+	// live, with the same gates; recheck after a crash.
+	RollBack(ctx context.Context, prev *compose.Desired, recheck bool) error
+	// Undo takes a failed first release away.
+	Undo(ctx context.Context, failed *compose.Desired) error
+	// Cleanup removes what a committed release retired.
+	Cleanup(ctx context.Context, desired *compose.Desired) error
+	// PostDeploy runs the post-deploy hooks of the services that changed;
+	// a failure is said, never returned.
+	PostDeploy(ctx context.Context, desired *compose.Desired, changed []string)
+}
+
+// Plan is what a release will change, as its backend planned it.
+type Plan interface {
+	Empty() bool
+	ChangedServices() []string
+	String() string
+}
+
+var _ Backend = (*Life)(nil)
+
 // Checker gates and watches containers (healthcheck.Checker).
 type Checker interface {
 	compose.Gater
@@ -77,7 +110,11 @@ func (l *Life) killed(during string, k []compose.Killed) {
 }
 
 // Plan observes the project and plans the way to desired.
-func (l *Life) Plan(ctx context.Context, desired *compose.Desired) (*compose.Plan, error) {
+func (l *Life) Plan(ctx context.Context, desired *compose.Desired) (Plan, error) {
+	return l.plan(ctx, desired)
+}
+
+func (l *Life) plan(ctx context.Context, desired *compose.Desired) (*compose.Plan, error) {
 	observed, err := compose.Observe(ctx, l.Engine, l.Project)
 	if err != nil {
 		return nil, err
@@ -90,16 +127,16 @@ func (l *Life) Plan(ctx context.Context, desired *compose.Desired) (*compose.Pla
 }
 
 // Graph is the graph RollOut runs for plan: the journal records it first.
-func (l *Life) Graph(plan *compose.Plan) *compose.Graph {
-	return plan.Graph(l.executor(false).Mode())
+func (l *Life) Graph(plan Plan) *compose.Graph {
+	return plan.(*compose.Plan).Graph(l.executor(false).Mode())
 }
 
 // RollOut runs the release's rollout: graph, made by Graph from plan. What
 // it retires is kept aside until Cleanup, so RollBack can go back to it.
-func (l *Life) RollOut(ctx context.Context, plan *compose.Plan, graph *compose.Graph) error {
+func (l *Life) RollOut(ctx context.Context, plan Plan, graph *compose.Graph) error {
 	exec := l.executor(false)
 	exec.OnStep = l.OnStep
-	err := exec.Run(ctx, plan, graph)
+	err := exec.Run(ctx, plan.(*compose.Plan), graph)
 	// Recorded whether it succeeded or not: a kill on the way to a failure
 	// counts as much.
 	l.killed(DuringRollout, exec.Killed())
@@ -115,7 +152,7 @@ func (l *Life) RollOut(ctx context.Context, plan *compose.Plan, graph *compose.G
 // prev: a rollback the dead agentd had begun may have started one no gate
 // has passed.
 func (l *Life) RollBack(ctx context.Context, prev *compose.Desired, recheck bool) error {
-	plan, err := l.Plan(ctx, prev)
+	plan, err := l.plan(ctx, prev)
 	if err != nil {
 		return err
 	}
