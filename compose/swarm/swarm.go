@@ -13,6 +13,8 @@ import (
 	"context"
 	"io"
 
+	"github.com/berth-deploy/berth/compose"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/swarm"
@@ -50,4 +52,20 @@ type Engine interface {
 	NetworkList(ctx context.Context, options network.ListOptions) ([]network.Summary, error)
 	NetworkCreate(ctx context.Context, name string, options network.CreateOptions) (network.CreateResponse, error)
 	NetworkRemove(ctx context.Context, networkID string) error
+}
+
+// HookRunner runs a service's hooks as one-off tasks of its new spec, one
+// at a time, each removed after it ends (Hooks, in hooks.go). A failing
+// pre-deploy hook's error wraps compose.ErrHook.
+type HookRunner interface {
+	Run(ctx context.Context, spec *compose.ServiceSpec, phase string, hooks []compose.Hook) error
+}
+
+// ProxySyncer keeps the proxies that front a service (x-berth.proxy) in
+// step with its running tasks (Proxies, in proxy.go): it writes the
+// addresses of service's running tasks into every proxy fronting it, and
+// validates and reloads a proxy whose file changed. It does nothing for a
+// service no proxy fronts.
+type ProxySyncer interface {
+	Sync(ctx context.Context, desired *compose.Desired, service string) error
 }
