@@ -216,7 +216,7 @@ var (
 func buildNodeImage(t testing.TB, host *client.Client) (string, error) {
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
-	base, err := baseImage(ctx, t, host)
+	base, err := BaseImage(ctx, t, host)
 	if err != nil {
 		return "", err
 	}
@@ -249,9 +249,9 @@ func buildNodeImage(t testing.TB, host *client.Client) (string, error) {
 	return tag, nil
 }
 
-// baseImage returns the Debian base image's tag (scripts/base-image.sh
+// BaseImage returns the Debian base image's tag (scripts/base-image.sh
 // --print-tag), running the script to build it when the host lacks it.
-func baseImage(ctx context.Context, t testing.TB, host *client.Client) (string, error) {
+func BaseImage(ctx context.Context, t testing.TB, host *client.Client) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err

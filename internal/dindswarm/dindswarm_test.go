@@ -120,8 +120,15 @@ func TestThreeNodesServeADNSRRService(t *testing.T) {
 		}
 	}
 
-	// Across the overlay, from the task on the manager.
+	// Across the overlay, from the task on the manager. Its task is RUNNING,
+	// so its container is healthy: swarmkit holds a task with a healthcheck
+	// in STARTING until the check passes.
 	local := taskContainer(t, ctx, c.Manager().Client, name)
+	if insp, err := c.Manager().Client.ContainerInspect(ctx, local); err != nil {
+		t.Fatal(err)
+	} else if insp.State.Health == nil || insp.State.Health.Status != "healthy" {
+		t.Errorf("a RUNNING task's container is not healthy: %+v", insp.State.Health)
+	}
 	for _, n := range c.Nodes {
 		url := "http://" + taskIP[n.ID] + ":8080/healthz"
 		if code, out := execIn(t, ctx, c.Manager().Client, local, "/testapp", "check", url); code != 0 {
