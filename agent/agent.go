@@ -148,6 +148,9 @@ type releaseRun struct {
 	// dry is a dry run: no lock, no record, nothing changed, and the
 	// observers are not told.
 	dry bool
+	// override is the request's own registry credential, if any: for
+	// the pulls here, and for a Swarm's nodes.
+	override *registry.Credential
 }
 
 func (s *Service) newReleaseRun(project, identity string, emit Emit) *releaseRun {
@@ -308,10 +311,10 @@ func (r *releaseRun) deploy(ctx context.Context, req api.DeployRequest) outcome 
 		}
 	}
 	steadyShippedPaths(project, src)
-	reg := r.registry()
 	if a := req.Registry; a != nil {
-		reg.Override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}
+		r.override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}
 	}
+	reg := r.registry()
 	r.progress("", "resolving %d images", len(project.Services))
 	pins, err := reg.Resolve(ctx, imageRequests(project))
 	if err != nil {
@@ -639,7 +642,7 @@ func (r *releaseRun) save(live bool) {
 }
 
 func (r *releaseRun) registry() *registry.Client {
-	return &registry.Client{Engine: r.svc.engine, ConfigDir: firstNonEmpty(r.pc.DockerConfig, r.svc.cfg.DockerConfig)}
+	return &registry.Client{Engine: r.svc.engine, ConfigDir: firstNonEmpty(r.pc.DockerConfig, r.svc.cfg.DockerConfig), Override: r.override}
 }
 
 func decodeState(rel api.Release) (*compose.Desired, error) {
