@@ -29,6 +29,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/system"
 )
 
 // ErrUnknownProject is returned for a project that is not configured.
@@ -67,6 +68,19 @@ type Service struct {
 	// observers are told of every deploy and rollback; set before serving.
 	observers []Observer
 	preparers []Preparer
+	// defaultShares is the CPU shares of a container that sets none, on
+	// this engine's cgroup version (SetEngineInfo).
+	defaultShares int64
+}
+
+// SetEngineInfo tells the service what the engine said of itself; call
+// it before the service takes requests. Its cgroup version decides the CPU
+// weight a container that booted shielded gets back.
+func (s *Service) SetEngineInfo(info system.Info) {
+	s.defaultShares = compose.DefaultShares(info.CgroupVersion)
+	if info.CgroupVersion == "2" {
+		s.log.Info("cgroup v2: a container that booted at the boot CPU weight gets the default weight 100 back", "cpu_shares", s.defaultShares)
+	}
 }
 
 // Observer is told when a deploy or rollback request ends (metrics,
@@ -509,14 +523,15 @@ func (r *releaseRun) life() life.Backend {
 // engineLife is the life of a release on this host's engine (compose/life).
 func (r *releaseRun) engineLife() *life.Life {
 	return &life.Life{
-		Engine:        r.svc.engine,
-		Health:        r.svc.checker,
-		Project:       r.project,
-		Release:       fmt.Sprint(r.release.Number),
-		BootCPUShares: r.svc.cfg.Rollout.BootCPUShares,
-		Progress:      func(svc, msg string) { r.progress(svc, "%s", msg) },
-		OnPlan:        func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
-		OnStep:        r.stepEnded,
+		Engine:           r.svc.engine,
+		Health:           r.svc.checker,
+		Project:          r.project,
+		Release:          fmt.Sprint(r.release.Number),
+		BootCPUShares:    r.svc.cfg.Rollout.BootCPUShares,
+		DefaultCPUShares: r.svc.defaultShares,
+		Progress:         func(svc, msg string) { r.progress(svc, "%s", msg) },
+		OnPlan:           func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
+		OnStep:           r.stepEnded,
 		// life's words for when a container was stopped are api's.
 		OnKilled: r.killed,
 	}

@@ -140,11 +140,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if _, err := docker.Ping(ctx); err != nil {
 		return fmt.Errorf("docker engine: %w", err)
 	}
+	info, err := docker.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("docker engine: %w", err)
+	}
 
 	svc, err := agent.New(cfg, docker, st, log)
 	if err != nil {
 		return err
 	}
+	svc.SetEngineInfo(info)
 	// One consistent release per project before any request is taken. A
 	// stop signal does not cut a rollback short (like a deploy in flight,
 	// it finishes first): agentd stops once recovery is over.
