@@ -73,8 +73,11 @@ func Convert(p *types.Project, d *compose.Desired) error {
 // SpecHash is the hash of a service spec that LabelSpecHash carries: the
 // first 16 hex digits of the sha256 of its JSON, leaving out the labels
 // LabelSpecHash and LabelRelease (of the service and of its containers),
-// so setting them does not change it. A service whose running spec has
-// another hash than the desired one is updated.
+// so setting them does not change it. A service whose LabelSpecHash
+// differs from the desired spec's is updated. Compare the labels: do not
+// recompute SpecHash from a spec read back from the engine, which rewrites
+// it (network names become IDs, Isolation "default" and Runtime "container"
+// are filled in: seen on Engine 20.10).
 func SpecHash(s swarm.ServiceSpec) string {
 	s.Annotations.Labels = withoutHashLabels(s.Annotations.Labels)
 	if s.TaskTemplate.ContainerSpec != nil {
