@@ -209,19 +209,23 @@ func updateConfig(pol compose.Policy) *swarm.UpdateConfig {
 
 // rollbackConfig is the Swarm rollback of the service: compose.Policy's
 // rollback (deploy.rollback_config over the update's values), and
-// rollback_config.failure_action (pause unless the file says continue).
+// rollback_config's failure_action (pause unless the file says continue)
+// and max_failure_ratio, which compose.Policy does not keep.
 func rollbackConfig(s types.ServiceConfig, pol compose.Policy) *swarm.UpdateConfig {
-	action := swarm.UpdateFailureActionPause
-	if s.Deploy != nil && s.Deploy.RollbackConfig != nil && s.Deploy.RollbackConfig.FailureAction != "" {
-		action = s.Deploy.RollbackConfig.FailureAction
-	}
-	return &swarm.UpdateConfig{
+	c := &swarm.UpdateConfig{
 		Parallelism:   uint64(max(pol.Rollback.Parallelism, 0)),
 		Delay:         pol.Rollback.Delay,
-		FailureAction: action,
+		FailureAction: swarm.UpdateFailureActionPause,
 		Monitor:       pol.Rollback.Monitor,
 		Order:         pol.Rollback.Order,
 	}
+	if s.Deploy != nil && s.Deploy.RollbackConfig != nil {
+		if rc := s.Deploy.RollbackConfig; rc.FailureAction != "" {
+			c.FailureAction = rc.FailureAction
+		}
+		c.MaxFailureRatio = s.Deploy.RollbackConfig.MaxFailureRatio
+	}
+	return c
 }
 
 // restartPolicy is deploy.restart_policy, or else the restart key: no ->

@@ -252,7 +252,7 @@ func TestConvertContainerOptions(t *testing.T) {
       labels: {team: shop}
       placement: {max_replicas_per_node: 2}
       update_config: {order: stop-first, parallelism: 0, delay: 10s, failure_action: pause, monitor: 30s}
-      rollback_config: {parallelism: 2, failure_action: continue}
+      rollback_config: {parallelism: 2, failure_action: continue, max_failure_ratio: 0.25}
     stop_grace_period: 20s
 `)
 	s := swarmSpec(t, d, "web")
@@ -297,7 +297,7 @@ func TestConvertContainerOptions(t *testing.T) {
 		{Name: "dns", Protocol: swarm.PortConfigProtocolUDP, TargetPort: 53, PublishedPort: 53, PublishMode: swarm.PortConfigPublishModeHost},
 	}})
 	check("update", s.UpdateConfig, &swarm.UpdateConfig{Parallelism: 0, Delay: 10 * time.Second, FailureAction: "pause", Monitor: 30 * time.Second, Order: "stop-first"})
-	check("rollback", s.RollbackConfig, &swarm.UpdateConfig{Parallelism: 2, FailureAction: "continue", Monitor: 30 * time.Second, Order: "stop-first"})
+	check("rollback", s.RollbackConfig, &swarm.UpdateConfig{Parallelism: 2, FailureAction: "continue", MaxFailureRatio: 0.25, Monitor: 30 * time.Second, Order: "stop-first"})
 	check("restart", s.TaskTemplate.RestartPolicy, (*swarm.RestartPolicy)(nil))
 }
 
