@@ -51,6 +51,9 @@ func Check(p *types.Project) []error {
 		checkTmpfs(s, bad)
 		checkResources(s, bad)
 		checkHealth(s, bad)
+		if s.PullPolicy == types.PullPolicyNever || s.PullPolicy == types.PullPolicyBuild {
+			bad("pull_policy %s: every node of a Swarm pulls the image from a registry, so a local-only image cannot be deployed", s.PullPolicy)
+		}
 		if s.Logging != nil && s.Logging.Driver == "" && len(s.Logging.Options) > 0 {
 			bad("logging.options without logging.driver: name the driver (a Swarm's nodes may each default to another)")
 		}

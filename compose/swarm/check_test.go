@@ -263,6 +263,8 @@ func TestCheckRefuses(t *testing.T) {
 		{"isolation", "    isolation: process\n", "isolation"},
 		{"secrets", "    secrets: [key]\nsecrets:\n  key: {file: ./key}\n", "secrets: is not supported on a Swarm by berth yet"},
 		{"configs", "    configs: [conf]\nconfigs:\n  conf: {file: ./conf}\n", "configs: is not supported on a Swarm by berth yet"},
+		{"pull_policy never", "    pull_policy: never\n", "pull_policy never"},
+		{"pull_policy build", "    pull_policy: build\n    build: .\n", "pull_policy build"},
 		{"logging.options", "    logging: {options: {max-size: 10m}}\n", "logging.options"},
 		{"build without image", "services:\n  web:\n    build: .\n", "build without image"},
 		{"host_ip", "    ports: [\"127.0.0.1:8080:80\"]\n", "host_ip"},
