@@ -25,6 +25,7 @@ import (
 	"github.com/berth-deploy/berth/agent/registry"
 	"github.com/berth-deploy/berth/compose"
 	"github.com/berth-deploy/berth/compose/life"
+	"github.com/berth-deploy/berth/compose/swarm"
 	"github.com/berth-deploy/berth/healthcheck"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
@@ -337,7 +338,9 @@ func (r *releaseRun) deploy(ctx context.Context, req api.DeployRequest) outcome 
 	for _, name := range project.ServiceNames() {
 		r.progress(name, "%s is %s", pins[name].Ref, pins[name].Digest)
 	}
-	if !req.DryRun {
+	if !req.DryRun && !r.onSwarm() {
+		// On a Swarm each node pulls what its tasks run, with the
+		// credentials passed along with the service.
 		if err := reg.Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
 			return outcome{code: api.ExitBadRequest, err: fmt.Errorf("pull images: %w", err)}
 		}
@@ -345,6 +348,11 @@ func (r *releaseRun) deploy(ctx context.Context, req api.DeployRequest) outcome 
 	desired, err := compose.NewDesired(project, pins)
 	if err != nil {
 		return outcome{code: api.ExitBadRequest, err: err}
+	}
+	if r.onSwarm() {
+		if err := swarm.Convert(project, desired); err != nil {
+			return outcome{code: api.ExitBadRequest, err: err}
+		}
 	}
 	if req.DryRun {
 		return r.dryRun(ctx, desired)
@@ -405,6 +413,9 @@ func (r *releaseRun) rollback(ctx context.Context, req api.RollbackRequest) outc
 	pins := map[string]compose.Pin{}
 	for _, s := range desired.Services {
 		pins[s.Name] = s.Image
+	}
+	if r.onSwarm() {
+		pins = nil // the nodes pull
 	}
 	if err := r.registry().Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
 		return outcome{code: api.ExitBadRequest, err: fmt.Errorf("release %d's images are not all on this host, and pulling them failed: %w", target.Number, err)}
@@ -513,6 +524,9 @@ func (r *releaseRun) roll(ctx context.Context, desired *compose.Desired, rec api
 func (r *releaseRun) plan(ctx context.Context, desired *compose.Desired) (life.Plan, error) {
 	return r.life().Plan(ctx, desired)
 }
+
+// onSwarm says whether the project is deployed to a Swarm.
+func (r *releaseRun) onSwarm() bool { return r.pc.Backend == config.BackendSwarm }
 
 // life is the life of this release on the project's backend: its
 // rollout, its rollback or undo, its cleanup and post-deploy hooks.
@@ -719,6 +733,10 @@ func loadOptions(name string, pc config.Project, images map[string]string) compo
 	o := compose.LoadOptions{Name: name, ComposeFile: pc.ComposeFile, Profiles: pc.Profiles, Images: images}
 	if pc.EnvFile != "" {
 		o.EnvFiles = []string{pc.EnvFile}
+	}
+	if pc.Backend == config.BackendSwarm {
+		// What a Swarm cannot honour, not what one engine cannot.
+		o.Check = swarm.Check
 	}
 	return o
 }
