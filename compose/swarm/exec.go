@@ -616,19 +616,19 @@ func (g *gating) probeAll(ctx context.Context, tasks []swarm.Task) bool {
 		addr, err := g.nodeAddr(ctx, t.NodeID)
 		if err != nil {
 			st.res = err.Error()
-			g.waiting = "probe of task " + shortID(t.ID) + ": " + st.res
 			continue
 		}
 		st.ok, st.res = g.prober.attempt(ctx, net.JoinHostPort(addr, strconv.Itoa(int(g.prober.port))))
-		if !st.ok {
-			g.waiting = "probe of task " + shortID(t.ID) + " at " + addr + ": " + st.res
-		}
 	}
 	if all {
 		return true
 	}
-	for _, st := range g.probes {
-		if !st.ok {
+	for _, t := range tasks {
+		if st := g.probes[t.ID]; st != nil && !st.ok && t.DesiredState == swarm.TaskStateRunning && taskHash(t) == g.hash {
+			if st.res == "" {
+				st.res = "no answer yet"
+			}
+			g.waiting += "; probe of task " + shortID(t.ID) + ": " + st.res
 			return false
 		}
 	}

@@ -36,8 +36,8 @@ type TaskStatus struct {
 	Error               string
 	// Health is the container's health as Swarm saw it ("" when the
 	// image has no healthcheck or Swarm did not say).
-	Health  string
-	Image   string
+	Health string
+	Image  string
 	// Release is the release of the spec the task runs, when it is the
 	// service's current or previous spec.
 	Release string

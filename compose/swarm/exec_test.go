@@ -1,0 +1,79 @@
+package swarm
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/healthcheck"
+
+	"github.com/docker/docker/api/types/swarm"
+)
+
+// probed makes web's x-berth.health an HTTP probe of container port 8000,
+// published in host mode on the port srv listens on.
+func probed(t *testing.T, srv *httptest.Server) func(*compose.ServiceSpec) {
+	_, p, err := net.SplitHostPort(srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(p)
+	return func(s *compose.ServiceSpec) {
+		s.Policy.Health.HTTP = &healthcheck.HTTPProbe{Path: "healthz", Port: 8000, Host: "shop.example.com"}
+		s.Policy.Health.Interval = 20 * time.Millisecond
+		s.Swarm.EndpointSpec = &swarm.EndpointSpec{Mode: swarm.ResolutionModeDNSRR, Ports: []swarm.PortConfig{{
+			Protocol: swarm.PortConfigProtocolTCP, TargetPort: 8000, PublishedPort: uint32(port), PublishMode: swarm.PortConfigPublishModeHost,
+		}}}
+	}
+}
+
+func TestGateProbesTheTaskOnItsNode(t *testing.T) {
+	var hits atomic.Int32
+	var host atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host.Store(r.Host + " " + r.URL.Path)
+		if hits.Add(1) <= 3 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	f := newFakeSwarm()
+	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", probed(t, srv)))); err != nil {
+		t.Fatalf("gate: %v", err)
+	}
+	if n := hits.Load(); n != 4 {
+		t.Errorf("probe answered %d times, want 4 (three 503s, then 204)", n)
+	}
+	if got := host.Load(); got != "shop.example.com /healthz" {
+		t.Errorf("probe request = %v", got)
+	}
+}
+
+func TestGateProbeFailsAtTheLimit(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	defer srv.Close()
+	f := newFakeSwarm()
+	err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", probed(t, srv), gateLimit(300*time.Millisecond))))
+	if err == nil || !strings.Contains(err.Error(), "not ready within 300ms") || !strings.Contains(err.Error(), "500 Internal Server Error") {
+		t.Fatalf("err = %v, want the probe's last answer", err)
+	}
+}
+
+func TestGateRefusesAProbeWithoutAHostPort(t *testing.T) {
+	f := newFakeSwarm()
+	tcp := func(s *compose.ServiceSpec) { s.Policy.Health.TCP = &healthcheck.TCPProbe{Port: 5432} }
+	err := deploy(t, newLife(f, "1"), desired(svc("db", "v1", tcp)))
+	if err == nil || !strings.Contains(err.Error(), "port 5432") {
+		t.Fatalf("err = %v", err)
+	}
+}

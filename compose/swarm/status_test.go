@@ -1,0 +1,50 @@
+package swarm
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/docker/docker/api/types/swarm"
+)
+
+func TestStatus(t *testing.T) {
+	f := newFakeSwarm()
+	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", replicas(2)))); err != nil {
+		t.Fatal(err)
+	}
+	if err := deploy(t, newLife(f, "2"), desired(svc("web", "v2", replicas(2)))); err != nil {
+		t.Fatal(err)
+	}
+	// Slot 1 failed once more on v2 before this task ran: three tasks in
+	// the slot, the oldest left out.
+	f.mu.Lock()
+	web := f.byName("shop_web")
+	f.addTask(web, 1, swarm.TaskStateFailed, "task: non-zero exit (1)")
+	f.mu.Unlock()
+	st, err := Status(context.Background(), f, project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 {
+		t.Fatalf("status = %+v", st)
+	}
+	s := st[0]
+	if s.Name != "shop_web" || s.Mode != "replicated" || s.Replicas != 2 || s.Running != 2 || s.Release != "2" ||
+		s.Image != "reg.example/web:v2" || s.UpdateState != "completed" {
+		t.Errorf("service status = %+v", s)
+	}
+	var got []string
+	for _, tk := range s.Tasks {
+		got = append(got, tk.Node+" "+string(rune('0'+tk.Slot))+" "+tk.State+"/"+tk.DesiredState+" "+tk.Release+" "+tk.Error)
+	}
+	want := []string{
+		"manager-1 1 failed/shutdown 2 task: non-zero exit (1)",
+		"manager-1 1 running/running 2 ",
+		"manager-1 2 running/running 2 ",
+		"manager-1 2 shutdown/shutdown 1 ",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("tasks =\n%q\nwant\n%q", got, want)
+	}
+}
