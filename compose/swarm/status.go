@@ -45,8 +45,8 @@ type TaskStatus struct {
 }
 
 // Status reports the services of project's stack and their tasks: per
-// slot (per node for a global service) the current task and the one
-// before it, newest first.
+// slot (per node for a global service) the current task (the one Swarm
+// wants running) and the newest one before it.
 func Status(ctx context.Context, eng Engine, project string) ([]ServiceStatus, error) {
 	svcs, err := eng.ServiceList(ctx, swarm.ServiceListOptions{Filters: stackFilter(project)})
 	if err != nil {
@@ -119,8 +119,9 @@ func Status(ctx context.Context, eng Engine, project string) ([]ServiceStatus, e
 	return out, nil
 }
 
-// taskStatuses sorts tasks by slot (node, for a global service), newest
-// first, keeping the current and the previous task of each.
+// taskStatuses sorts tasks by slot (node, for a global service), the one
+// Swarm wants running first, then newest first, keeping two of each: the
+// current task and the one before it.
 func taskStatuses(tasks []swarm.Task, hostnames, releases map[string]string) []TaskStatus {
 	key := func(t swarm.Task) string {
 		if t.Slot != 0 {
@@ -131,6 +132,14 @@ func taskStatuses(tasks []swarm.Task, hostnames, releases map[string]string) []T
 	slices.SortFunc(tasks, func(a, b swarm.Task) int {
 		if c := cmp.Compare(key(a), key(b)); c != 0 {
 			return c
+		}
+		// The task Swarm wants running is the slot's current one, even
+		// when newer ones (restarts of a failing update) have ended.
+		if ar, br := a.DesiredState == swarm.TaskStateRunning, b.DesiredState == swarm.TaskStateRunning; ar != br {
+			if ar {
+				return -1
+			}
+			return 1
 		}
 		return b.Meta.CreatedAt.Compare(a.Meta.CreatedAt)
 	})

@@ -16,8 +16,9 @@ func TestStatus(t *testing.T) {
 	if err := deploy(t, newLife(f, "2"), desired(svc("web", "v2", replicas(2)))); err != nil {
 		t.Fatal(err)
 	}
-	// Slot 1 failed once more on v2 before this task ran: three tasks in
-	// the slot, the oldest left out.
+	// A task of slot 1 failed after the running one started (a restart
+	// of a failing update): three tasks in the slot, the oldest (v1's)
+	// left out.
 	f.mu.Lock()
 	web := f.byName("shop_web")
 	f.addTask(web, 1, swarm.TaskStateFailed, "task: non-zero exit (1)")
@@ -38,9 +39,11 @@ func TestStatus(t *testing.T) {
 	for _, tk := range s.Tasks {
 		got = append(got, tk.Node+" "+string(rune('0'+tk.Slot))+" "+tk.State+"/"+tk.DesiredState+" "+tk.Release+" "+tk.Error)
 	}
+	// The running task is the slot's current one, though the failed one
+	// is newer.
 	want := []string{
-		"manager-1 1 failed/shutdown 2 task: non-zero exit (1)",
 		"manager-1 1 running/running 2 ",
+		"manager-1 1 failed/shutdown 2 task: non-zero exit (1)",
 		"manager-1 2 running/running 2 ",
 		"manager-1 2 shutdown/shutdown 1 ",
 	}
