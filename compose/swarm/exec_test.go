@@ -38,19 +38,24 @@ func TestGateProbesTheTaskOnItsNode(t *testing.T) {
 	var host atomic.Value
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host.Store(r.Host + " " + r.URL.Path)
-		if hits.Add(1) <= 3 {
+		switch hits.Add(1) {
+		case 1, 2:
 			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		case 3: // not the status the probe wants
+			w.WriteHeader(http.StatusOK)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer srv.Close()
 	f := newFakeSwarm()
-	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", probed(t, srv)))); err != nil {
+	status := func(s *compose.ServiceSpec) { s.Policy.Health.HTTP.Status = http.StatusNoContent }
+	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", probed(t, srv), status))); err != nil {
 		t.Fatalf("gate: %v", err)
 	}
 	if n := hits.Load(); n != 4 {
-		t.Errorf("probe answered %d times, want 4 (three 503s, then 204)", n)
+		t.Errorf("probe answered %d times, want 4 (two 503s, a 200, then the 204 it wants)", n)
 	}
 	if got := host.Load(); got != "shop.example.com /healthz" {
 		t.Errorf("probe request = %v", got)

@@ -239,11 +239,15 @@ func TestRollOutFailsOnAPausedUpdate(t *testing.T) {
 		f.addTask(s, 1, swarm.TaskStateFailed, "task: non-zero exit (1)")
 		s.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStatePaused, Message: "update paused due to failure or early termination of task abc"}
 	}
+	start := time.Now()
 	err := deploy(t, newLife(f, "2"), desired(svc("db", "v1"), svc("web", "v2")))
 	if err == nil {
 		t.Fatal("a paused update passed")
 	}
-	for _, want := range []string{"service web", "update paused due to failure or early termination of task abc"} {
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the pause was seen after %s: not at once, but at the gate's 10s limit", took)
+	}
+	for _, want := range []string{"service web", "Swarm paused the update of shop_web: update paused due to failure or early termination of task abc"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
@@ -317,6 +321,36 @@ func TestGateWaitsForEveryTaskOfTheNewSpec(t *testing.T) {
 	}
 }
 
+func TestGateWaitsForEveryTaskOfANewService(t *testing.T) {
+	f := newFakeSwarm()
+	// A create has no update status: only the tasks say it is done. One
+	// comes up per look.
+	var web *swarm.Service
+	f.onDeploy = func(f *fakeSwarm, s *swarm.Service, create bool) { web = s }
+	up := 0
+	f.onTick = func(f *fakeSwarm) {
+		if web == nil || up == 3 {
+			return
+		}
+		up++
+		f.addTask(web, up, swarm.TaskStateRunning, "")
+		f.record("task %d up", up)
+	}
+	l := newLife(f, "1")
+	l.Progress = func(service, msg string) {
+		if strings.HasSuffix(msg, "is ready") {
+			f.record("%s: %s", service, msg)
+		}
+	}
+	if err := deploy(t, l, desired(svc("web", "v1", replicas(3)))); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"create network shop_default", "create shop_web", "task 1 up", "task 2 up", "task 3 up", "web: shop_web is ready"}
+	if got := f.takeCalls(); !slices.Equal(got, want) {
+		t.Fatalf("calls = %q, want %q", got, want)
+	}
+}
+
 func TestGateFailsOnANewTaskFailingPastItsRestartPolicy(t *testing.T) {
 	f := newFakeSwarm()
 	f.onDeploy = func(f *fakeSwarm, s *swarm.Service, create bool) {
@@ -328,6 +362,10 @@ func TestGateFailsOnANewTaskFailingPastItsRestartPolicy(t *testing.T) {
 	err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", none)))
 	if err == nil || !strings.Contains(err.Error(), `exec: "gunicorn": not found`) || !strings.Contains(err.Error(), "service web") {
 		t.Fatalf("err = %v, want the task's error", err)
+	}
+	// At once, not at the gate's limit.
+	if strings.Contains(err.Error(), "not ready within") || !strings.Contains(err.Error(), "the restart policy allows 0") {
+		t.Errorf("err = %v, want the failure past the restart policy", err)
 	}
 }
 
