@@ -101,9 +101,14 @@ func (l *Life) run(ctx context.Context, p *Plan, g *compose.Graph, onStep func(c
 			case s.Service == "":
 				firstErr = err
 			case s.Kind == compose.StepHook:
-				if errors.Is(err, compose.ErrHook) {
+				// The hook runner's error may say both already (Hooks.Run's
+				// does).
+				switch prefix := "service " + s.Service + ": "; {
+				case errors.Is(err, compose.ErrHook) && strings.HasPrefix(err.Error(), prefix):
+					firstErr = err
+				case errors.Is(err, compose.ErrHook):
 					firstErr = fmt.Errorf("service %s: %w", s.Service, err)
-				} else {
+				default:
 					firstErr = fmt.Errorf("service %s: %w: %w", s.Service, compose.ErrHook, err)
 				}
 			case spec != nil && spec.Policy.FailureAction == compose.FailContinue && ctx.Err() == nil:

@@ -428,6 +428,15 @@ func TestHookFailureStopsTheRelease(t *testing.T) {
 	if got, want := f.takeCalls(), []string{"update shop_db", "hook pre-deploy web 1"}; !slices.Equal(got, want) {
 		t.Fatalf("calls = %q, want %q", got, want)
 	}
+
+	// A runner that names the service and wraps ErrHook (as Hooks.Run
+	// does) is not named twice.
+	f.takeCalls()
+	l.Hooks = &fakeHooks{eng: f, fail: map[string]error{"web": fmt.Errorf("service web: %w: migrate exited 1", compose.ErrHook)}}
+	err = deploy(t, l, desired(svc("db", "v3"), svc("web", "v3", dependsOn("db"), preDeploy("migrate"))))
+	if want := "service web: pre-deploy hook failed: migrate exited 1"; err == nil || err.Error() != want {
+		t.Errorf("err = %v, want %q", err, want)
+	}
 }
 
 func TestRollBackPutsEveryServiceBack(t *testing.T) {
@@ -608,5 +617,49 @@ func TestObserveSkipsHooksAndOtherStacks(t *testing.T) {
 	}
 	if got := slices.Sorted(maps.Keys(o.Services)); !slices.Equal(got, []string{"shop_web"}) {
 		t.Errorf("observed %q", got)
+	}
+}
+
+func TestFailureActions(t *testing.T) {
+	paused := func(f *fakeSwarm, s *swarm.Service, create bool) {
+		if s.Spec.Name == "shop_web" {
+			s.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStatePaused, Message: "update paused"}
+			return
+		}
+		f.converge(s, create)
+	}
+	action := func(a string) func(*compose.ServiceSpec) {
+		return func(s *compose.ServiceSpec) { s.Policy.FailureAction = a }
+	}
+
+	// pause: the release stops there, for an operator.
+	f := newFakeSwarm()
+	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1"))); err != nil {
+		t.Fatal(err)
+	}
+	f.onDeploy = paused
+	err := deploy(t, newLife(f, "2"), desired(svc("web", "v2", action(compose.FailPause))))
+	if !errors.Is(err, compose.ErrPaused) {
+		t.Errorf("failure_action pause: err = %v, want ErrPaused", err)
+	}
+
+	// continue: said, and the rest goes on (worker depends on web).
+	f = newFakeSwarm()
+	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1"))); err != nil {
+		t.Fatal(err)
+	}
+	f.onDeploy = paused
+	f.takeCalls()
+	l := newLife(f, "2")
+	var said []string
+	l.Progress = func(service, msg string) { said = append(said, service+": "+msg) }
+	if err := deploy(t, l, desired(svc("web", "v2", action(compose.FailContinue)), svc("worker", "v2", dependsOn("web")))); err != nil {
+		t.Errorf("failure_action continue: err = %v", err)
+	}
+	if got, want := f.takeCalls(), []string{"update shop_web", "create shop_worker"}; !slices.Equal(got, want) {
+		t.Errorf("calls = %q, want %q", got, want)
+	}
+	if !slices.ContainsFunc(said, func(s string) bool { return strings.HasPrefix(s, "web: failed, going on") }) {
+		t.Errorf("said %q, want web's failure", said)
 	}
 }
