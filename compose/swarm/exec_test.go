@@ -82,3 +82,43 @@ func TestGateRefusesAProbeWithoutAHostPort(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestGateTCPProbe(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	tcp := func(s *compose.ServiceSpec) {
+		s.Policy.Health.TCP = &healthcheck.TCPProbe{Port: 5432}
+		s.Swarm.EndpointSpec = &swarm.EndpointSpec{Ports: []swarm.PortConfig{
+			{TargetPort: 5432, PublishedPort: 1, PublishMode: swarm.PortConfigPublishModeIngress},
+			{TargetPort: 5432, PublishedPort: uint32(port), PublishMode: swarm.PortConfigPublishModeHost},
+		}}
+	}
+	f := newFakeSwarm()
+	if err := deploy(t, newLife(f, "1"), desired(svc("db", "v1", tcp))); err != nil {
+		t.Fatal(err)
+	}
+	// The probe's connection, accepted (perhaps a moment after the dial
+	// returned).
+	deadline := time.Now().Add(5 * time.Second)
+	for conns.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if conns.Load() != 1 {
+		t.Errorf("%d connections, want the probe's one", conns.Load())
+	}
+}

@@ -281,10 +281,13 @@ func TestGateWaitsForEveryTaskOfTheNewSpec(t *testing.T) {
 		web = s
 		s.UpdateStatus = &swarm.UpdateStatus{State: swarm.UpdateStateUpdating}
 	}
-	up := 0
+	up, ticks := 0, 0
 	f.onTick = func(f *fakeSwarm) {
 		if web == nil || up == 3 {
 			return
+		}
+		if ticks++; ticks%2 == 1 {
+			return // a look that sees no change
 		}
 		up++
 		for i := range f.tasks {
@@ -314,10 +317,11 @@ func TestGateWaitsForEveryTaskOfTheNewSpec(t *testing.T) {
 	if got := f.takeCalls(); !slices.Equal(got, want) {
 		t.Fatalf("calls = %q, want %q", got, want)
 	}
-	// The proxies were synced as the running set changed: the old three,
-	// then each task of the new spec coming up beside the rest.
-	if got := px.syncs["web"]; len(got) < 3 {
-		t.Errorf("proxy syncs of web = %v, want one per change of its running tasks", got)
+	// The proxies were synced at the first look (the old three) and then
+	// as each task of the new spec replaced an old one, not at the looks
+	// that saw no change.
+	if got := px.syncs["web"]; len(got) != 4 {
+		t.Errorf("proxy syncs of web = %v, want one per change of its running tasks (4)", got)
 	}
 }
 
@@ -409,6 +413,51 @@ func TestMonitorFailsOnANewTaskFailing(t *testing.T) {
 	err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", monitorFor(5*time.Second))))
 	if err == nil || !strings.Contains(err.Error(), "monitor window") || !strings.Contains(err.Error(), "non-zero exit (137)") {
 		t.Fatalf("err = %v, want the monitor to catch the failed task", err)
+	}
+}
+
+func TestMonitorFailsOnANewTaskStoppingUnasked(t *testing.T) {
+	f := newFakeSwarm()
+	var web *swarm.Service
+	f.onDeploy = func(f *fakeSwarm, s *swarm.Service, create bool) {
+		web = s
+		f.converge(s, create)
+	}
+	looks := 0
+	f.onTick = func(f *fakeSwarm) {
+		looks++
+		if looks == 5 && web != nil {
+			for i := range f.tasks {
+				tk := &f.tasks[i]
+				if tk.ServiceID == web.ID && tk.DesiredState == swarm.TaskStateRunning {
+					// Exited 0, Swarm still wanting it to run.
+					tk.Status.State, tk.Status.Timestamp = swarm.TaskStateComplete, time.Now().Add(time.Hour)
+				}
+			}
+		}
+	}
+	f.now = time.Now()
+	err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", monitorFor(5*time.Second))))
+	if err == nil || !strings.Contains(err.Error(), "monitor window") || !strings.Contains(err.Error(), ") complete") {
+		t.Fatalf("err = %v, want the monitor to catch the task that stopped", err)
+	}
+
+	// A task Swarm shuts down itself (a scale, a drain) is no failure.
+	f = newFakeSwarm()
+	web, looks = nil, 0
+	f.onDeploy = func(f *fakeSwarm, s *swarm.Service, create bool) {
+		web = s
+		f.converge(s, create)
+	}
+	f.onTick = func(f *fakeSwarm) {
+		if looks++; looks == 5 && web != nil {
+			f.shutdownTasks(web.ID)
+			f.addTask(web, 1, swarm.TaskStateRunning, "")
+		}
+	}
+	f.now = time.Now()
+	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", monitorFor(300*time.Millisecond)))); err != nil {
+		t.Fatalf("a task Swarm moved failed the monitor: %v", err)
 	}
 }
 
