@@ -104,12 +104,12 @@ func TestGateTCPProbe(t *testing.T) {
 	tcp := func(s *compose.ServiceSpec) {
 		s.Policy.Health.TCP = &healthcheck.TCPProbe{Port: 5432}
 		s.Swarm.EndpointSpec = &swarm.EndpointSpec{Ports: []swarm.PortConfig{
-			{TargetPort: 5432, PublishedPort: 1, PublishMode: swarm.PortConfigPublishModeIngress},
 			{TargetPort: 5432, PublishedPort: uint32(port), PublishMode: swarm.PortConfigPublishModeHost},
+			{TargetPort: 5432, PublishedPort: 1, PublishMode: swarm.PortConfigPublishModeIngress},
 		}}
 	}
 	f := newFakeSwarm()
-	if err := deploy(t, newLife(f, "1"), desired(svc("db", "v1", tcp))); err != nil {
+	if err := deploy(t, newLife(f, "1"), desired(svc("db", "v1", tcp, gateLimit(2*time.Second)))); err != nil {
 		t.Fatal(err)
 	}
 	// The probe's connection, accepted (perhaps a moment after the dial
