@@ -34,8 +34,11 @@ type TaskStatus struct {
 	// State is where the task is, DesiredState where Swarm wants it.
 	State, DesiredState string
 	Error               string
-	// Health is the container's health as Swarm saw it ("" when the
-	// image has no healthcheck or Swarm did not say).
+	// Health is "healthy" for a running task, "starting" for a starting
+	// one, when the service's spec has a healthcheck: Swarm holds a task
+	// in starting until its healthcheck passes (seen on Engine 20.10).
+	// Swarm's task status carries no health of its own, so a healthcheck
+	// only the image declares is not seen here: "".
 	Health string
 	Image  string
 	// Release is the release of the spec the task runs, when it is the

@@ -5,6 +5,9 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/berth-deploy/berth/compose"
+
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/swarm"
 )
 
@@ -13,7 +16,10 @@ func TestStatus(t *testing.T) {
 	if err := deploy(t, newLife(f, "1"), desired(svc("web", "v1", replicas(2)))); err != nil {
 		t.Fatal(err)
 	}
-	if err := deploy(t, newLife(f, "2"), desired(svc("web", "v2", replicas(2)))); err != nil {
+	checked := func(s *compose.ServiceSpec) {
+		s.Swarm.TaskTemplate.ContainerSpec.Healthcheck = &container.HealthConfig{Test: []string{"CMD", "/testapp", "check"}}
+	}
+	if err := deploy(t, newLife(f, "2"), desired(svc("web", "v2", replicas(2), checked))); err != nil {
 		t.Fatal(err)
 	}
 	// A task of slot 1 failed after the running one started (a restart
@@ -37,15 +43,15 @@ func TestStatus(t *testing.T) {
 	}
 	var got []string
 	for _, tk := range s.Tasks {
-		got = append(got, tk.Node+" "+string(rune('0'+tk.Slot))+" "+tk.State+"/"+tk.DesiredState+" "+tk.Release+" "+tk.Error)
+		got = append(got, tk.Node+" "+string(rune('0'+tk.Slot))+" "+tk.State+"/"+tk.DesiredState+" "+tk.Health+" "+tk.Release+" "+tk.Error)
 	}
 	// The running task is the slot's current one, though the failed one
 	// is newer.
 	want := []string{
-		"manager-1 1 running/running 2 ",
-		"manager-1 1 failed/shutdown 2 task: non-zero exit (1)",
-		"manager-1 2 running/running 2 ",
-		"manager-1 2 shutdown/shutdown 1 ",
+		"manager-1 1 running/running healthy 2 ",
+		"manager-1 1 failed/shutdown  2 task: non-zero exit (1)",
+		"manager-1 2 running/running healthy 2 ",
+		"manager-1 2 shutdown/shutdown  1 ",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("tasks =\n%q\nwant\n%q", got, want)
