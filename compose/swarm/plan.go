@@ -304,7 +304,7 @@ func (p *Plan) Graph() *compose.Graph {
 	}
 	all = append(all, gone...)
 	if w := p.Window(); w > 0 && len(p.ChangedServices()) > 0 {
-		add(&compose.Step{Kind: compose.StepMonitor, Target: w.String()}, all...)
+		add((&compose.Step{Kind: compose.StepMonitor, Target: w.String()}).WithWait(w), all...)
 	}
 	return g
 }
