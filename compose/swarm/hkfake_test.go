@@ -20,7 +20,7 @@ import (
 
 // hkSwarm is a small in-memory Swarm manager for the hook and proxy
 // tests: services a test creates or puts, tasks it scripts, logs it sets.
-// A job service created gets one task that stays pending for hkPending
+// A hook service created gets one task that stays pending for hkPending
 // looks (TaskList calls), then ends as hkEnd says (never, if nil).
 type hkSwarm struct {
 	mu       sync.Mutex
@@ -141,7 +141,7 @@ func (f *hkSwarm) ServiceList(_ context.Context, o swarm.ServiceListOptions) ([]
 }
 
 // TaskList answers the filters service (a name or an ID, not found when
-// there is no such service) and desired-state. Each look at a job's
+// there is no such service) and desired-state. Each look at a hook's
 // pending task counts towards its end.
 func (f *hkSwarm) TaskList(ctx context.Context, o swarm.TaskListOptions) ([]swarm.Task, error) {
 	f.mu.Lock()
@@ -162,7 +162,7 @@ func (f *hkSwarm) TaskList(ctx context.Context, o swarm.TaskListOptions) ([]swar
 		f.looks[name]++
 		s := f.byName(name)
 		tasks := f.tasks[name]
-		if s.spec.Mode.ReplicatedJob != nil && len(tasks) == 1 && tasks[0].Status.State == swarm.TaskStatePending &&
+		if s.spec.Labels[LabelHook] != "" && len(tasks) == 1 && tasks[0].Status.State == swarm.TaskStatePending &&
 			f.looks[name] > f.hkPending && f.hkEnd != nil {
 			tasks[0].Status = f.hkEnd(s.spec)
 		}

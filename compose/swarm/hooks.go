@@ -51,9 +51,16 @@ var _ HookRunner = (*Hooks)(nil)
 // errHookTimeout ends the wait of a hook that outlived its timeout.
 var errHookTimeout = errors.New("hook timed out")
 
-// Hooks runs hooks as one-off Swarm services: each a replicated job of one
-// task, restart condition none, with the service's new container spec and
-// the hook's command, removed once it has ended.
+// Hooks runs hooks as one-off Swarm services: each one replica, restart
+// condition none (its task runs once), with the service's new container
+// spec and the hook's command, removed once it has ended.
+//
+// Not a replicated job (mode replicated-job, API 1.41): on Engine 20.10.24
+// the tasks of a removed job stay in the swarm's store (`docker stack ps`
+// lists them for ever, and they keep the stack's network from being
+// removed) and a job task still running when its service is removed goes
+// on running (moby/moby#42789, #44312). A replicated service's tasks and
+// containers go with it.
 type Hooks struct {
 	Engine  Engine
 	Project string
@@ -108,7 +115,8 @@ func HookServiceName(project, service, release string, i int) string {
 // hookSpec is the one-off service that runs hook i of spec's service: its
 // new container spec (image, environment, mounts, user...) with the hook's
 // command as the arguments of the service's entrypoint, no health check,
-// on the service's networks and placement, one task, never restarted.
+// on the service's networks and placement, one replica whose task is
+// never restarted nor replaced.
 func (h *Hooks) hookSpec(spec *compose.ServiceSpec, phase string, i int, hook compose.Hook) (swarm.ServiceSpec, error) {
 	if spec.Swarm == nil || spec.Swarm.TaskTemplate.ContainerSpec == nil {
 		return swarm.ServiceSpec{}, fmt.Errorf("no swarm spec (convert the project first)")
@@ -144,7 +152,7 @@ func (h *Hooks) hookSpec(spec *compose.ServiceSpec, phase string, i int, hook co
 			Networks:      slices.Clone(src.Networks),
 			LogDriver:     src.LogDriver,
 		},
-		Mode: swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &one, TotalCompletions: &one}},
+		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &one}},
 		// Nothing reaches a hook: no virtual IP (and none needs IPVS).
 		EndpointSpec: &swarm.EndpointSpec{Mode: swarm.ResolutionModeDNSRR},
 	}, nil

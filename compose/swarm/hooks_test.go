@@ -75,7 +75,7 @@ func hkComplete(swarm.ServiceSpec) swarm.TaskStatus {
 		ContainerStatus: &swarm.ContainerStatus{ContainerID: "c1", ExitCode: 0}}
 }
 
-func TestHookRunsAsAReplicatedJob(t *testing.T) {
+func TestHookRunsAsAOneOffService(t *testing.T) {
 	f := newHKSwarm()
 	f.hkPending = 3
 	f.hkEnd = hkComplete
@@ -94,10 +94,8 @@ func TestHookRunsAsAReplicatedJob(t *testing.T) {
 	if got.Name != "shop_web_hook-1-7" {
 		t.Errorf("name %q, want shop_web_hook-1-7", got.Name)
 	}
-	job := got.Mode.ReplicatedJob
-	if job == nil || job.MaxConcurrent == nil || *job.MaxConcurrent != 1 || job.TotalCompletions == nil || *job.TotalCompletions != 1 ||
-		got.Mode.Replicated != nil || got.Mode.Global != nil {
-		t.Errorf("mode %+v, want a replicated job of one completion at a time", got.Mode)
+	if r := got.Mode.Replicated; r == nil || r.Replicas == nil || *r.Replicas != 1 || got.Mode.ReplicatedJob != nil || got.Mode.Global != nil {
+		t.Errorf("mode %+v, want one replica (not a job: Engine 20.10 leaves a removed job's tasks)", got.Mode)
 	}
 	if rp := got.TaskTemplate.RestartPolicy; rp == nil || rp.Condition != swarm.RestartPolicyConditionNone {
 		t.Errorf("restart policy %+v, want none", rp)
