@@ -115,8 +115,8 @@ func HookServiceName(project, service, release string, i int) string {
 // hookSpec is the one-off service that runs hook i of spec's service: its
 // new container spec (image, environment, mounts, user...) with the hook's
 // command as the arguments of the service's entrypoint, no health check,
-// on the service's networks and placement, one replica whose task is
-// never restarted nor replaced.
+// on the service's networks (without its aliases) and placement, one
+// replica whose task is never restarted nor replaced.
 func (h *Hooks) hookSpec(spec *compose.ServiceSpec, phase string, i int, hook compose.Hook) (swarm.ServiceSpec, error) {
 	if spec.Swarm == nil || spec.Swarm.TaskTemplate.ContainerSpec == nil {
 		return swarm.ServiceSpec{}, fmt.Errorf("no swarm spec (convert the project first)")
@@ -142,6 +142,12 @@ func (h *Hooks) hookSpec(spec *compose.ServiceSpec, phase string, i int, hook co
 	}
 	maps.Copy(cs.Labels, labels)
 	one := uint64(1)
+	// On the service's networks, but not under its aliases: a name
+	// lookup of the service (dnsrr) must not answer with the hook.
+	var nets []swarm.NetworkAttachmentConfig
+	for _, n := range src.Networks {
+		nets = append(nets, swarm.NetworkAttachmentConfig{Target: n.Target, DriverOpts: maps.Clone(n.DriverOpts)})
+	}
 	return swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: HookServiceName(h.Project, spec.Name, h.Release, i), Labels: labels},
 		TaskTemplate: swarm.TaskSpec{
@@ -149,7 +155,7 @@ func (h *Hooks) hookSpec(spec *compose.ServiceSpec, phase string, i int, hook co
 			Resources:     src.Resources,
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 			Placement:     src.Placement,
-			Networks:      slices.Clone(src.Networks),
+			Networks:      nets,
 			LogDriver:     src.LogDriver,
 		},
 		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &one}},

@@ -342,20 +342,30 @@ func TestIntegrationProxySync(t *testing.T) {
 	}
 }
 
-// proxyContainer is the ID of the proxy's task container.
+// proxyContainer is the ID of the proxy's task container, "" while there
+// is none.
 func (it *hkIT) proxyContainer(ctx context.Context) string {
 	it.t.Helper()
 	list, err := it.cli.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(
 		filters.Arg("label", labelTaskService+"="+it.project+"_proxy"), filters.Arg("status", "running"))})
-	if err != nil || len(list) != 1 {
+	if err != nil || len(list) > 1 {
 		it.t.Fatalf("the proxy's container: %d found, %v", len(list), err)
+	}
+	if len(list) == 0 {
+		return ""
 	}
 	return list[0].ID
 }
 
+// readProxyFile is a file in the proxy's container, "" if it cannot be
+// read (yet).
 func (it *hkIT) readProxyFile(ctx context.Context, path string) string {
 	it.t.Helper()
-	code, out, err := healthcheck.Exec(ctx, it.cli, it.proxyContainer(ctx), []string{"cat", path})
+	id := it.proxyContainer(ctx)
+	if id == "" {
+		return ""
+	}
+	code, out, err := healthcheck.Exec(ctx, it.cli, id, []string{"cat", path})
 	if err != nil || code != 0 {
 		return ""
 	}
@@ -368,6 +378,9 @@ func (it *hkIT) checkServersAnswer(file string) {
 	it.t.Helper()
 	ctx := it.t.Context()
 	id := it.proxyContainer(ctx)
+	if id == "" {
+		it.t.Fatal("the proxy's container is gone")
+	}
 	for _, line := range strings.Split(file, "\n") {
 		f := strings.Fields(line)
 		if len(f) < 2 || f[0] != "server" {

@@ -109,8 +109,8 @@ func TestHookRunsAsAOneOffService(t *testing.T) {
 	if cs.Healthcheck == nil || strings.Join(cs.Healthcheck.Test, " ") != "NONE" {
 		t.Errorf("healthcheck %+v, want NONE", cs.Healthcheck)
 	}
-	if n := got.TaskTemplate.Networks; len(n) != 1 || n[0].Target != "shop_default" {
-		t.Errorf("networks %+v, want the service's", n)
+	if n := got.TaskTemplate.Networks; len(n) != 1 || n[0].Target != "shop_default" || len(n[0].Aliases) != 0 {
+		t.Errorf("networks %+v, want the service's without its aliases (a lookup of web must not find the hook)", n)
 	}
 	if p := got.TaskTemplate.Placement; p == nil || !slices.Equal(p.Constraints, []string{"node.labels.web == true"}) {
 		t.Errorf("placement %+v, want the service's", p)

@@ -60,7 +60,7 @@ type Proxies struct {
 
 	mu     sync.Mutex
 	locks  map[string]*sync.Mutex                      // by proxy service: one writer at a time
-	loaded map[string]string                           // by container ID: the content it has loaded
+	loaded map[string]map[string]string                // by proxy service, container ID: the content it has loaded
 	last   map[string]map[string][]compose.ProxyServer // by proxy service, fronted service: the servers last written
 	said   map[string]string                           // what sayOnce said last, by key
 }
@@ -84,6 +84,18 @@ func (p *Proxies) sayOnce(key, service, format string, args ...any) {
 	p.mu.Unlock()
 	if !repeat {
 		p.say(service, "%s", msg)
+	}
+}
+
+// unsay forgets what sayOnce said under key, or under any key starting
+// with a key ending in "/": it is said again if it happens again.
+func (p *Proxies) unsay(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.said {
+		if k == key || strings.HasSuffix(key, "/") && strings.HasPrefix(k, key) {
+			delete(p.said, k)
+		}
 	}
 }
 
@@ -151,17 +163,32 @@ func (p *Proxies) syncProxy(ctx context.Context, desired *compose.Desired, spec 
 	defer unlock()
 	px := spec.Policy.Proxy
 	name := p.serviceName(spec.Name)
+	// The tasks first: the container of a task the manager says runs is
+	// on its node by then.
+	running, err := p.runningTasks(ctx, name)
+	if err != nil {
+		return fmt.Errorf("sync proxy %s: %w", spec.Name, err)
+	}
 	local, err := p.localTasks(ctx, name)
 	if err != nil {
 		return fmt.Errorf("sync proxy %s: %w", spec.Name, err)
 	}
-	remote, err := p.remoteTasks(ctx, name, local)
-	if err != nil {
-		return fmt.Errorf("sync proxy %s: %w", spec.Name, err)
+	var remote []string
+	for _, t := range running {
+		if !slices.ContainsFunc(local, func(c proxyTask) bool { return c.task == t.ID }) {
+			remote = append(remote, taskName(name, t)+" on node "+t.NodeID)
+		}
 	}
-	if len(local) == 0 {
-		return fmt.Errorf("sync proxy %s: no running task of %s on this engine (agentd's): Berth writes the upstreams of a proxy only into tasks on the manager agentd runs on: place it there (deploy.placement.constraints: [node.role == manager] on a one-manager swarm, or node.hostname == that manager)", spec.Name, name)
+	switch {
+	case len(local) == 0 && len(remote) == 0:
+		p.sayOnce(spec.Name, spec.Name, "no running task of %s: nothing to write into yet (its tasks get the upstreams once they run)", name)
+		return nil
+	case len(local) == 0:
+		return fmt.Errorf("sync proxy %s: no running task of %s on this engine (agentd's) but %s: Berth writes the upstreams of a proxy only into its tasks on the manager agentd runs on: place it there (deploy.placement.constraints: [node.role == manager] on a one-manager swarm, or node.hostname == that manager)",
+			spec.Name, name, strings.Join(remote, ", "))
 	}
+	p.unsay(spec.Name)
+	p.forgetGone(spec.Name, local)
 	tasks := map[string][]swarm.Task{}
 	for _, svc := range px.Fronts {
 		if tasks[svc], err = p.runningTasks(ctx, p.serviceName(svc)); err != nil {
@@ -208,7 +235,7 @@ func (p *Proxies) syncContainer(ctx context.Context, desired *compose.Desired, s
 		return err
 	}
 	p.mu.Lock()
-	same := p.loaded[c.id] == content
+	same := p.loaded[spec.Name][c.id] == content
 	p.mu.Unlock()
 	if same {
 		return nil
@@ -216,13 +243,7 @@ func (p *Proxies) syncContainer(ctx context.Context, desired *compose.Desired, s
 	for _, svc := range kept {
 		p.say(spec.Name, "no running task of %s: %s keeps the servers last written for it", svc, c.name)
 	}
-	p.mu.Lock()
-	for key := range p.said {
-		if strings.HasPrefix(key, c.id+"/") {
-			delete(p.said, key)
-		}
-	}
-	p.mu.Unlock()
+	p.unsay(c.id + "/")
 	what := cmp.Or(px.Servers, px.Upstreams)
 	if err := p.Local.CopyToContainer(ctx, c.id, dir, bytes.NewReader(archive), container.CopyToContainerOptions{}); err != nil {
 		return fmt.Errorf("write %s: %w", what, err)
@@ -238,9 +259,12 @@ func (p *Proxies) syncContainer(ctx context.Context, desired *compose.Desired, s
 	}
 	p.mu.Lock()
 	if p.loaded == nil {
-		p.loaded = map[string]string{}
+		p.loaded = map[string]map[string]string{}
 	}
-	p.loaded[c.id] = content
+	if p.loaded[spec.Name] == nil {
+		p.loaded[spec.Name] = map[string]string{}
+	}
+	p.loaded[spec.Name][c.id] = content
 	if p.last == nil {
 		p.last = map[string]map[string][]compose.ProxyServer{}
 	}
@@ -252,6 +276,18 @@ func (p *Proxies) syncContainer(ctx context.Context, desired *compose.Desired, s
 	}
 	p.say(spec.Name, "reloaded %s with the running tasks (%s)", c.name, strings.Join(counts, ", "))
 	return nil
+}
+
+// forgetGone forgets what the containers of a proxy that are no longer
+// running had loaded.
+func (p *Proxies) forgetGone(proxy string, local []proxyTask) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.loaded[proxy] {
+		if !slices.ContainsFunc(local, func(c proxyTask) bool { return c.id == id }) {
+			delete(p.loaded[proxy], id)
+		}
+	}
 }
 
 // lastServers returns the servers last written for svc into proxy.
@@ -306,22 +342,6 @@ func (p *Proxies) localTasks(ctx context.Context, name string) ([]proxyTask, err
 		out = append(out, t)
 	}
 	slices.SortFunc(out, func(a, b proxyTask) int { return strings.Compare(a.name, b.name) })
-	return out, nil
-}
-
-// remoteTasks lists the running tasks of a proxy service that are not
-// among the local containers: on another node, out of Berth's reach.
-func (p *Proxies) remoteTasks(ctx context.Context, name string, local []proxyTask) ([]string, error) {
-	running, err := p.runningTasks(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, t := range running {
-		if !slices.ContainsFunc(local, func(c proxyTask) bool { return c.task == t.ID }) {
-			out = append(out, taskName(name, t)+" on node "+t.NodeID)
-		}
-	}
 	return out, nil
 }
 

@@ -201,6 +201,12 @@ func TestSyncSkipsUnchangedContentAndReloadsOncePerChange(t *testing.T) {
 	if got := w.writes(); len(got) != 3 || !strings.Contains(got[0], "shop_nginx.1.tnginx2") {
 		t.Errorf("new proxy container: did %q, want it written and reloaded", got)
 	}
+	w.p.mu.Lock()
+	_, kept := w.p.loaded["nginx"]["cnginx"]
+	w.p.mu.Unlock()
+	if kept {
+		t.Error("what a stopped proxy container had loaded is still kept")
+	}
 }
 
 func TestSyncRefusesAnEmptySet(t *testing.T) {
@@ -252,10 +258,42 @@ func TestSyncWithoutALocalProxyContainer(t *testing.T) {
 	if err == nil {
 		t.Fatal("Sync: no error without a proxy container on the local engine")
 	}
-	for _, want := range []string{"sync proxy nginx", "no running task of shop_nginx on this engine", "node.role == manager"} {
+	for _, want := range []string{"sync proxy nginx", "no running task of shop_nginx on this engine", "shop_nginx.1.tnginx on node node1", "node.role == manager"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
+	}
+}
+
+func TestSyncOfAProxyWithNoRunningTask(t *testing.T) {
+	w := newPXWorld(t)
+	w.local.Exit("cnginx", 1)
+	w.sw.setTasks("shop_nginx", pxTask("tnginx", 1, swarm.TaskStateFailed, swarm.TaskStateShutdown, "10.0.1.2"))
+	w.sw.setTasks("shop_web", pxTask("ta", 1, swarm.TaskStateRunning, swarm.TaskStateRunning, "10.0.1.5"))
+	for range 3 {
+		if err := w.p.Sync(t.Context(), pxDesired(1, false), "web"); err != nil {
+			t.Fatalf("Sync: %v (a proxy with no running task anywhere is not misplaced)", err)
+		}
+	}
+	if got := w.writes(); len(got) != 0 {
+		t.Errorf("did %q, want nothing", got)
+	}
+	if n := strings.Count(w.pr.text(), "no running task of shop_nginx"); n != 1 {
+		t.Errorf("said %d times, want once:\n%s", n, w.pr.text())
+	}
+	// It runs, then stops again: said again.
+	w.sw.setTasks("shop_nginx", pxTask("tnginx2", 1, swarm.TaskStateRunning, swarm.TaskStateRunning, "10.0.1.3"))
+	w.putNginx("cnginx2", "shop_nginx.1.tnginx2", "tnginx2")
+	if err := w.p.Sync(t.Context(), pxDesired(1, false), "web"); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	w.local.Exit("cnginx2", 1)
+	w.sw.setTasks("shop_nginx")
+	if err := w.p.Sync(t.Context(), pxDesired(1, false), "web"); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if n := strings.Count(w.pr.text(), "no running task of shop_nginx"); n != 2 {
+		t.Errorf("said %d times, want twice (once per time it stopped):\n%s", n, w.pr.text())
 	}
 }
 
