@@ -72,6 +72,8 @@ type Service struct {
 	// defaultShares is the CPU shares of a container that sets none, on
 	// this engine's cgroup version (SetEngineInfo).
 	defaultShares int64
+	// swarm is what the swarm projects share across their releases.
+	swarm swarmSide
 }
 
 // SetEngineInfo tells the service what the engine said of itself; call
@@ -278,6 +280,10 @@ func (s *Service) withLock(ctx context.Context, kind, project, identity, message
 		return r.finish(kind, *refused)
 	}
 	defer unlock()
+	if r.onSwarm() {
+		// What the project's proxies do is told to this run's caller.
+		defer s.running(project, r)()
+	}
 	return r.finish(kind, work(r))
 }
 
@@ -531,6 +537,9 @@ func (r *releaseRun) onSwarm() bool { return r.pc.Backend == config.BackendSwarm
 // life is the life of this release on the project's backend: its
 // rollout, its rollback or undo, its cleanup and post-deploy hooks.
 func (r *releaseRun) life() life.Backend {
+	if r.onSwarm() {
+		return r.swarmLife()
+	}
 	return r.engineLife()
 }
 
@@ -827,6 +836,13 @@ func (s *Service) status(ctx context.Context, name string) ([]api.ProjectStatus,
 		if ok {
 			cur.State = nil
 			st.Current = &cur
+		}
+		if s.cfg.Projects[n].Backend == config.BackendSwarm {
+			if st.Services, err = s.swarmStatus(ctx, n); err != nil {
+				return nil, err
+			}
+			out = append(out, st)
+			continue
 		}
 		list, err := s.engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", compose.LabelProject+"="+n))})
 		if err != nil {

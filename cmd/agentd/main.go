@@ -194,6 +194,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	interval := watchdogInterval(log)
 	watchdogDone := startWatchdog(wdCtx, notify, interval, agentHealth(docker, st, checkTimeout(interval)), status, log)
 	ops.start()
+	// The proxies of swarm projects follow their services' tasks between
+	// deploys; stopped with the watchdog, before the doors shut.
+	following := make(chan struct{})
+	go func() { defer close(following); svc.FollowProxies(wdCtx) }()
 
 	var serveErr error
 	select {
@@ -204,6 +208,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	notify.stopping(stoppingStatus)
 	stopWatchdog()
 	<-watchdogDone
+	<-following
 	log.Info("agentd stopping: waiting for deploys in flight")
 	// Every door stops taking requests and waits for those running,
 	// deploys included, to finish or roll back.
