@@ -25,10 +25,12 @@ import (
 	"github.com/berth-deploy/berth/agent/registry"
 	"github.com/berth-deploy/berth/compose"
 	"github.com/berth-deploy/berth/compose/life"
+	"github.com/berth-deploy/berth/compose/swarm"
 	"github.com/berth-deploy/berth/healthcheck"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/system"
 )
 
 // ErrUnknownProject is returned for a project that is not configured.
@@ -67,6 +69,21 @@ type Service struct {
 	// observers are told of every deploy and rollback; set before serving.
 	observers []Observer
 	preparers []Preparer
+	// defaultShares is the CPU shares of a container that sets none, on
+	// this engine's cgroup version (SetEngineInfo).
+	defaultShares int64
+	// swarm is what the swarm projects share across their releases.
+	swarm swarmSide
+}
+
+// SetEngineInfo tells the service what the engine said of itself; call
+// it before the service takes requests. Its cgroup version decides the CPU
+// weight a container that booted shielded gets back.
+func (s *Service) SetEngineInfo(info system.Info) {
+	s.defaultShares = compose.DefaultShares(info.CgroupVersion)
+	if info.CgroupVersion == "2" {
+		s.log.Info("cgroup v2: a container that booted at the boot CPU weight gets the default weight 100 back", "cpu_shares", s.defaultShares)
+	}
 }
 
 // Observer is told when a deploy or rollback request ends (metrics,
@@ -148,6 +165,9 @@ type releaseRun struct {
 	// dry is a dry run: no lock, no record, nothing changed, and the
 	// observers are not told.
 	dry bool
+	// override is the request's own registry credential, if any: for
+	// the pulls here, and for a Swarm's nodes.
+	override *registry.Credential
 }
 
 func (s *Service) newReleaseRun(project, identity string, emit Emit) *releaseRun {
@@ -260,6 +280,10 @@ func (s *Service) withLock(ctx context.Context, kind, project, identity, message
 		return r.finish(kind, *refused)
 	}
 	defer unlock()
+	if r.onSwarm() {
+		// What the project's proxies do is told to this run's caller.
+		defer s.running(project, r)()
+	}
 	return r.finish(kind, work(r))
 }
 
@@ -308,10 +332,10 @@ func (r *releaseRun) deploy(ctx context.Context, req api.DeployRequest) outcome 
 		}
 	}
 	steadyShippedPaths(project, src)
-	reg := r.registry()
 	if a := req.Registry; a != nil {
-		reg.Override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}
+		r.override = &registry.Credential{Server: a.Server, Username: a.Username, Password: a.Password}
 	}
+	reg := r.registry()
 	r.progress("", "resolving %d images", len(project.Services))
 	pins, err := reg.Resolve(ctx, imageRequests(project))
 	if err != nil {
@@ -320,7 +344,9 @@ func (r *releaseRun) deploy(ctx context.Context, req api.DeployRequest) outcome 
 	for _, name := range project.ServiceNames() {
 		r.progress(name, "%s is %s", pins[name].Ref, pins[name].Digest)
 	}
-	if !req.DryRun {
+	if !req.DryRun && !r.onSwarm() {
+		// On a Swarm each node pulls what its tasks run, with the
+		// credentials passed along with the service.
 		if err := reg.Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
 			return outcome{code: api.ExitBadRequest, err: fmt.Errorf("pull images: %w", err)}
 		}
@@ -328,6 +354,11 @@ func (r *releaseRun) deploy(ctx context.Context, req api.DeployRequest) outcome 
 	desired, err := compose.NewDesired(project, pins)
 	if err != nil {
 		return outcome{code: api.ExitBadRequest, err: err}
+	}
+	if r.onSwarm() {
+		if err := swarm.Convert(project, desired); err != nil {
+			return outcome{code: api.ExitBadRequest, err: err}
+		}
 	}
 	if req.DryRun {
 		return r.dryRun(ctx, desired)
@@ -388,6 +419,9 @@ func (r *releaseRun) rollback(ctx context.Context, req api.RollbackRequest) outc
 	pins := map[string]compose.Pin{}
 	for _, s := range desired.Services {
 		pins[s.Name] = s.Image
+	}
+	if r.onSwarm() {
+		pins = nil // the nodes pull
 	}
 	if err := r.registry().Pull(ctx, pins, func(svc, msg string) { r.progress(svc, "%s", msg) }); err != nil {
 		return outcome{code: api.ExitBadRequest, err: fmt.Errorf("release %d's images are not all on this host, and pulling them failed: %w", target.Number, err)}
@@ -497,23 +531,30 @@ func (r *releaseRun) plan(ctx context.Context, desired *compose.Desired) (life.P
 	return r.life().Plan(ctx, desired)
 }
 
+// onSwarm says whether the project is deployed to a Swarm.
+func (r *releaseRun) onSwarm() bool { return r.pc.Backend == config.BackendSwarm }
+
 // life is the life of this release on the project's backend: its
 // rollout, its rollback or undo, its cleanup and post-deploy hooks.
 func (r *releaseRun) life() life.Backend {
+	if r.onSwarm() {
+		return r.swarmLife()
+	}
 	return r.engineLife()
 }
 
 // engineLife is the life of a release on this host's engine (compose/life).
 func (r *releaseRun) engineLife() *life.Life {
 	return &life.Life{
-		Engine:        r.svc.engine,
-		Health:        r.svc.checker,
-		Project:       r.project,
-		Release:       fmt.Sprint(r.release.Number),
-		BootCPUShares: r.svc.cfg.Rollout.BootCPUShares,
-		Progress:      func(svc, msg string) { r.progress(svc, "%s", msg) },
-		OnPlan:        func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
-		OnStep:        r.stepEnded,
+		Engine:           r.svc.engine,
+		Health:           r.svc.checker,
+		Project:          r.project,
+		Release:          fmt.Sprint(r.release.Number),
+		BootCPUShares:    r.svc.cfg.Rollout.BootCPUShares,
+		DefaultCPUShares: r.svc.defaultShares,
+		Progress:         func(svc, msg string) { r.progress(svc, "%s", msg) },
+		OnPlan:           func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
+		OnStep:           r.stepEnded,
 		// life's words for when a container was stopped are api's.
 		OnKilled: r.killed,
 	}
@@ -639,7 +680,7 @@ func (r *releaseRun) save(live bool) {
 }
 
 func (r *releaseRun) registry() *registry.Client {
-	return &registry.Client{Engine: r.svc.engine, ConfigDir: firstNonEmpty(r.pc.DockerConfig, r.svc.cfg.DockerConfig)}
+	return &registry.Client{Engine: r.svc.engine, ConfigDir: firstNonEmpty(r.pc.DockerConfig, r.svc.cfg.DockerConfig), Override: r.override}
 }
 
 func decodeState(rel api.Release) (*compose.Desired, error) {
@@ -701,6 +742,10 @@ func loadOptions(name string, pc config.Project, images map[string]string) compo
 	o := compose.LoadOptions{Name: name, ComposeFile: pc.ComposeFile, Profiles: pc.Profiles, Images: images}
 	if pc.EnvFile != "" {
 		o.EnvFiles = []string{pc.EnvFile}
+	}
+	if pc.Backend == config.BackendSwarm {
+		// What a Swarm cannot honour, not what one engine cannot.
+		o.Check = swarm.Check
 	}
 	return o
 }
@@ -791,6 +836,13 @@ func (s *Service) status(ctx context.Context, name string) ([]api.ProjectStatus,
 		if ok {
 			cur.State = nil
 			st.Current = &cur
+		}
+		if s.cfg.Projects[n].Backend == config.BackendSwarm {
+			if st.Services, err = s.swarmStatus(ctx, n); err != nil {
+				return nil, err
+			}
+			out = append(out, st)
+			continue
 		}
 		list, err := s.engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", compose.LabelProject+"="+n))})
 		if err != nil {

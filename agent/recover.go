@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/agent/api"
+	"github.com/berth-deploy/berth/agent/config"
 	"github.com/berth-deploy/berth/compose"
 	"github.com/berth-deploy/berth/compose/life"
+	"github.com/berth-deploy/berth/compose/swarm"
 )
 
 // Recover brings every project to one consistent release before agentd
@@ -36,6 +38,9 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.Projects[name].Backend == config.BackendSwarm {
+		return s.recoverSwarm(ctx, name, unfinished, ok)
+	}
 	if ok {
 		// The engine may still be carrying out the dead agentd's last
 		// request (a create): wait for it, or the plan below acts on a
@@ -58,6 +63,29 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 		s.log.Warn(msg, "project", name, "service", svc, "phase", "recovery")
 	}}
 	hooksErr := hooks.RemoveHooks(ctx, name)
+	return s.recoverRelease(ctx, name, unfinished, ok, hooksErr)
+}
+
+// recoverSwarm recovers a swarm project: the hook services a dead agentd
+// left are removed (a migration must not go on under the release put
+// back), then as recoverRelease. A Swarm carries out what it was asked
+// on its own; there is no create to wait for.
+func (s *Service) recoverSwarm(ctx context.Context, name string, unfinished api.Release, ok bool) error {
+	se, err := s.swarmEngine()
+	if err != nil {
+		return err
+	}
+	hooks := &swarm.Hooks{Engine: se, Project: name, Progress: func(svc, msg string) {
+		s.log.Warn(msg, "project", name, "service", svc, "phase", "recovery")
+	}}
+	return s.recoverRelease(ctx, name, unfinished, ok, hooks.RemoveLeftovers(ctx))
+}
+
+// recoverRelease rolls back the release agentd did not finish, if any
+// (ok), or cleans up after the committed one, on the project's backend.
+// hooksErr is what removing the dead agentd's hooks returned.
+func (s *Service) recoverRelease(ctx context.Context, name string, unfinished api.Release, ok bool, hooksErr error) error {
+	var err error
 	if ok {
 		r := s.newReleaseRun(name, "agentd:recovery", nil)
 		r.pc = s.cfg.Projects[name]
@@ -93,10 +121,19 @@ func (s *Service) recoverProject(ctx context.Context, name string) error {
 	if err != nil {
 		return errors.Join(hooksErr, err)
 	}
+	progress := func(svc, msg string) {
+		s.log.Info(msg, "project", name, "service", svc, "release", cur.Number, "phase", "recovery")
+	}
+	if s.cfg.Projects[name].Backend == config.BackendSwarm {
+		se, err := s.swarmEngine()
+		if err != nil {
+			return errors.Join(hooksErr, err)
+		}
+		lf := &swarm.Life{Engine: se, Project: name, Progress: progress}
+		return errors.Join(hooksErr, lf.Cleanup(ctx, desired))
+	}
 	lf := &life.Life{Engine: s.engine, Project: name,
-		Progress: func(svc, msg string) {
-			s.log.Info(msg, "project", name, "service", svc, "release", cur.Number, "phase", "recovery")
-		},
+		Progress: progress,
 		OnKilled: func(_ string, killed []compose.Killed) {
 			for _, k := range killed {
 				s.log.Warn("container killed at the end of its grace period", "project", name, "release", cur.Number, "phase", "recovery",

@@ -7,6 +7,7 @@ import (
 
 	"github.com/berth-deploy/berth/agent/api"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/compose/swarm"
 )
 
 // StepPending is the state of a step that has not ended (in the journal
@@ -58,6 +59,10 @@ var defaultStepTime = map[compose.StepKind]time.Duration{
 	compose.StepDrain:  2 * time.Second,
 	compose.StepStop:   5 * time.Second,
 	compose.StepForget: time.Second,
+	// A Swarm service's create or update is one call; Swarm replaces
+	// its tasks during the gate that follows.
+	swarm.StepUpdateService: time.Second,
+	swarm.StepRemoveService: 2 * time.Second,
 }
 
 // estimate says how long the graph should take at least: its critical

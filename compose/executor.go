@@ -53,6 +53,12 @@ type Executor struct {
 	// the containers that serve; it gets its configured weight back once
 	// it passes its gate. 0 boots it at its configured weight.
 	BootCPUShares int64
+	// DefaultCPUShares is the CPU weight a container that sets none runs
+	// at, which a shielded container gets back: 1024 (when 0) on cgroup
+	// v1; on cgroup v2 the engine maps shares to cpu.weight, and a
+	// container created without shares keeps the cgroup's default weight
+	// 100, which is CGroupV2DefaultShares, not 1024 (weight 39).
+	DefaultCPUShares int64
 	// OnStep, when set, is told of every step that ends (done, failed or
 	// skipped).
 	OnStep func(StepResult)

@@ -435,6 +435,13 @@ func (b *graphBuilder) restoreNames(bt *batch, slots []Slot, after []int) []int 
 // Wait is how long a delay or monitor step waits (0 for other steps).
 func (s *Step) Wait() time.Duration { return s.wait }
 
+// WithWait sets how long a delay or monitor step waits (another backend's
+// graph), and returns the step.
+func (s *Step) WithWait(d time.Duration) *Step {
+	s.wait = d
+	return s
+}
+
 // String prints the graph, one step per line with what it waits for.
 func (g *Graph) String() string {
 	var b strings.Builder

@@ -273,6 +273,30 @@ func TestBootShield(t *testing.T) {
 	}
 }
 
+// TestBootShieldCgroupV2: on cgroup v2 a shielded container gets the
+// shares of the default weight 100 back, not 1024 (weight 39, below every
+// container that never set shares).
+func TestBootShieldCgroupV2(t *testing.T) {
+	eng := newFakeEngine()
+	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
+	p := load(t, map[string]string{"web": "registry.test/web:v2"})
+	eng.takeCalls()
+	exec := &Executor{Engine: eng, Health: &funcGater{eng: eng, gate: func(context.Context, string, string) error { return nil }}, Release: "2", KeepRetired: true, BootCPUShares: 2,
+		DefaultCPUShares: DefaultShares("2")}
+	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	calls := eng.takeCalls()
+	for _, want := range []string{"update shop-web-1 cpu-shares 2598", "update shop-web-2 cpu-shares 2598"} {
+		if !slices.Contains(calls, want) {
+			t.Errorf("no %q in %v", want, calls)
+		}
+	}
+	if got := DefaultShares("1"); got != 1024 {
+		t.Errorf("cgroup v1 default shares %d, want 1024", got)
+	}
+}
+
 // TestHookBootsShielded checks the hook container's weight at create.
 func TestHookBootsShielded(t *testing.T) {
 	eng := newFakeEngine()

@@ -56,9 +56,29 @@ func (e *Executor) Steps() []StepResult {
 	return append([]StepResult(nil), e.results...)
 }
 
-// defaultCPUShares is the engine's CPU weight for a container that sets
-// none.
-const defaultCPUShares = 1024
+// CPU shares of a container that sets none: what cgroup v1 gives it, and,
+// on cgroup v2, the least shares the engine maps to cpu.weight 100, the
+// default weight (weight = 1 + (shares-2)*9999/262142).
+const (
+	CGroupV1DefaultShares = 1024
+	CGroupV2DefaultShares = 2598
+)
+
+// DefaultShares returns the CPU shares that give a container the default
+// weight under the engine's cgroup version ("1" or "2", as its info says).
+func DefaultShares(cgroupVersion string) int64 {
+	if cgroupVersion == "2" {
+		return CGroupV2DefaultShares
+	}
+	return CGroupV1DefaultShares
+}
+
+func (e *Executor) defaultShares() int64 {
+	if e.DefaultCPUShares > 0 {
+		return e.DefaultCPUShares
+	}
+	return CGroupV1DefaultShares
+}
 
 // shield lowers the CPU weight a new container boots with, so that its
 // boot (imports, forks, migrations' checks) takes the CPU the serving
@@ -91,7 +111,7 @@ func (e *Executor) unshield(ctx context.Context, s ServicePlan, ids []string) er
 		if in.HostConfig == nil || in.HostConfig.CPUShares != e.BootCPUShares {
 			continue // started again, not created: it never booted shielded
 		}
-		if _, err := e.Engine.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: container.Resources{CPUShares: defaultCPUShares}}); err != nil {
+		if _, err := e.Engine.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: container.Resources{CPUShares: e.defaultShares()}}); err != nil {
 			return fmt.Errorf("restore the CPU weight of %s: %w", in.Name, err)
 		}
 	}

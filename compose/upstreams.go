@@ -47,42 +47,44 @@ type proxyFile struct {
 	content string
 }
 
-// server is a ready container of a fronted service, as a proxy reaches it.
-type server struct{ name, addr string }
+// ProxyServer is a server a proxy sends to: a ready container of a
+// fronted service (or, on a Swarm, a running task), the name its line's
+// comment gives it, and its address.
+type ProxyServer struct{ Name, Addr string }
 
 // readyServers lists the running containers of a service not in out, with
 // their address on the first of proxyNets they are on, sorted by name.
-func (e *Executor) readyServers(ctx context.Context, project, service string, proxyNets, out []string) ([]server, error) {
+func (e *Executor) readyServers(ctx context.Context, project, service string, proxyNets, out []string) ([]ProxyServer, error) {
 	list, err := e.running(ctx, project, service)
 	if err != nil {
 		return nil, err
 	}
-	var servers []server
+	var servers []ProxyServer
 	for _, c := range list {
 		if c.Labels[LabelOneoff] == "True" || slices.Contains(out, c.ID) || c.NetworkSettings == nil {
 			continue
 		}
 		for _, n := range proxyNets {
 			if ep := c.NetworkSettings.Networks[n]; ep != nil && ep.IPAddress != "" {
-				servers = append(servers, server{strings.TrimPrefix(firstName(c.Names), "/"), ep.IPAddress})
+				servers = append(servers, ProxyServer{strings.TrimPrefix(firstName(c.Names), "/"), ep.IPAddress})
 				break
 			}
 		}
 	}
-	slices.SortFunc(servers, func(a, b server) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(servers, func(a, b ProxyServer) int { return strings.Compare(a.Name, b.Name) })
 	return servers, nil
 }
 
 // serverLines writes the nginx server lines of a service's ready
 // containers, indented by indent; a service with none gets a server that
 // is down, so that the upstream stays valid.
-func serverLines(b *strings.Builder, indent, service string, port int, params []string, servers []server) {
+func serverLines(b *strings.Builder, indent, service string, port int, params []string, servers []ProxyServer) {
 	extra := ""
 	if len(params) > 0 {
 		extra = " " + strings.Join(params, " ")
 	}
 	for _, s := range servers {
-		fmt.Fprintf(b, "%sserver %s:%d%s;  # %s\n", indent, s.addr, port, extra, s.name)
+		fmt.Fprintf(b, "%sserver %s:%d%s;  # %s\n", indent, s.Addr, port, extra, s.Name)
 	}
 	if len(servers) == 0 {
 		fmt.Fprintf(b, "%sserver 127.0.0.1:%d down;  # no container of %s is ready\n", indent, port, service)
@@ -96,6 +98,21 @@ func serverLines(b *strings.Builder, indent, service string, port int, params []
 // lines. Each lists the address (on a network the proxy is on, proxyNets)
 // and port of every running container of the service not in out.
 func (e *Executor) proxyFiles(ctx context.Context, project string, px *Proxy, proxyNets, out []string) (string, []proxyFile, error) {
+	servers := map[string][]ProxyServer{}
+	for _, svc := range px.Fronts {
+		list, err := e.readyServers(ctx, project, svc, proxyNets, out)
+		if err != nil {
+			return "", nil, err
+		}
+		servers[svc] = list
+	}
+	dir, files := renderProxyFiles(px, servers)
+	return dir, files, nil
+}
+
+// renderProxyFiles renders the files of proxyFiles from the servers of
+// each fronted service.
+func renderProxyFiles(px *Proxy, servers map[string][]ProxyServer) (string, []proxyFile) {
 	var upstreams strings.Builder
 	var files []proxyFile
 	if px.Servers != "" {
@@ -105,27 +122,63 @@ func (e *Executor) proxyFiles(ctx context.Context, project string, px *Proxy, pr
 		upstreams.WriteString("# of each service it fronts (x-berth proxy.upstreams). Do not edit.\n")
 	}
 	for _, svc := range px.Fronts {
-		servers, err := e.readyServers(ctx, project, svc, proxyNets, out)
-		if err != nil {
-			return "", nil, err
-		}
 		port := px.Ports[svc]
 		if px.Servers == "" {
 			fmt.Fprintf(&upstreams, "upstream %s {\n", svc)
-			serverLines(&upstreams, "    ", svc, port, px.ServerParameters, servers)
+			serverLines(&upstreams, "    ", svc, port, px.ServerParameters, servers[svc])
 			upstreams.WriteString("}\n")
 			continue
 		}
 		var b strings.Builder
 		b.WriteString("# Written by Berth before every reload of this proxy: the ready containers\n")
 		fmt.Fprintf(&b, "# of %s (x-berth proxy.servers), for its upstream block to include. Do not edit.\n", svc)
-		serverLines(&b, "", svc, port, px.ServerParameters, servers)
+		serverLines(&b, "", svc, port, px.ServerParameters, servers[svc])
 		files = append(files, proxyFile{name: path.Join(path.Base(px.Servers), svc+".conf"), content: b.String()})
 	}
 	if px.Servers != "" {
-		return path.Dir(path.Clean(px.Servers)), files, nil
+		return path.Dir(path.Clean(px.Servers)), files
 	}
-	return path.Dir(px.Upstreams), []proxyFile{{name: path.Base(px.Upstreams), content: upstreams.String()}}, nil
+	return path.Dir(px.Upstreams), []proxyFile{{name: path.Base(px.Upstreams), content: upstreams.String()}}
+}
+
+// ProxyFiles renders, for a proxy that lists its upstreams (px.Upstreams
+// or px.Servers set), what the single engine writes into it, from the
+// servers of each fronted service (a service with none gets a server that
+// is down): the directory to copy archive (a tar) to, and the content the
+// proxy holds once it is copied, to compare with what it has loaded.
+func ProxyFiles(px *Proxy, servers map[string][]ProxyServer) (dir, content string, archive []byte, err error) {
+	if !px.lists() {
+		return "", "", nil, fmt.Errorf("proxy files: the proxy has neither upstreams nor servers")
+	}
+	dir, files := renderProxyFiles(px, servers)
+	tarball, err := proxyArchive(files)
+	if err != nil {
+		return "", "", nil, fmt.Errorf("proxy files: %w", err)
+	}
+	return dir, loaded(px, files), tarball.Bytes(), nil
+}
+
+// proxyArchive is the tar of files, to copy into a proxy container.
+func proxyArchive(files []proxyFile) (*bytes.Buffer, error) {
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	now := time.Now()
+	for _, f := range files {
+		hdr := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.content)), ModTime: now}
+		if f.dir {
+			hdr = &tar.Header{Name: f.name + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write([]byte(f.content)); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return &tarball, nil
 }
 
 // loaded is what a proxy container holds once files are written into it.
@@ -156,26 +209,12 @@ func (e *Executor) writeUpstreams(ctx context.Context, project string, px *Proxy
 	if same {
 		return content, false, nil
 	}
-	var tarball bytes.Buffer
-	tw := tar.NewWriter(&tarball)
-	now := time.Now()
-	for _, f := range files {
-		hdr := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.content)), ModTime: now}
-		if f.dir {
-			hdr = &tar.Header{Name: f.name + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: now}
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return "", false, err
-		}
-		if _, err := tw.Write([]byte(f.content)); err != nil {
-			return "", false, err
-		}
-	}
-	if err := tw.Close(); err != nil {
+	tarball, err := proxyArchive(files)
+	if err != nil {
 		return "", false, err
 	}
 	what := cmp.Or(px.Servers, px.Upstreams)
-	if err := e.Engine.CopyToContainer(ctx, id, dir, &tarball, container.CopyToContainerOptions{}); err != nil {
+	if err := e.Engine.CopyToContainer(ctx, id, dir, tarball, container.CopyToContainerOptions{}); err != nil {
 		return "", false, fmt.Errorf("write %s: %w", what, err)
 	}
 	return content, true, nil

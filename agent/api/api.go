@@ -220,10 +220,40 @@ type ProjectStatus struct {
 	Locked *Holder `json:"locked,omitempty"`
 }
 
-// ServiceStatus lists the containers of a service.
+// ServiceStatus lists the containers of a service (one engine), or its
+// tasks (a Swarm).
 type ServiceStatus struct {
 	Name       string            `json:"name"`
 	Containers []ContainerStatus `json:"containers"`
+	// On a Swarm: the service's mode, replicas running of wanted, the
+	// state of its last update, and its tasks on the nodes.
+	Swarm *SwarmService `json:"swarm,omitempty"`
+}
+
+// SwarmService is a stack service as the Swarm reports it.
+type SwarmService struct {
+	Image         string       `json:"image"`
+	Mode          string       `json:"mode"` // replicated or global
+	Replicas      int          `json:"replicas"`
+	Running       int          `json:"running"`
+	UpdateState   string       `json:"update_state,omitempty"`
+	UpdateMessage string       `json:"update_message,omitempty"`
+	Release       string       `json:"release,omitempty"`
+	Tasks         []TaskStatus `json:"tasks"`
+}
+
+// TaskStatus is one task of a Swarm service.
+type TaskStatus struct {
+	ID           string    `json:"id"`
+	Node         string    `json:"node"` // the node's hostname
+	Slot         int       `json:"slot,omitempty"`
+	State        string    `json:"state"`
+	DesiredState string    `json:"desired_state"`
+	Health       string    `json:"health,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	Image        string    `json:"image"`
+	Release      string    `json:"release,omitempty"`
+	Since        time.Time `json:"since,omitzero"`
 }
 
 // ContainerStatus is one container as the engine reports it.

@@ -63,6 +63,10 @@ func PrintStatus(w io.Writer, all []ProjectStatus) {
 			fmt.Fprintln(w, "  no containers")
 			continue
 		}
+		if st.Services[0].Swarm != nil {
+			printSwarm(w, st.Services)
+			continue
+		}
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  SERVICE\tCONTAINER\tSTATE\tSTATUS\tRELEASE\tIMAGE")
 		for _, s := range st.Services {
@@ -72,6 +76,40 @@ func PrintStatus(w io.Writer, all []ProjectStatus) {
 		}
 		tw.Flush()
 	}
+}
+
+// printSwarm writes a Swarm project's services, then their tasks: where
+// each runs, its state and health.
+func printSwarm(w io.Writer, svcs []ServiceStatus) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  SERVICE\tMODE\tRUNNING\tUPDATE\tRELEASE\tIMAGE")
+	for _, s := range svcs {
+		sw := s.Swarm
+		if sw == nil {
+			continue
+		}
+		update := dash(sw.UpdateState)
+		if sw.UpdateMessage != "" {
+			update += ": " + sw.UpdateMessage
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d/%d\t%s\t%s\t%s\n", s.Name, sw.Mode, sw.Running, sw.Replicas, update, dash(sw.Release), sw.Image)
+	}
+	tw.Flush()
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  TASK\tSERVICE\tNODE\tSTATE\tDESIRED\tHEALTH\tRELEASE\tERROR")
+	for _, s := range svcs {
+		if s.Swarm == nil {
+			continue
+		}
+		for _, t := range s.Swarm.Tasks {
+			name := t.ID
+			if t.Slot > 0 {
+				name = fmt.Sprintf("%s.%d", s.Name, t.Slot)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, s.Name, t.Node, t.State, t.DesiredState, dash(t.Health), dash(t.Release), dash(t.Error))
+		}
+	}
+	tw.Flush()
 }
 
 // PrintHistory writes a project's releases, newest first; live is marked.

@@ -68,3 +68,27 @@ func TestPrintHistoryShipped(t *testing.T) {
 		t.Errorf("release 1 (host file, no source) shows either:\n%s", b.String())
 	}
 }
+
+func TestPrintStatusSwarm(t *testing.T) {
+	var b strings.Builder
+	PrintStatus(&b, []ProjectStatus{{Project: "shop", Services: []ServiceStatus{
+		{Name: "web", Swarm: &SwarmService{Image: "reg/web@sha256:ab", Mode: "replicated", Replicas: 3, Running: 2,
+			UpdateState: "paused", UpdateMessage: "update paused due to failure", Release: "4",
+			Tasks: []TaskStatus{
+				{ID: "t1", Node: "node-1", Slot: 1, State: "running", DesiredState: "running", Health: "healthy", Release: "4"},
+				{ID: "t2", Node: "node-3", Slot: 2, State: "failed", DesiredState: "shutdown", Error: "task: non-zero exit (1)", Release: "4"},
+			}}},
+	}}})
+	out := b.String()
+	for _, want := range []string{
+		"web", "replicated", "2/3", "paused: update paused due to failure", "reg/web@sha256:ab",
+		"web.1", "node-1", "healthy", "web.2", "node-3", "failed", "shutdown", "task: non-zero exit (1)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status does not show %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "CONTAINER") {
+		t.Errorf("a Swarm project's status shows the container table:\n%s", out)
+	}
+}

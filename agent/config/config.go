@@ -930,8 +930,12 @@ func (c *Config) validateOperations() []error {
 	}
 	for i, d := range c.Jobs.PgDump {
 		where := fmt.Sprintf("jobs.pg_dump[%d]", i)
-		if _, ok := c.Projects[d.Project]; !ok {
+		if p, ok := c.Projects[d.Project]; !ok {
 			bad("%s.project: no project %q", where, d.Project)
+		} else if p.Backend == BackendSwarm {
+			// The dump runs pg_dump in the service's container on this
+			// host; a Swarm task may run on any node.
+			bad("%s.project: %s is deployed to a swarm (backend: swarm): pg_dump jobs run in a container on this host and are for backend: engine only", where, d.Project)
 		}
 		if d.Service == "" {
 			bad("%s.service is required", where)

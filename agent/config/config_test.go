@@ -69,6 +69,13 @@ projects:
     request_variables: [WEB_TAG, 1BAD, "A-B", BERTH_REGISTRY, COMPOSE_PROFILES, WEB_TAG]
   news:
     keep_releases: 3
+    backend: kubernetes
+  cluster:
+    compose_file: missing.yaml
+    backend: swarm
+jobs:
+  pg_dump:
+    - {project: cluster, service: db, database: shop, user: shop, before_deploy: true, keep: 3}
 `)
 	c, err := Load(path)
 	if err != nil {
@@ -105,6 +112,8 @@ projects:
 		"project blog: request_variables: BERTH_REGISTRY: names starting with BERTH_ or COMPOSE_ are reserved",
 		"project blog: request_variables: COMPOSE_PROFILES: names starting",
 		"project blog: request_variables: WEB_TAG is listed twice",
+		`project news: backend "kubernetes": want engine (the default) or swarm`,
+		"jobs.pg_dump[0].project: cluster is deployed to a swarm (backend: swarm)",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("problems do not include %q:\n%v", want, err)

@@ -200,6 +200,17 @@ func (c *Client) pullIfMissing(ctx context.Context, ref string) (bool, error) {
 	return true, nil
 }
 
+// Auth returns the encoded X-Registry-Auth header for ref's registry (""
+// when there are no credentials for it): what a Swarm passes to its nodes
+// to pull the image (docker stack deploy --with-registry-auth).
+func (c *Client) Auth(ref string) (string, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return "", fmt.Errorf("registry auth for %s: %w", ref, err)
+	}
+	return c.auth(named)
+}
+
 // auth returns the encoded X-Registry-Auth header for the image's registry.
 func (c *Client) auth(named reference.Named) (string, error) {
 	host := reference.Domain(named)

@@ -140,11 +140,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if _, err := docker.Ping(ctx); err != nil {
 		return fmt.Errorf("docker engine: %w", err)
 	}
+	info, err := docker.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("docker engine: %w", err)
+	}
 
 	svc, err := agent.New(cfg, docker, st, log)
 	if err != nil {
 		return err
 	}
+	svc.SetEngineInfo(info)
 	// One consistent release per project before any request is taken. A
 	// stop signal does not cut a rollback short (like a deploy in flight,
 	// it finishes first): agentd stops once recovery is over.
@@ -189,6 +194,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	interval := watchdogInterval(log)
 	watchdogDone := startWatchdog(wdCtx, notify, interval, agentHealth(docker, st, checkTimeout(interval)), status, log)
 	ops.start()
+	// The proxies of swarm projects follow their services' tasks between
+	// deploys; stopped with the watchdog, before the doors shut.
+	following := make(chan struct{})
+	go func() { defer close(following); svc.FollowProxies(wdCtx) }()
 
 	var serveErr error
 	select {
@@ -199,6 +208,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	notify.stopping(stoppingStatus)
 	stopWatchdog()
 	<-watchdogDone
+	<-following
 	log.Info("agentd stopping: waiting for deploys in flight")
 	// Every door stops taking requests and waits for those running,
 	// deploys included, to finish or roll back.

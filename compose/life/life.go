@@ -72,6 +72,8 @@ type Life struct {
 	Release string
 	// BootCPUShares: see compose.Executor.
 	BootCPUShares int64
+	// DefaultCPUShares: see compose.Executor.
+	DefaultCPUShares int64
 	// Progress receives a line per thing done; may be nil.
 	Progress compose.Progress
 	// OnPlan is shown every plan made (the rollback's too); may be nil.
@@ -92,14 +94,15 @@ func (l *Life) say(service, format string, args ...any) {
 
 func (l *Life) executor(rollback bool) *compose.Executor {
 	return &compose.Executor{
-		Engine:        l.Engine,
-		Health:        l.Health,
-		Monitor:       l.Health,
-		Release:       l.Release,
-		Progress:      l.Progress,
-		KeepRetired:   !rollback,
-		Rollback:      rollback,
-		BootCPUShares: l.BootCPUShares,
+		Engine:           l.Engine,
+		Health:           l.Health,
+		Monitor:          l.Health,
+		Release:          l.Release,
+		Progress:         l.Progress,
+		KeepRetired:      !rollback,
+		Rollback:         rollback,
+		BootCPUShares:    l.BootCPUShares,
+		DefaultCPUShares: l.DefaultCPUShares,
 	}
 }
 

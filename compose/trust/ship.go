@@ -175,6 +175,10 @@ var (
 			"tmpfs":  spec{"size": nil, "mode": nil}},
 		"deploy": spec{
 			"mode": nil, "replicas": nil,
+			// Where a Swarm runs the tasks and how they are reached: no
+			// more than the nodes and the DNS answer (backend: swarm).
+			"endpoint_mode":   nil,
+			"placement":       spec{"constraints": nil, "preferences": spec{"spread": nil}, "max_replicas_per_node": nil},
 			"update_config":   durationsOnly,
 			"rollback_config": durationsOnly,
 			"restart_policy":  spec{"condition": nil, "delay": nil, "max_attempts": nil, "window": nil},

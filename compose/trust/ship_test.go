@@ -143,8 +143,8 @@ func TestCheckShippedRefuses(t *testing.T) {
 		{name: "build", file: svc("build: .", "pull_policy: build"), want: []string{"app|build|{context: " + f.bundle + ", dockerfile: Dockerfile}", "app|pull_policy|build"}},
 		{name: "ulimits other than nofile", file: svc("ulimits: {memlock: -1, nofile: 65536}"), want: []string{"app|ulimits.memlock|-1"}},
 		{name: "logging driver off the host", file: svc("logging: {driver: syslog, options: {syslog-address: 'tcp://203.0.113.1:514'}}"), want: []string{"app|logging.driver|syslog"}},
-		{name: "deploy placement and device reservations", file: svc("deploy:", "  placement: {constraints: [node.role==manager]}", "  resources: {reservations: {devices: [{capabilities: [gpu]}]}}"),
-			want: []string{"app|deploy.placement|{constraints: [node.role==manager]}", "app|deploy.resources.reservations.devices|[{capabilities: [gpu], count: -1}]"}},
+		{name: "deploy device reservations", file: svc("deploy:", "  resources: {reservations: {devices: [{capabilities: [gpu]}]}}"),
+			want: []string{"app|deploy.resources.reservations.devices|[{capabilities: [gpu], count: -1}]"}},
 
 		{name: "cpu_rt_period", file: svc("cpu_rt_period: 1000000"), want: []string{"app|cpu_rt_period|1000000"}},
 		{name: "credential_spec", file: svc("credential_spec: {file: /etc/shadow}"), loadRefuses: true, want: []string{"app|credential_spec|{file: /etc/shadow}"}},
@@ -277,7 +277,8 @@ func TestCheckShippedAllows(t *testing.T) {
 			"shm_size: 128m", "tmpfs: [/run]", "mem_limit: 512m", "cpus: 1.5", "pids_limit: 200", "oom_score_adj: 100",
 			"ulimits: {nofile: {soft: 1024, hard: 4096}}", "logging: {driver: json-file, options: {max-size: 10m}}",
 			"healthcheck: {test: [CMD, 'true'], interval: 2s}",
-			"deploy: {replicas: 3, update_config: {order: start-first, monitor: 5s}, resources: {limits: {memory: 512m, cpus: 1.5, pids: 200}, reservations: {memory: 64m}}}",
+			"deploy: {replicas: 3, update_config: {order: start-first, monitor: 5s}, resources: {limits: {memory: 512m, cpus: 1.5, pids: 200}, reservations: {memory: 64m}},",
+			"  endpoint_mode: dnsrr, placement: {constraints: [node.role==worker], preferences: [{spread: node.id}], max_replicas_per_node: 2}}",
 			"x-berth: {singleton: false, health: {http: {path: /healthz, port: 8000}}}",
 		), nil},
 	} {
