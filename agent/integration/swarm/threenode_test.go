@@ -91,7 +91,12 @@ func TestSwarmThreeNodesShop(t *testing.T) {
 		t.Errorf("web runs %s after release 2, want %s", got, web["v2"])
 	}
 
-	// A broken release (web's /healthz fails): exit 1, release 2 serving.
+	// A broken release (web's /healthz fails): exit 1, release 2's specs
+	// back and serving.
+	hashes := map[string]string{}
+	for name, s := range h.services() {
+		hashes[name] = s.Spec.Labels["io.berth.spec-hash"]
+	}
 	loadBegan = time.Now()
 	l = startLoad(ctx, shop, loadRate, loadClients, "broken")
 	_, took = h.deploy(1, "--image", "web="+c.Ref("shop/web:v3"))
@@ -99,6 +104,11 @@ func TestSwarmThreeNodesShop(t *testing.T) {
 	t.Logf("phase 4: broken release failed and rolled back in %s; load meanwhile: %s", took.Round(100*time.Millisecond), r)
 	if got := image(h.services()["web"]); got != web["v2"] {
 		t.Errorf("web runs %s after the broken release, want release 2's %s", got, web["v2"])
+	}
+	for name, s := range h.services() {
+		if got := s.Spec.Labels["io.berth.spec-hash"]; got != hashes[name] {
+			t.Errorf("%s's spec hash is %s after the broken release, release 2's was %s", name, got, hashes[name])
+		}
 	}
 	if err := waitServing(ctx, shop, "v2"); err != nil {
 		t.Errorf("after the broken release: %v", err)
