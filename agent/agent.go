@@ -627,7 +627,12 @@ func (r *releaseRun) restore(ctx context.Context, prev api.Release) error {
 		return err
 	}
 	r.progress("", "rolling back to release %d", prev.Number)
-	return r.life().RollBack(ctx, desired, r.release.Interrupted)
+	lf := r.life()
+	if sl, ok := lf.(*swarm.Life); ok {
+		// A service put back runs release prev's spec: its label says so.
+		sl.Release = fmt.Sprint(prev.Number)
+	}
+	return lf.RollBack(ctx, desired, r.release.Interrupted)
 }
 
 // commit makes the release live, then removes what it retired and runs

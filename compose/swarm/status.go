@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/filters"
@@ -68,13 +69,15 @@ func Status(ctx context.Context, eng Engine, project string) ([]ServiceStatus, e
 		if _, hook := s.Spec.Labels[LabelHook]; hook || s.Spec.Labels[LabelNamespace] != project {
 			continue
 		}
+		// Named as in the compose file; the image by digest, as the
+		// tasks run it.
 		st := ServiceStatus{
-			Name:    s.Spec.Name,
+			Name:    strings.TrimPrefix(s.Spec.Name, project+"_"),
 			Image:   s.Spec.Labels[LabelImage],
 			Release: s.Spec.Labels[LabelRelease],
 		}
-		if st.Image == "" && s.Spec.TaskTemplate.ContainerSpec != nil {
-			st.Image = s.Spec.TaskTemplate.ContainerSpec.Image
+		if cs := s.Spec.TaskTemplate.ContainerSpec; cs != nil && cs.Image != "" {
+			st.Image = cs.Image
 		}
 		switch {
 		case s.Spec.Mode.Global != nil:

@@ -37,8 +37,8 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("status = %+v", st)
 	}
 	s := st[0]
-	if s.Name != "shop_web" || s.Mode != "replicated" || s.Replicas != 2 || s.Running != 2 || s.Release != "2" ||
-		s.Image != "reg.example/web:v2" || s.UpdateState != "completed" {
+	if s.Name != "web" || s.Mode != "replicated" || s.Replicas != 2 || s.Running != 2 || s.Release != "2" ||
+		s.Image != "reg.example/web@sha256:v2" || s.UpdateState != "completed" {
 		t.Errorf("service status = %+v", s)
 	}
 	var got []string

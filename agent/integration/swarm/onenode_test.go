@@ -149,6 +149,10 @@ func TestSwarmOneNodeCycle(t *testing.T) {
 			t.Errorf("%s: spec hash %s after the rollback, release 2's was %s", name,
 				s.Spec.Labels["io.berth.spec-hash"], v2[name].Spec.Labels["io.berth.spec-hash"])
 		}
+		// Put back to release 2's spec, it says release 2, not the failed 3.
+		if got := s.Spec.Labels["io.berth.release"]; got != "2" {
+			t.Errorf("%s: labelled release %s after the rollback to release 2", name, got)
+		}
 	}
 	wantServing(t, h, "v2")
 	hist := h.history()
