@@ -44,16 +44,10 @@ type hkIT struct {
 func newHKIT(t *testing.T) *hkIT {
 	t.Helper()
 	cli := testenv.Docker(t)
+	testenv.SwarmManager(t, cli)
 	info, err := cli.Info(t.Context())
 	if err != nil {
 		t.Fatalf("docker info: %v", err)
-	}
-	if info.Swarm.LocalNodeState != swarm.LocalNodeStateActive || !info.Swarm.ControlAvailable {
-		msg := "the engine is not a swarm manager (state %q): run docker swarm init"
-		if testenv.Required() {
-			t.Fatalf(msg, info.Swarm.LocalNodeState)
-		}
-		t.Skipf(msg+" (skipping; set BERTH_REQUIRE_DOCKER=1 to make this a failure)", info.Swarm.LocalNodeState)
 	}
 	t.Logf("engine %s, API %s, swarm manager %s", info.ServerVersion, cli.ClientVersion(), info.Swarm.NodeID)
 	it := &hkIT{t: t, cli: cli, project: strings.ReplaceAll(testenv.UniqueName("hk"), "-", "")}

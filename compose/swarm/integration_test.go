@@ -28,16 +28,7 @@ import (
 func TestIntegrationLifeOnAOneNodeSwarm(t *testing.T) {
 	cli := testenv.Docker(t)
 	ctx := t.Context()
-	info, err := cli.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Swarm.LocalNodeState != swarm.LocalNodeStateActive || !info.Swarm.ControlAvailable {
-		if testenv.Required() {
-			t.Fatalf("the engine is not a swarm manager (%s)", info.Swarm.LocalNodeState)
-		}
-		t.Skipf("the engine is not a swarm manager (%s)", info.Swarm.LocalNodeState)
-	}
+	testenv.SwarmManager(t, cli)
 	proj := fmt.Sprintf("berthlife%d", os.Getpid())
 	t.Cleanup(func() { cleanStack(t, cli, proj) })
 

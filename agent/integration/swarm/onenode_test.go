@@ -59,7 +59,7 @@ const failingHook = `    x-berth:
 // pre-deploy hook that switches nothing, and agentctl status.
 func TestSwarmOneNodeCycle(t *testing.T) {
 	docker := testenv.Docker(t)
-	ensureSwarm(t, docker)
+	testenv.SwarmManager(t, docker)
 	reg := testenv.StartRegistry(t)
 	ctx := t.Context()
 
@@ -228,36 +228,6 @@ func TestSwarmOneNodeCycle(t *testing.T) {
 		t.Errorf("status (text): exit %d\n%s", code, text)
 	}
 	t.Logf("status:\n%s", text)
-}
-
-// ensureSwarm makes sure the engine is a swarm manager: when it is not in a
-// swarm, it initialises a one-node swarm on 127.0.0.1 and leaves it when the
-// test ends.
-func ensureSwarm(t *testing.T, cli *client.Client) {
-	t.Helper()
-	info, err := cli.Info(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	switch {
-	case info.Swarm.LocalNodeState == swarm.LocalNodeStateActive && info.Swarm.ControlAvailable:
-		return
-	case info.Swarm.LocalNodeState == swarm.LocalNodeStateActive:
-		t.Skip("the engine is a swarm worker, not a manager")
-	case info.Swarm.LocalNodeState != swarm.LocalNodeStateInactive:
-		t.Fatalf("the engine's swarm state is %s", info.Swarm.LocalNodeState)
-	}
-	if _, err := cli.SwarmInit(t.Context(), swarm.InitRequest{ListenAddr: "127.0.0.1:2377", AdvertiseAddr: "127.0.0.1"}); err != nil {
-		t.Fatalf("swarm init: %v", err)
-	}
-	t.Logf("initialised a one-node swarm on 127.0.0.1; it is left at the end")
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(t.Context()), time.Minute)
-		defer cancel()
-		if err := cli.SwarmLeave(ctx, true); err != nil {
-			t.Errorf("swarm leave: %v", err)
-		}
-	})
 }
 
 // wantImages checks that each service's spec runs the image pinned by digest.
