@@ -136,7 +136,7 @@ func (p *Plan) Graph(mode Mode) *Graph {
 	for _, s := range p.Services {
 		if b.runsHooks(s) {
 			hooked[s.Name] = true
-			for d := range depsOf(s.Name, specs) {
+			for d := range DependsOnAll(s.Name, specs) {
 				needed[d] = true
 			}
 		}
@@ -174,7 +174,7 @@ func (p *Plan) Graph(mode Mode) *Graph {
 		}
 		for i := range s.Spec.Policy.PreDeploy {
 			after := append(slices.Clone(base), lastHook)
-			for d := range depsOf(s.Name, specs) {
+			for d := range DependsOnAll(s.Name, specs) {
 				after = append(after, last[d]...)
 			}
 			lastHook = b.add(&Step{Kind: StepHook, Service: s.Name, Target: strings.Join(s.Spec.Policy.PreDeploy[i].Command, " "), hook: i}, after...).ID
@@ -239,8 +239,10 @@ func (b *graphBuilder) runsHooks(s ServicePlan) bool {
 	return false
 }
 
-// depsOf returns the transitive dependencies of a service.
-func depsOf(name string, specs map[string]*ServiceSpec) map[string]bool {
+// DependsOnAll returns the transitive dependencies of the service name
+// among specs: what it depends on, what those depend on, and so on. A
+// name missing from specs adds nothing; a cycle ends where it returns.
+func DependsOnAll(name string, specs map[string]*ServiceSpec) map[string]bool {
 	out := map[string]bool{}
 	var walk func(string)
 	walk = func(n string) {

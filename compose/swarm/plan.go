@@ -252,7 +252,7 @@ func (p *Plan) Graph() *compose.Graph {
 	for _, s := range p.Services {
 		if p.runsHooks(s) {
 			hooked[s.Name] = true
-			for d := range depsOf(s.Name, specs) {
+			for d := range compose.DependsOnAll(s.Name, specs) {
 				needed[d] = true
 			}
 		}
@@ -287,7 +287,7 @@ func (p *Plan) Graph() *compose.Graph {
 			continue
 		}
 		after := append(slices.Clone(base), lastHook)
-		for d := range depsOf(s.Name, specs) {
+		for d := range compose.DependsOnAll(s.Name, specs) {
 			after = append(after, last[d]...)
 		}
 		lastHook = add(&compose.Step{Kind: compose.StepHook, Service: s.Name, Target: hookTarget(s.Spec.Policy.PreDeploy)}, after...).ID
@@ -322,24 +322,4 @@ func hookTarget(hooks []compose.Hook) string {
 		cmds[i] = strings.Join(h.Command, " ")
 	}
 	return strings.Join(cmds, "; ")
-}
-
-// depsOf returns the transitive dependencies of a service.
-func depsOf(name string, specs map[string]*compose.ServiceSpec) map[string]bool {
-	out := map[string]bool{}
-	var walk func(string)
-	walk = func(n string) {
-		spec := specs[n]
-		if spec == nil {
-			return
-		}
-		for _, d := range spec.DependsOn {
-			if !out[d] {
-				out[d] = true
-				walk(d)
-			}
-		}
-	}
-	walk(name)
-	return out
 }
