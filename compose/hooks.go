@@ -165,14 +165,16 @@ func (e *Executor) streamHookOutput(ctx context.Context, id string, out *hookLog
 	go func() {
 		defer close(done)
 		defer pr.Close()
-		splitLines(pr, hookLineBytes, out.line)
+		ReadLines(pr, hookLineBytes, out.line)
 	}()
 	return done
 }
 
-// splitLines reads r and calls line for each line, without its newline;
-// a line longer than max bytes is cut there and the rest of it skipped.
-func splitLines(r io.Reader, max int, line func(string)) {
+// ReadLines calls line for each line of r, without its newline; a line
+// longer than max bytes is cut there, the rest of it skipped and counted
+// in a "…(+N bytes)" suffix. It returns the error that ended r (io.EOF at
+// its end).
+func ReadLines(r io.Reader, max int, line func(string)) error {
 	br := bufio.NewReaderSize(r, max)
 	for {
 		chunk, isPrefix, err := br.ReadLine()
@@ -190,7 +192,7 @@ func splitLines(r io.Reader, max int, line func(string)) {
 			line(s)
 		}
 		if err != nil {
-			return
+			return err
 		}
 	}
 }

@@ -10,24 +10,24 @@ import (
 	"github.com/berth-deploy/berth/internal/fakeengine"
 )
 
-// TestSplitLines: lines as they are, the last one without a newline too,
+// TestReadLines: lines as they are, the last one without a newline too,
 // and a line longer than the limit cut there with the rest counted.
-func TestSplitLines(t *testing.T) {
+func TestReadLines(t *testing.T) {
 	long := strings.Repeat("x", 40)
 	var got []string
-	splitLines(strings.NewReader("a\n\nb\n"+long+"\nc"), 16, func(s string) { got = append(got, s) })
+	ReadLines(strings.NewReader("a\n\nb\n"+long+"\nc"), 16, func(s string) { got = append(got, s) })
 	want := []string{"a", "", "b", strings.Repeat("x", 16) + "…(+24 bytes)", "c"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("lines = %q, want %q", got, want)
 	}
 }
 
-// TestSplitLinesStreams: each line is handed on when it arrives, not
+// TestReadLinesStreams: each line is handed on when it arrives, not
 // when the output ends.
-func TestSplitLinesStreams(t *testing.T) {
+func TestReadLinesStreams(t *testing.T) {
 	pr, pw := io.Pipe()
 	lines := make(chan string)
-	go splitLines(pr, 1024, func(s string) { lines <- s })
+	go ReadLines(pr, 1024, func(s string) { lines <- s })
 	go pw.Write([]byte("migrating\n"))
 	if got := <-lines; got != "migrating" {
 		t.Errorf("first line = %q", got)

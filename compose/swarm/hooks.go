@@ -1,7 +1,6 @@
 package swarm
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -310,7 +309,7 @@ func (h *Hooks) output(ctx context.Context, service, serviceID string) []string 
 	}()
 	defer pr.Close()
 	var tail []string
-	err = hookReadLines(pr, hookLineBytes, func(line string) {
+	err = compose.ReadLines(pr, hookLineBytes, func(line string) {
 		h.say(service, "| %s", line)
 		if len(tail) == hookTail {
 			tail = tail[1:]
@@ -321,32 +320,6 @@ func (h *Hooks) output(ctx context.Context, service, serviceID string) []string 
 		tail = append(tail, fmt.Sprintf("(its output was cut short: %v)", err))
 	}
 	return tail
-}
-
-// hookReadLines calls line for each line of r, without its newline; a line
-// longer than max bytes is cut there and the rest of it counted. It
-// returns the error that ended r (io.EOF at its end).
-func hookReadLines(r io.Reader, max int, line func(string)) error {
-	br := bufio.NewReaderSize(r, max)
-	for {
-		chunk, isPrefix, err := br.ReadLine()
-		if len(chunk) > 0 || (err == nil && !isPrefix) {
-			s := string(chunk)
-			skipped := 0
-			for isPrefix && err == nil {
-				var more []byte
-				more, isPrefix, err = br.ReadLine()
-				skipped += len(more)
-			}
-			if skipped > 0 {
-				s += fmt.Sprintf("…(+%d bytes)", skipped)
-			}
-			line(s)
-		}
-		if err != nil {
-			return err
-		}
-	}
 }
 
 // removeLeftover removes a hook service of this name that an earlier run
