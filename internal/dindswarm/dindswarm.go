@@ -252,7 +252,7 @@ func buildNodeImage(t testing.TB, host *client.Client) (string, error) {
 // BaseImage returns the Debian base image's tag (scripts/base-image.sh
 // --print-tag), running the script to build it when the host lacks it.
 func BaseImage(ctx context.Context, t testing.TB, host *client.Client) (string, error) {
-	root, err := moduleRoot()
+	root, err := testenv.ModuleRoot()
 	if err != nil {
 		return "", err
 	}

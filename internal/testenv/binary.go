@@ -57,7 +57,7 @@ func cachedBuild(t testing.TB, key, pkg string, extraEnv ...string) string {
 }
 
 func goBuild(t testing.TB, pkg string, extraEnv []string) (string, error) {
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
@@ -75,9 +75,9 @@ func goBuild(t testing.TB, pkg string, extraEnv []string) (string, error) {
 	return out, nil
 }
 
-// moduleRoot walks up from the working directory to the directory holding
-// go.mod.
-func moduleRoot() (string, error) {
+// ModuleRoot walks up from the working directory to the directory holding
+// go.mod (in a test: this module's root).
+func ModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("find module root: %w", err)

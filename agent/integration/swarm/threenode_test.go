@@ -210,7 +210,10 @@ func buildShop(t *testing.T, c *dindswarm.Cluster) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := moduleRoot(t)
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	here := filepath.Join(root, "examples", "django")
 	build := func(name, dir string, args ...string) string {
 		ref := c.Registry.Ref("shop/" + name)
@@ -270,14 +273,4 @@ func waitTick(ctx context.Context, timeout time.Duration, try func() error) erro
 		case <-tick.C:
 		}
 	}
-}
-
-// moduleRoot is the directory holding go.mod.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(out)) == "" {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	return filepath.Dir(strings.TrimSpace(string(out)))
 }
