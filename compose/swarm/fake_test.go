@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -14,13 +15,18 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
 )
 
 // fakeSwarm is an in-memory Swarm manager: services with versions and an
-// update status, tasks per node, networks. By default a create or update
-// converges at once (every task of the new spec running, the update
-// completed); a test scripts otherwise with onDeploy (what a create or
-// update leaves) and onTick (called at every TaskList, as time passes).
+// update status, tasks per node, networks, service logs. By default a
+// create or update converges at once (every task of the new spec running,
+// the update completed); a test scripts otherwise with onDeploy (what a
+// create or update leaves) and onTick (called at every TaskList, as time
+// passes), or puts services (put) and sets their tasks (setTasks) itself.
+// A hook service (labelled LabelHook) gets one task when created, which
+// stays pending for hookPending looks at its tasks (TaskList calls) and
+// then ends as hookEnd says (never, if nil).
 type fakeSwarm struct {
 	mu       sync.Mutex
 	services map[string]*swarm.Service // by ID
@@ -32,7 +38,18 @@ type fakeSwarm struct {
 	// "create NAME" / "update NAME".
 	auth map[string]string
 	// specs is every spec a service was created or updated with, in order.
-	specs  map[string][]swarm.ServiceSpec
+	specs map[string][]swarm.ServiceSpec
+	// created is every service create's spec and options, in order.
+	created []serviceCreate
+	// removeCtxErr is the error of the context of each service removal,
+	// at its call.
+	removeCtxErr []error
+	// looks counts the TaskList calls by service name.
+	looks       map[string]int
+	hookPending int
+	hookEnd     func(spec swarm.ServiceSpec) swarm.TaskStatus
+	// logs is what each service wrote, by name: stdout, stderr.
+	logs   map[string][2]string
 	nextID int
 	now    time.Time
 
@@ -40,6 +57,11 @@ type fakeSwarm struct {
 	onTick   func(f *fakeSwarm)
 	// netBusy is how many removals of a network fail as in use first.
 	netBusy map[string]int
+}
+
+type serviceCreate struct {
+	spec swarm.ServiceSpec
+	opts swarm.ServiceCreateOptions
 }
 
 func newFakeSwarm() *fakeSwarm {
@@ -55,11 +77,26 @@ func newFakeSwarm() *fakeSwarm {
 		specs:   map[string][]swarm.ServiceSpec{},
 		now:     time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		netBusy: map[string]int{},
+		looks:   map[string]int{},
+		logs:    map[string][2]string{},
 	}
 }
 
 func (f *fakeSwarm) record(format string, args ...any) {
 	f.calls = append(f.calls, fmt.Sprintf(format, args...))
+}
+
+// removed returns the names of the services removed so far, in order.
+func (f *fakeSwarm) removed() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, c := range f.calls {
+		if name, ok := strings.CutPrefix(c, "remove "); ok && !strings.HasPrefix(name, "network ") {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // takeCalls returns the calls so far and forgets them.
@@ -101,6 +138,32 @@ func (f *fakeSwarm) service(name string) *swarm.Service {
 	}
 	c := *s
 	return &c
+}
+
+// put adds a service as if someone had created it, without tasks, and
+// returns its ID.
+func (f *fakeSwarm) put(spec swarm.ServiceSpec) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := &swarm.Service{ID: f.id(), Spec: cloneSpec(spec)}
+	s.Version.Index = 1
+	f.services[s.ID] = s
+	return s.ID
+}
+
+// setTasks replaces the tasks of the service named service with tasks.
+func (f *fakeSwarm) setTasks(service string, tasks ...swarm.Task) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.byName(service)
+	if s == nil {
+		panic("setTasks: no service " + service)
+	}
+	f.tasks = slices.DeleteFunc(f.tasks, func(t swarm.Task) bool { return t.ServiceID == s.ID })
+	for _, t := range tasks {
+		t.ServiceID = s.ID
+		f.tasks = append(f.tasks, t)
+	}
 }
 
 func replicasOf(spec swarm.ServiceSpec) int {
@@ -157,6 +220,12 @@ func (f *fakeSwarm) converge(s *swarm.Service, create bool) {
 }
 
 func (f *fakeSwarm) deployed(s *swarm.Service, create bool) {
+	if create && s.Spec.Labels[LabelHook] != "" {
+		t := f.addTask(s, 1, swarm.TaskStatePending, "")
+		t.DesiredState = swarm.TaskStateComplete
+		t.Status.Message = "pending task scheduling"
+		return
+	}
 	if f.onDeploy != nil {
 		f.onDeploy(f, s, create)
 		return
@@ -183,6 +252,7 @@ func (f *fakeSwarm) ServiceCreate(_ context.Context, spec swarm.ServiceSpec, opt
 	f.record("create %s", spec.Name)
 	f.auth["create "+spec.Name] = opts.EncodedRegistryAuth
 	f.specs[spec.Name] = append(f.specs[spec.Name], cloneSpec(spec))
+	f.created = append(f.created, serviceCreate{cloneSpec(spec), opts})
 	s := &swarm.Service{ID: f.id(), Spec: cloneSpec(spec)}
 	s.Version.Index = 1
 	f.services[s.ID] = s
@@ -242,20 +312,32 @@ func hasLabel(labels map[string]string, want []string) bool {
 	return true
 }
 
+// ServiceList answers the filters label and name (a prefix of the name,
+// as the engine matches it).
 func (f *fakeSwarm) ServiceList(_ context.Context, opts swarm.ServiceListOptions) ([]swarm.Service, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []swarm.Service
 	for _, id := range slices.Sorted(maps.Keys(f.services)) {
 		s := f.services[id]
-		if hasLabel(s.Spec.Labels, opts.Filters.Get("label")) {
+		if hasLabel(s.Spec.Labels, opts.Filters.Get("label")) && hasNamePrefix(s.Spec.Name, opts.Filters.Get("name")) {
 			out = append(out, *s)
 		}
 	}
 	return out, nil
 }
 
-func (f *fakeSwarm) ServiceRemove(_ context.Context, id string) error {
+// hasNamePrefix reports whether name starts with every "name" filter.
+func hasNamePrefix(name string, want []string) bool {
+	for _, w := range want {
+		if !strings.HasPrefix(name, w) {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fakeSwarm) ServiceRemove(ctx context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.byName(id)
@@ -263,34 +345,85 @@ func (f *fakeSwarm) ServiceRemove(_ context.Context, id string) error {
 		return errdefs.NotFound(fmt.Errorf("service %s not found", id))
 	}
 	f.record("remove %s", s.Spec.Name)
+	f.removeCtxErr = append(f.removeCtxErr, ctx.Err())
 	delete(f.services, s.ID)
 	f.tasks = slices.DeleteFunc(f.tasks, func(t swarm.Task) bool { return t.ServiceID == s.ID })
 	return nil
 }
 
-func (f *fakeSwarm) ServiceLogs(context.Context, string, container.LogsOptions) (io.ReadCloser, error) {
-	return io.NopCloser(strings.NewReader("")), nil
-}
-
-func (f *fakeSwarm) TaskList(_ context.Context, opts swarm.TaskListOptions) ([]swarm.Task, error) {
+// ServiceLogs answers with what the service wrote (logs), multiplexed as
+// the engine does.
+func (f *fakeSwarm) ServiceLogs(_ context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	s := f.byName(id)
+	if s == nil {
+		return nil, errdefs.NotFound(fmt.Errorf("service %s not found", id))
+	}
+	var b bytes.Buffer
+	out := f.logs[s.Spec.Name]
+	if opts.ShowStdout && out[0] != "" {
+		stdcopy.NewStdWriter(&b, stdcopy.Stdout).Write([]byte(out[0]))
+	}
+	if opts.ShowStderr && out[1] != "" {
+		stdcopy.NewStdWriter(&b, stdcopy.Stderr).Write([]byte(out[1]))
+	}
+	return io.NopCloser(&b), nil
+}
+
+// TaskList answers the filters service (a name or an ID, not found when
+// there is no such service, as the engine does) and desired-state. Each
+// look at a hook service's pending task counts towards its end.
+func (f *fakeSwarm) TaskList(ctx context.Context, opts swarm.TaskListOptions) ([]swarm.Task, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if f.onTick != nil {
 		f.onTick(f)
 	}
-	want := opts.Filters.Get("service")
+	want := map[string]bool{} // by ID
+	for _, ref := range opts.Filters.Get("service") {
+		s := f.byName(ref)
+		if s == nil {
+			return nil, errdefs.NotFound(fmt.Errorf("service %s not found", ref))
+		}
+		want[s.ID] = true
+		f.looks[s.Spec.Name]++
+		f.endHook(s)
+	}
+	desired := opts.Filters.Get("desired-state")
 	var out []swarm.Task
 	for _, t := range f.tasks {
-		s := f.services[t.ServiceID]
-		if len(want) > 0 && (s == nil || !slices.Contains(want, s.ID) && !slices.Contains(want, s.Spec.Name)) {
+		if len(want) > 0 && !want[t.ServiceID] || len(desired) > 0 && !slices.Contains(desired, string(t.DesiredState)) {
 			continue
 		}
 		c := t
-		cs := *t.Spec.ContainerSpec
-		c.Spec.ContainerSpec = &cs
+		if t.Spec.ContainerSpec != nil {
+			cs := *t.Spec.ContainerSpec
+			c.Spec.ContainerSpec = &cs
+		}
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// endHook ends a hook service's pending task as hookEnd says, once it has
+// been looked at more than hookPending times.
+func (f *fakeSwarm) endHook(s *swarm.Service) {
+	if s.Spec.Labels[LabelHook] == "" || f.hookEnd == nil || f.looks[s.Spec.Name] <= f.hookPending {
+		return
+	}
+	var mine []int
+	for i, t := range f.tasks {
+		if t.ServiceID == s.ID {
+			mine = append(mine, i)
+		}
+	}
+	if len(mine) == 1 && f.tasks[mine[0]].Status.State == swarm.TaskStatePending {
+		f.tasks[mine[0]].Status = f.hookEnd(s.Spec)
+	}
 }
 
 func (f *fakeSwarm) NodeList(context.Context, swarm.NodeListOptions) ([]swarm.Node, error) {

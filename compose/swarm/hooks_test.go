@@ -65,7 +65,7 @@ func (p *hkProgress) text() string {
 	return strings.Join(p.lines, "\n")
 }
 
-func hkHooks(f *hkSwarm, pr *hkProgress) *Hooks {
+func hkHooks(f *fakeSwarm, pr *hkProgress) *Hooks {
 	return &Hooks{Engine: f, Project: "shop", Release: "7", Progress: pr.say, Poll: 5 * time.Millisecond,
 		Auth: func(_ context.Context, ref string) (string, error) { return "auth-for-" + ref, nil }}
 }
@@ -76,9 +76,9 @@ func hkComplete(swarm.ServiceSpec) swarm.TaskStatus {
 }
 
 func TestHookRunsAsAOneOffService(t *testing.T) {
-	f := newHKSwarm()
-	f.hkPending = 3
-	f.hkEnd = hkComplete
+	f := newFakeSwarm()
+	f.hookPending = 3
+	f.hookEnd = hkComplete
 	f.logs["shop_web_hook-1-7"] = [2]string{"Applying migrations... OK\n", ""}
 	pr := &hkProgress{}
 	spec := hkSpec()
@@ -136,8 +136,8 @@ func TestHookRunsAsAOneOffService(t *testing.T) {
 	if opts.EncodedRegistryAuth != "auth-for-registry.example/web:v2" {
 		t.Errorf("registry auth %q, want Auth's for the image ref", opts.EncodedRegistryAuth)
 	}
-	if !slices.Equal(f.removed, []string{"shop_web_hook-1-7"}) {
-		t.Errorf("removed %v, want the hook service", f.removed)
+	if !slices.Equal(f.removed(), []string{"shop_web_hook-1-7"}) {
+		t.Errorf("removed %v, want the hook service", f.removed())
 	}
 	if f.looks["shop_web_hook-1-7"] < 4 {
 		t.Errorf("looked at the task %d times: it ended at the 4th look", f.looks["shop_web_hook-1-7"])
@@ -156,8 +156,8 @@ func TestHookRunsAsAOneOffService(t *testing.T) {
 }
 
 func TestFailingHookErrorHasExitCodeAndLogTail(t *testing.T) {
-	f := newHKSwarm()
-	f.hkEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
+	f := newFakeSwarm()
+	f.hookEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
 		return swarm.TaskStatus{State: swarm.TaskStateFailed, Err: "task: non-zero exit (3)",
 			ContainerStatus: &swarm.ContainerStatus{ContainerID: "c1", ExitCode: 3}}
 	}
@@ -190,14 +190,14 @@ func TestFailingHookErrorHasExitCodeAndLogTail(t *testing.T) {
 	if len(f.created) != 1 {
 		t.Errorf("created %d services: the hook after a failed one must not run", len(f.created))
 	}
-	if !slices.Equal(f.removed, []string{"shop_web_hook-1-7"}) {
-		t.Errorf("removed %v, want the failed hook's service", f.removed)
+	if !slices.Equal(f.removed(), []string{"shop_web_hook-1-7"}) {
+		t.Errorf("removed %v, want the failed hook's service", f.removed())
 	}
 }
 
 func TestPostDeployHookFailureIsNoErrHook(t *testing.T) {
-	f := newHKSwarm()
-	f.hkEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
+	f := newFakeSwarm()
+	f.hookEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
 		return swarm.TaskStatus{State: swarm.TaskStateFailed, ContainerStatus: &swarm.ContainerStatus{ContainerID: "c1", ExitCode: 1}}
 	}
 	err := hkHooks(f, &hkProgress{}).Run(t.Context(), hkSpec(), PhasePostDeploy, []compose.Hook{{Command: []string{"notify"}, Timeout: time.Minute}})
@@ -210,21 +210,21 @@ func TestPostDeployHookFailureIsNoErrHook(t *testing.T) {
 }
 
 func TestHookRejectedTaskSaysWhy(t *testing.T) {
-	f := newHKSwarm()
-	f.hkEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
+	f := newFakeSwarm()
+	f.hookEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
 		return swarm.TaskStatus{State: swarm.TaskStateRejected, Err: "No such image: registry.example/web@sha256:abc"}
 	}
 	err := hkHooks(f, &hkProgress{}).Run(t.Context(), hkSpec(), PhasePreDeploy, []compose.Hook{{Command: []string{"true"}, Timeout: time.Minute}})
 	if err == nil || !errors.Is(err, compose.ErrHook) || !strings.Contains(err.Error(), "rejected (No such image") {
 		t.Errorf("error %v: want the task's rejection, wrapping ErrHook", err)
 	}
-	if len(f.removed) != 1 {
-		t.Errorf("removed %v, want the hook service", f.removed)
+	if len(f.removed()) != 1 {
+		t.Errorf("removed %v, want the hook service", f.removed())
 	}
 }
 
 func TestHookTimeoutRemovesTheService(t *testing.T) {
-	f := newHKSwarm() // the task stays pending
+	f := newFakeSwarm() // the task stays pending
 	f.logs["shop_web_hook-1-7"] = [2]string{"waiting for the database\n", ""}
 	start := time.Now()
 	err := hkHooks(f, &hkProgress{}).Run(t.Context(), hkSpec(), PhasePreDeploy, []compose.Hook{{Command: []string{"manage.py", "migrate"}, Timeout: 200 * time.Millisecond}})
@@ -243,8 +243,8 @@ func TestHookTimeoutRemovesTheService(t *testing.T) {
 	if took > 10*time.Second {
 		t.Errorf("Run took %s for a 200ms timeout", took)
 	}
-	if !slices.Equal(f.removed, []string{"shop_web_hook-1-7"}) {
-		t.Fatalf("removed %v, want the hook service", f.removed)
+	if !slices.Equal(f.removed(), []string{"shop_web_hook-1-7"}) {
+		t.Fatalf("removed %v, want the hook service", f.removed())
 	}
 	if f.removeCtxErr[0] != nil {
 		t.Errorf("the removal was asked with a context already done (%v): it cannot have happened", f.removeCtxErr[0])
@@ -252,20 +252,20 @@ func TestHookTimeoutRemovesTheService(t *testing.T) {
 }
 
 func TestHookCancelledByTheCallerStillRemovesTheService(t *testing.T) {
-	f := newHKSwarm()
+	f := newFakeSwarm()
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	err := hkHooks(f, &hkProgress{}).Run(ctx, hkSpec(), PhasePreDeploy, []compose.Hook{{Command: []string{"sleep"}, Timeout: time.Minute}})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("error %v, want the caller's cancellation", err)
 	}
-	if len(f.removed) != 1 || f.removeCtxErr[0] != nil {
-		t.Errorf("removed %v with context errors %v: want the hook service removed with a live context", f.removed, f.removeCtxErr)
+	if len(f.removed()) != 1 || f.removeCtxErr[0] != nil {
+		t.Errorf("removed %v with context errors %v: want the hook service removed with a live context", f.removed(), f.removeCtxErr)
 	}
 }
 
 func TestHookAuthFailureCreatesNothing(t *testing.T) {
-	f := newHKSwarm()
+	f := newFakeSwarm()
 	h := hkHooks(f, &hkProgress{})
 	h.Auth = func(context.Context, string) (string, error) { return "", errors.New("no credentials helper") }
 	err := h.Run(t.Context(), hkSpec(), PhasePreDeploy, []compose.Hook{{Command: []string{"true"}, Timeout: time.Minute}})
@@ -275,7 +275,7 @@ func TestHookAuthFailureCreatesNothing(t *testing.T) {
 }
 
 func TestHookWithoutSwarmSpecIsAnError(t *testing.T) {
-	f := newHKSwarm()
+	f := newFakeSwarm()
 	spec := hkSpec()
 	spec.Swarm = nil
 	err := hkHooks(f, &hkProgress{}).Run(t.Context(), spec, PhasePreDeploy, []compose.Hook{{Command: []string{"true"}, Timeout: time.Minute}})
@@ -285,8 +285,8 @@ func TestHookWithoutSwarmSpecIsAnError(t *testing.T) {
 }
 
 func TestHookRemovesALeftoverOfTheSameName(t *testing.T) {
-	f := newHKSwarm()
-	f.hkEnd = hkComplete
+	f := newFakeSwarm()
+	f.hookEnd = hkComplete
 	f.put(swarm.ServiceSpec{Annotations: swarm.Annotations{Name: "shop_web_hook-1-7",
 		Labels: map[string]string{LabelNamespace: "shop", LabelHook: "pre-deploy/1", LabelHookOf: "web"}}})
 	// Another project's service of a longer name, which the engine's name
@@ -297,16 +297,16 @@ func TestHookRemovesALeftoverOfTheSameName(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if !slices.Equal(f.removed, []string{"shop_web_hook-1-7", "shop_web_hook-1-7"}) {
-		t.Errorf("removed %v: want the leftover, then the hook's own service", f.removed)
+	if !slices.Equal(f.removed(), []string{"shop_web_hook-1-7", "shop_web_hook-1-7"}) {
+		t.Errorf("removed %v: want the leftover, then the hook's own service", f.removed())
 	}
-	if f.byName("shop_web_hook-1-70") == nil {
+	if f.service("shop_web_hook-1-70") == nil {
 		t.Error("a service whose name only starts with the hook's was removed")
 	}
 }
 
 func TestRemoveLeftovers(t *testing.T) {
-	f := newHKSwarm()
+	f := newFakeSwarm()
 	hookLabels := func(project string) map[string]string {
 		return map[string]string{LabelNamespace: project, LabelHook: "pre-deploy/1", LabelHookOf: "web"}
 	}
@@ -318,9 +318,10 @@ func TestRemoveLeftovers(t *testing.T) {
 	if err := hkHooks(f, pr).RemoveLeftovers(t.Context()); err != nil {
 		t.Fatalf("RemoveLeftovers: %v", err)
 	}
-	slices.Sort(f.removed)
-	if !slices.Equal(f.removed, []string{"shop_web_hook-1-3", "shop_worker_hook-2-3"}) {
-		t.Errorf("removed %v, want the project's two hook services only", f.removed)
+	removed := f.removed()
+	slices.Sort(removed)
+	if !slices.Equal(removed, []string{"shop_web_hook-1-3", "shop_worker_hook-2-3"}) {
+		t.Errorf("removed %v, want the project's two hook services only", removed)
 	}
 	if !strings.Contains(pr.text(), "removed hook service shop_web_hook-1-3") {
 		t.Errorf("progress does not say what was removed:\n%s", pr.text())
@@ -346,8 +347,8 @@ func TestHookServiceName(t *testing.T) {
 }
 
 func TestHookLongLineIsCut(t *testing.T) {
-	f := newHKSwarm()
-	f.hkEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
+	f := newFakeSwarm()
+	f.hookEnd = func(swarm.ServiceSpec) swarm.TaskStatus {
 		return swarm.TaskStatus{State: swarm.TaskStateFailed, ContainerStatus: &swarm.ContainerStatus{ContainerID: "c1", ExitCode: 2}}
 	}
 	f.logs["shop_web_hook-1-7"] = [2]string{strings.Repeat("x", 5000) + "\nlast\n", ""}

@@ -69,7 +69,7 @@ func (l *pxLocal) ContainerExecCreate(ctx context.Context, id string, o containe
 }
 
 type pxWorld struct {
-	sw    *hkSwarm
+	sw    *fakeSwarm
 	local *pxLocal
 	pr    *hkProgress
 	p     *Proxies
@@ -77,7 +77,7 @@ type pxWorld struct {
 
 func newPXWorld(t *testing.T) *pxWorld {
 	t.Helper()
-	w := &pxWorld{sw: newHKSwarm(), local: &pxLocal{Engine: fakeengine.New()}, pr: &hkProgress{}}
+	w := &pxWorld{sw: newFakeSwarm(), local: &pxLocal{Engine: fakeengine.New()}, pr: &hkProgress{}}
 	w.sw.put(swarm.ServiceSpec{Annotations: swarm.Annotations{Name: "shop_web"}})
 	w.sw.put(swarm.ServiceSpec{Annotations: swarm.Annotations{Name: "shop_nginx"}})
 	w.sw.setTasks("shop_nginx", pxTask("tnginx", 1, swarm.TaskStateRunning, swarm.TaskStateRunning, "10.0.1.2"))
