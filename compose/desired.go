@@ -476,15 +476,27 @@ func resources(s types.ServiceConfig) container.Resources {
 	if s.Deploy != nil && s.Deploy.Resources.Reservations != nil && s.Deploy.Resources.Reservations.MemoryBytes != 0 {
 		r.MemoryReservation = int64(s.Deploy.Resources.Reservations.MemoryBytes)
 	}
-	for _, name := range sortedKeys(s.Ulimits) {
-		u := s.Ulimits[name]
-		soft, hard := int64(u.Soft), int64(u.Hard)
-		if u.Single != 0 {
-			soft, hard = int64(u.Single), int64(u.Single)
-		}
-		r.Ulimits = append(r.Ulimits, &units.Ulimit{Name: name, Soft: soft, Hard: hard})
-	}
+	r.Ulimits = Ulimits(s.Ulimits)
 	return r
+}
+
+// Ulimits is a service's ulimits as the engine takes them, sorted by name:
+// a single value is both the soft and the hard limit; an empty entry is
+// left out.
+func Ulimits(u map[string]*types.UlimitsConfig) []*container.Ulimit {
+	var out []*container.Ulimit
+	for _, name := range sortedKeys(u) {
+		l := u[name]
+		if l == nil {
+			continue
+		}
+		soft, hard := int64(l.Soft), int64(l.Hard)
+		if l.Single != 0 {
+			soft, hard = int64(l.Single), int64(l.Single)
+		}
+		out = append(out, &units.Ulimit{Name: name, Soft: soft, Hard: hard})
+	}
+	return out
 }
 
 // endpoints lists the networks of a service, sorted by priority then name

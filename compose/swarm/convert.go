@@ -18,7 +18,6 @@ import (
 	"github.com/berth-deploy/berth/compose"
 
 	"github.com/compose-spec/compose-go/v2/types"
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/go-units"
@@ -143,7 +142,7 @@ func serviceSpec(p *types.Project, s types.ServiceConfig, ds *compose.ServiceSpe
 		Sysctls:         nonEmptyMap(map[string]string(s.Sysctls)),
 		CapabilityAdd:   nonEmpty(s.CapAdd),
 		CapabilityDrop:  nonEmpty(s.CapDrop),
-		Ulimits:         ulimits(s.Ulimits),
+		Ulimits:         compose.Ulimits(s.Ulimits),
 	}
 	if len(s.DNS) > 0 || len(s.DNSSearch) > 0 || len(s.DNSOpts) > 0 {
 		c.DNSConfig = &swarm.DNSConfig{Nameservers: nonEmpty([]string(s.DNS)), Search: nonEmpty([]string(s.DNSSearch)), Options: nonEmpty(s.DNSOpts)}
@@ -345,22 +344,6 @@ func hosts(h types.HostsList) []string {
 		}
 	}
 	sort.Strings(out)
-	return out
-}
-
-func ulimits(u map[string]*types.UlimitsConfig) []*container.Ulimit {
-	var out []*container.Ulimit
-	for _, name := range slices.Sorted(maps.Keys(u)) {
-		l := u[name]
-		if l == nil {
-			continue
-		}
-		soft, hard := int64(l.Soft), int64(l.Hard)
-		if l.Single != 0 {
-			soft, hard = int64(l.Single), int64(l.Single)
-		}
-		out = append(out, &units.Ulimit{Name: name, Soft: soft, Hard: hard})
-	}
 	return out
 }
 
