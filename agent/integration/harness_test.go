@@ -3,9 +3,7 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,22 +122,8 @@ func (h *harness) launch() {
 // waitReady waits until agentd's socket accepts connections.
 func (h *harness) waitReady() {
 	h.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if c, err := net.Dial("unix", h.socket); err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case err := <-h.waited:
-			h.t.Fatalf("agentd exited before it was ready: %v\n%s", err, h.agentLog)
-		case <-tick.C:
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("agentd not ready after 15s:\n%s", h.agentLog)
-		}
+	if err := testenv.WaitSocket(h.socket, 15*time.Second, h.waited); err != nil {
+		h.t.Fatalf("agentd %v\n%s", err, h.agentLog)
 	}
 }
 
@@ -178,19 +162,7 @@ func (h *harness) kill() {
 // output and exit code.
 func (h *harness) ctl(args ...string) (string, int) {
 	h.t.Helper()
-	bin := testenv.Binary(h.t, "./cmd/agentctl")
-	cmd := exec.Command(bin, append([]string{"--socket", h.socket}, args...)...)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return string(out), 0
-	case errors.As(err, &ee):
-		return string(out), ee.ExitCode()
-	default:
-		h.t.Fatalf("agentctl %v: %v", args, err)
-		return "", -1
-	}
+	return testenv.RunCtl(h.t, h.socket, args...)
 }
 
 // deploy runs agentctl deploy and checks its exit code.

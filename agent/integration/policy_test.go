@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -54,16 +53,7 @@ func (h *harness) forced(stdin, line string) (string, int) {
 	cmd := exec.Command(testenv.Binary(h.t, "./cmd/agentctl"), "--socket", h.socket, "ssh-command", "--identity", "ci-policy")
 	cmd.Env = append(os.Environ(), "SSH_ORIGINAL_COMMAND="+line)
 	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return string(out), 0
-	case errors.As(err, &ee):
-		return string(out), ee.ExitCode()
-	}
-	h.t.Fatalf("agentctl ssh-command %s: %v", line, err)
-	return "", -1
+	return testenv.Run(h.t, cmd)
 }
 
 // TestRequestPolicy holds a request's variables to the project's

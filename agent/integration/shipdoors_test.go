@@ -3,7 +3,6 @@ package integration
 import (
 	"archive/tar"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,16 +38,7 @@ func (h *harness) sshCommand(identity string, stdin []byte, line string) (string
 	cmd := exec.Command(testenv.Binary(h.t, "./cmd/agentctl"), "--socket", h.socket, "ssh-command", "--identity", identity)
 	cmd.Env = append(os.Environ(), "SSH_ORIGINAL_COMMAND="+strings.ReplaceAll(line, "$PROJECT", h.project))
 	cmd.Stdin = bytes.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return string(out), 0
-	case errors.As(err, &ee):
-		return string(out), ee.ExitCode()
-	}
-	h.t.Fatalf("agentctl ssh-command %s: %v", line, err)
-	return "", -1
+	return testenv.Run(h.t, cmd)
 }
 
 // The repository's compose file, commit by commit: the second changes web

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,23 +84,11 @@ func (h *harness) start() {
 	go func(c *exec.Cmd) { h.waited <- c.Wait() }(h.agentd)
 	h.t.Cleanup(h.stop)
 
-	deadline := time.Now().Add(30 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if c, err := net.Dial("unix", h.socket); err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case err := <-h.waited:
+	if err := testenv.WaitSocket(h.socket, 30*time.Second, h.waited); err != nil {
+		if errors.Is(err, testenv.ErrExitedEarly) {
 			h.agentd = nil
-			h.t.Fatalf("agentd exited before it was ready: %v\n%s", err, h.agentLog)
-		case <-tick.C:
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("agentd not ready after 30s:\n%s", h.agentLog)
-		}
+		h.t.Fatalf("agentd %v\n%s", err, h.agentLog)
 	}
 }
 
@@ -124,18 +111,7 @@ func (h *harness) stop() {
 // ctl runs agentctl and returns its combined output and exit code.
 func (h *harness) ctl(args ...string) (string, int) {
 	h.t.Helper()
-	bin := testenv.Binary(h.t, "./cmd/agentctl")
-	out, err := exec.Command(bin, append([]string{"--socket", h.socket}, args...)...).CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return string(out), 0
-	case errors.As(err, &ee):
-		return string(out), ee.ExitCode()
-	default:
-		h.t.Fatalf("agentctl %v: %v", args, err)
-		return "", -1
-	}
+	return testenv.RunCtl(h.t, h.socket, args...)
 }
 
 // deploy runs agentctl deploy, checks its exit code and returns its output
