@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +30,7 @@ type harness struct {
 	socket   string
 	agentd   *exec.Cmd
 	agentLog *bytes.Buffer
-	waited   chan error
+	waited   <-chan error
 }
 
 // options adjust a harness.
@@ -107,15 +106,8 @@ func (h *harness) start() {
 func (h *harness) launch() {
 	h.t.Helper()
 	bin := testenv.Binary(h.t, "./cmd/agentd")
-	h.agentLog = &bytes.Buffer{}
 	h.agentd = exec.Command(bin, "--config", h.config)
-	h.agentd.Stdout = h.agentLog
-	h.agentd.Stderr = h.agentLog
-	if err := h.agentd.Start(); err != nil {
-		h.t.Fatal(err)
-	}
-	h.waited = make(chan error, 1)
-	go func(c *exec.Cmd) { h.waited <- c.Wait() }(h.agentd)
+	h.agentLog, h.waited = testenv.Start(h.t, h.agentd)
 	h.t.Cleanup(h.stop)
 }
 
@@ -132,13 +124,8 @@ func (h *harness) stop() {
 	if h.agentd == nil {
 		return
 	}
-	h.agentd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-h.waited:
-	case <-time.After(30 * time.Second):
-		h.agentd.Process.Kill()
-		<-h.waited
-		h.t.Errorf("agentd did not stop within 30s of SIGTERM")
+	if err := testenv.Terminate(h.agentd.Process, h.waited, 30*time.Second); err != nil {
+		h.t.Errorf("agentd %v", err)
 	}
 	h.agentd = nil
 }

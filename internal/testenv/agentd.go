@@ -1,15 +1,48 @@
 package testenv
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
+
+// Start starts cmd with its stdout and stderr in the returned buffer, and
+// returns with it the channel that gets cmd's Wait result when it exits.
+// A command that does not start fails the test.
+func Start(t testing.TB, cmd *exec.Cmd) (*bytes.Buffer, <-chan error) {
+	t.Helper()
+	out := &bytes.Buffer{}
+	cmd.Stdout = out
+	cmd.Stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	return out, waited
+}
+
+// Terminate sends p SIGTERM and waits for waited (its Wait result); if p
+// has not exited within, it kills p, waits for it and says so.
+func Terminate(p *os.Process, waited <-chan error, within time.Duration) error {
+	p.Signal(syscall.SIGTERM)
+	select {
+	case <-waited:
+		return nil
+	case <-time.After(within):
+		p.Kill()
+		<-waited
+		return fmt.Errorf("did not stop within %s of SIGTERM", within)
+	}
+}
 
 // ErrExitedEarly is WaitSocket's error when the process exited before its
 // socket accepted a connection.

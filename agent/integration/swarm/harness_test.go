@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,7 +37,7 @@ type harness struct {
 	socket   string
 	agentd   *exec.Cmd
 	agentLog *bytes.Buffer
-	waited   chan error
+	waited   <-chan error
 }
 
 // newHarness writes compose (with every key of vars replaced by its value)
@@ -72,16 +71,9 @@ func (h *harness) writeCompose(compose string, vars map[string]string) {
 func (h *harness) start() {
 	h.t.Helper()
 	bin := testenv.Binary(h.t, "./cmd/agentd")
-	h.agentLog = &bytes.Buffer{}
 	h.agentd = exec.Command(bin, "--config", h.config)
 	h.agentd.Env = append(os.Environ(), h.env...)
-	h.agentd.Stdout = h.agentLog
-	h.agentd.Stderr = h.agentLog
-	if err := h.agentd.Start(); err != nil {
-		h.t.Fatal(err)
-	}
-	h.waited = make(chan error, 1)
-	go func(c *exec.Cmd) { h.waited <- c.Wait() }(h.agentd)
+	h.agentLog, h.waited = testenv.Start(h.t, h.agentd)
 	h.t.Cleanup(h.stop)
 
 	if err := testenv.WaitSocket(h.socket, 30*time.Second, h.waited); err != nil {
@@ -97,13 +89,8 @@ func (h *harness) stop() {
 	if h.agentd == nil {
 		return
 	}
-	h.agentd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-h.waited:
-	case <-time.After(60 * time.Second):
-		h.agentd.Process.Kill()
-		<-h.waited
-		h.t.Errorf("agentd did not stop within 60s of SIGTERM")
+	if err := testenv.Terminate(h.agentd.Process, h.waited, 60*time.Second); err != nil {
+		h.t.Errorf("agentd %v", err)
 	}
 	h.agentd = nil
 }
