@@ -126,72 +126,31 @@ func (e *Executor) Mode() Mode {
 // are cancelled.
 func (e *Executor) Run(ctx context.Context, p *Plan, g *Graph) error {
 	defer e.sayReloads()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(map[int]chan struct{}, len(g.Steps))
-	for _, s := range g.Steps {
-		done[s.ID] = make(chan struct{})
+	return GraphRun{
+		Step:   func(ctx context.Context, s *Step) error { return e.step(ctx, p, s) },
+		Failed: func(ctx context.Context, s *Step, err error) (error, bool) { return e.failed(ctx, p, s, err) },
+		Record: e.record,
+		Say:    e.say,
+		Now:    e.now,
+	}.Run(ctx, g)
+}
+
+// failed is the error a run ends with when step s failed with err; goOn
+// true: the run goes on without s's service (failure_action: continue).
+func (e *Executor) failed(ctx context.Context, p *Plan, s *Step, err error) (end error, goOn bool) {
+	spec := p.spec(s.Service)
+	switch {
+	case s.Service == "":
+		return err, false
+	case s.Kind == StepHook:
+		return fmt.Errorf("service %s: %w: %w", s.Service, ErrHook, err), false
+	case spec != nil && spec.Policy.FailureAction == FailContinue && ctx.Err() == nil:
+		return nil, true
+	case spec != nil && spec.Policy.FailureAction == FailPause && !e.Rollback:
+		return fmt.Errorf("service %s: %w: %w", s.Service, ErrPaused, err), false
+	default:
+		return fmt.Errorf("service %s: %w", s.Service, err), false
 	}
-	var (
-		mu       sync.Mutex
-		firstErr error
-		gaveUp   = map[string]bool{} // services failed under failure_action: continue
-		wg       sync.WaitGroup
-	)
-	for _, s := range g.Steps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(done[s.ID])
-			for _, a := range s.After {
-				select {
-				case <-done[a]:
-				case <-ctx.Done():
-					e.record(s, time.Time{}, StepSkipped, nil)
-					return
-				}
-			}
-			mu.Lock()
-			skip := ctx.Err() != nil || gaveUp[s.Service]
-			mu.Unlock()
-			if skip {
-				e.record(s, time.Time{}, StepSkipped, nil)
-				return
-			}
-			began := e.now()
-			err := e.step(ctx, p, s)
-			if err == nil {
-				e.record(s, began, StepDone, nil)
-				return
-			}
-			e.record(s, began, StepFailed, err)
-			mu.Lock()
-			defer mu.Unlock()
-			if firstErr != nil {
-				return // cancelled by the failure already reported
-			}
-			spec := p.spec(s.Service)
-			switch {
-			case s.Service == "":
-				firstErr = err
-			case s.Kind == StepHook:
-				firstErr = fmt.Errorf("service %s: %w: %w", s.Service, ErrHook, err)
-			case spec != nil && spec.Policy.FailureAction == FailContinue && ctx.Err() == nil:
-				if !gaveUp[s.Service] {
-					gaveUp[s.Service] = true
-					e.say(s.Service, "failed, going on (failure_action: continue): %v", err)
-				}
-				return
-			case spec != nil && spec.Policy.FailureAction == FailPause && !e.Rollback:
-				firstErr = fmt.Errorf("service %s: %w: %w", s.Service, ErrPaused, err)
-			default:
-				firstErr = fmt.Errorf("service %s: %w", s.Service, err)
-			}
-			cancel()
-		}()
-	}
-	wg.Wait()
-	return firstErr
 }
 
 // step carries out one step.

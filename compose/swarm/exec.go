@@ -32,19 +32,7 @@ const DefaultPoll = 250 * time.Millisecond
 // failure ends the run: steps not begun are skipped, those under way
 // cancelled. onStep, when set, is told of every step that ends.
 func (l *Life) run(ctx context.Context, p *Plan, g *compose.Graph, onStep func(compose.StepResult)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(map[int]chan struct{}, len(g.Steps))
-	for _, s := range g.Steps {
-		done[s.ID] = make(chan struct{})
-	}
-	var (
-		mu       sync.Mutex
-		firstErr error
-		gaveUp   = map[string]bool{}
-		wg       sync.WaitGroup
-		recMu    sync.Mutex
-	)
+	var recMu sync.Mutex
 	record := func(s *compose.Step, began time.Time, state compose.StepState, err error) {
 		if onStep == nil {
 			return
@@ -61,72 +49,42 @@ func (l *Life) run(ctx context.Context, p *Plan, g *compose.Graph, onStep func(c
 		onStep(r)
 	}
 	r := &runner{l: l, p: p, started: map[string]time.Time{}}
-	for _, s := range g.Steps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(done[s.ID])
-			for _, a := range s.After {
-				select {
-				case <-done[a]:
-				case <-ctx.Done():
-					record(s, time.Time{}, compose.StepSkipped, nil)
-					return
-				}
-			}
-			mu.Lock()
-			skip := ctx.Err() != nil || gaveUp[s.Service]
-			mu.Unlock()
-			if skip {
-				record(s, time.Time{}, compose.StepSkipped, nil)
-				return
-			}
-			began := time.Now()
-			err := r.step(ctx, s)
-			if err == nil {
-				record(s, began, compose.StepDone, nil)
-				return
-			}
-			record(s, began, compose.StepFailed, err)
-			mu.Lock()
-			defer mu.Unlock()
-			if firstErr != nil {
-				return
-			}
-			var spec *compose.ServiceSpec
-			if sp := p.service(s.Service); sp != nil {
-				spec = sp.Spec
-			}
-			switch {
-			case s.Service == "":
-				firstErr = err
-			case s.Kind == compose.StepHook:
-				// The hook runner's error may say both already (Hooks.Run's
-				// does).
-				switch prefix := "service " + s.Service + ": "; {
-				case errors.Is(err, compose.ErrHook) && strings.HasPrefix(err.Error(), prefix):
-					firstErr = err
-				case errors.Is(err, compose.ErrHook):
-					firstErr = fmt.Errorf("service %s: %w", s.Service, err)
-				default:
-					firstErr = fmt.Errorf("service %s: %w: %w", s.Service, compose.ErrHook, err)
-				}
-			case spec != nil && spec.Policy.FailureAction == compose.FailContinue && ctx.Err() == nil:
-				if !gaveUp[s.Service] {
-					gaveUp[s.Service] = true
-					l.say(s.Service, "failed, going on (failure_action: continue): %v", err)
-				}
-				return
-			case spec != nil && spec.Policy.FailureAction == compose.FailPause && !p.Rollback:
-				firstErr = fmt.Errorf("service %s: %w: %w", s.Service, compose.ErrPaused, err)
-			default:
-				firstErr = fmt.Errorf("service %s: %w", s.Service, err)
-			}
-			cancel()
-		}()
+	return compose.GraphRun{
+		Step:   r.step,
+		Failed: func(ctx context.Context, s *compose.Step, err error) (error, bool) { return l.failed(ctx, p, s, err) },
+		Record: record,
+		Say:    l.say,
+	}.Run(ctx, g)
+}
+
+// failed is the error a run ends with when step s failed with err; goOn
+// true: the run goes on without s's service (failure_action: continue).
+func (l *Life) failed(ctx context.Context, p *Plan, s *compose.Step, err error) (end error, goOn bool) {
+	var spec *compose.ServiceSpec
+	if sp := p.service(s.Service); sp != nil {
+		spec = sp.Spec
 	}
-	wg.Wait()
-	return firstErr
+	switch {
+	case s.Service == "":
+		return err, false
+	case s.Kind == compose.StepHook:
+		// The hook runner's error may say both already (Hooks.Run's
+		// does).
+		switch prefix := "service " + s.Service + ": "; {
+		case errors.Is(err, compose.ErrHook) && strings.HasPrefix(err.Error(), prefix):
+			return err, false
+		case errors.Is(err, compose.ErrHook):
+			return fmt.Errorf("service %s: %w", s.Service, err), false
+		default:
+			return fmt.Errorf("service %s: %w: %w", s.Service, compose.ErrHook, err), false
+		}
+	case spec != nil && spec.Policy.FailureAction == compose.FailContinue && ctx.Err() == nil:
+		return nil, true
+	case spec != nil && spec.Policy.FailureAction == compose.FailPause && !p.Rollback:
+		return fmt.Errorf("service %s: %w: %w", s.Service, compose.ErrPaused, err), false
+	default:
+		return fmt.Errorf("service %s: %w", s.Service, err), false
+	}
 }
 
 // runner is the state of one run.
