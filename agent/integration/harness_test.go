@@ -179,26 +179,16 @@ func (h *harness) deployEvents(want int, args ...string) []api.Event {
 
 func (h *harness) history() []api.Release {
 	h.t.Helper()
-	out, code := h.ctl("history", h.project, "--json")
-	if code != 0 {
-		h.t.Fatalf("history: exit %d\n%s", code, out)
-	}
 	var rs []api.Release
-	if err := json.Unmarshal([]byte(out), &rs); err != nil {
-		h.t.Fatalf("history: %v\n%s", err, out)
-	}
+	testenv.RunCtlJSON(h.t, h.socket, &rs, "history", h.project, "--json")
 	return rs
 }
 
 func (h *harness) status() api.ProjectStatus {
 	h.t.Helper()
-	out, code := h.ctl("status", h.project, "--json")
-	if code != 0 {
-		h.t.Fatalf("status: exit %d\n%s", code, out)
-	}
 	var st []api.ProjectStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 {
-		h.t.Fatalf("status: %v\n%s", err, out)
+	if out := testenv.RunCtlJSON(h.t, h.socket, &st, "status", h.project, "--json"); len(st) != 1 {
+		h.t.Fatalf("status: %d projects, want 1\n%s", len(st), out)
 	}
 	return st[0]
 }

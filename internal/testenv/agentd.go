@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -94,4 +95,19 @@ func Run(t testing.TB, cmd *exec.Cmd) (string, int) {
 func RunCtl(t testing.TB, socket string, args ...string) (string, int) {
 	t.Helper()
 	return Run(t, exec.Command(Binary(t, "./cmd/agentctl"), append([]string{"--socket", socket}, args...)...))
+}
+
+// RunCtlJSON runs agentctl as RunCtl does and decodes its output into v;
+// a non-zero exit or output that is not v's JSON fails the test. It
+// returns the output.
+func RunCtlJSON(t testing.TB, socket string, v any, args ...string) string {
+	t.Helper()
+	out, code := RunCtl(t, socket, args...)
+	if code != 0 {
+		t.Fatalf("agentctl %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("agentctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
 }
