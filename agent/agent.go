@@ -130,8 +130,16 @@ func New(cfg *config.Config, engine Engine, store Store, log *slog.Logger) (*Ser
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, engine: engine, store: store, log: log, now: time.Now, ids: ids,
-		checker: &healthcheck.Checker{Engine: engine}}, nil
+	s := &Service{cfg: cfg, engine: engine, store: store, log: log, now: time.Now, ids: ids,
+		checker: &healthcheck.Checker{Engine: engine}}
+	for _, name := range cfg.ProjectNames() {
+		if cfg.Projects[name].Backend == config.BackendSwarm {
+			if _, err := s.swarmEngine(); err != nil {
+				return nil, fmt.Errorf("project %s has backend: swarm: %w", name, err)
+			}
+		}
+	}
+	return s, nil
 }
 
 // Identities returns the identities that may reach the service from
@@ -536,20 +544,27 @@ func (r *releaseRun) onSwarm() bool { return r.pc.Backend == config.BackendSwarm
 
 // life is the life of this release on the project's backend: its
 // rollout, its rollback or undo, its cleanup and post-deploy hooks.
+// What it creates is labelled with this release's number.
 func (r *releaseRun) life() life.Backend {
+	return r.lifeAs(r.release.Number)
+}
+
+// lifeAs is life with what it creates labelled as release n's: a
+// rollback to release n creates or updates to n's spec.
+func (r *releaseRun) lifeAs(n int) life.Backend {
 	if r.onSwarm() {
-		return r.swarmLife()
+		return r.swarmLife(fmt.Sprint(n))
 	}
-	return r.engineLife()
+	return r.engineLife(fmt.Sprint(n))
 }
 
 // engineLife is the life of a release on this host's engine (compose/life).
-func (r *releaseRun) engineLife() *life.Life {
+func (r *releaseRun) engineLife(release string) *life.Life {
 	return &life.Life{
 		Engine:           r.svc.engine,
 		Health:           r.svc.checker,
 		Project:          r.project,
-		Release:          fmt.Sprint(r.release.Number),
+		Release:          release,
 		BootCPUShares:    r.svc.cfg.Rollout.BootCPUShares,
 		DefaultCPUShares: r.svc.defaultShares,
 		Progress:         func(svc, msg string) { r.progress(svc, "%s", msg) },
@@ -627,12 +642,9 @@ func (r *releaseRun) restore(ctx context.Context, prev api.Release) error {
 		return err
 	}
 	r.progress("", "rolling back to release %d", prev.Number)
-	lf := r.life()
-	if sl, ok := lf.(*swarm.Life); ok {
-		// A service put back runs release prev's spec: its label says so.
-		sl.Release = fmt.Sprint(prev.Number)
-	}
-	return lf.RollBack(ctx, desired, r.release.Interrupted)
+	// What the rollback creates or updates runs release prev's spec: its
+	// label says so.
+	return r.lifeAs(prev.Number).RollBack(ctx, desired, r.release.Interrupted)
 }
 
 // commit makes the release live, then removes what it retired and runs

@@ -14,7 +14,7 @@ import (
 )
 
 // errNoSwarm is a swarm project on a Docker connection without the Swarm
-// API (a test's fake engine).
+// API (a test's fake engine): New refuses it.
 var errNoSwarm = errors.New("the Docker connection has no Swarm API")
 
 // swarmEngine is the engine as a Swarm manager's API, and as the local
@@ -93,16 +93,13 @@ func (s *Service) running(project string, r *releaseRun) func() {
 }
 
 // swarmLife is the life of this release on the project's Swarm (package
-// compose/swarm).
-func (r *releaseRun) swarmLife() life.Backend {
-	se, err := r.svc.swarmEngine()
-	if err != nil {
-		return brokenBackend{fmt.Errorf("project %s has backend: swarm: %w", r.project, err)}
-	}
+// compose/swarm), labelling what it creates or updates as release's. New
+// refuses a swarm project without the Swarm API.
+func (r *releaseRun) swarmLife(release string) life.Backend {
+	se, _ := r.svc.swarmEngine()
 	progress := func(svc, msg string) { r.progress(svc, "%s", msg) }
 	reg := r.registry()
 	auth := func(_ context.Context, ref string) (string, error) { return reg.Auth(ref) }
-	release := fmt.Sprint(r.release.Number)
 	return &swarm.Life{
 		Engine:   se,
 		Project:  r.project,
@@ -115,17 +112,6 @@ func (r *releaseRun) swarmLife() life.Backend {
 		Proxies:  r.svc.proxies(r.project, se),
 	}
 }
-
-// brokenBackend answers every call with the reason there is no backend.
-type brokenBackend struct{ err error }
-
-func (b brokenBackend) Plan(context.Context, *compose.Desired) (life.Plan, error) { return nil, b.err }
-func (b brokenBackend) Graph(life.Plan) *compose.Graph                            { return &compose.Graph{} }
-func (b brokenBackend) RollOut(context.Context, life.Plan, *compose.Graph) error  { return b.err }
-func (b brokenBackend) RollBack(context.Context, *compose.Desired, bool) error    { return b.err }
-func (b brokenBackend) Undo(context.Context, *compose.Desired) error              { return b.err }
-func (b brokenBackend) Cleanup(context.Context, *compose.Desired) error           { return b.err }
-func (b brokenBackend) PostDeploy(context.Context, *compose.Desired, []string)    {}
 
 // swarmStatus is the status of a swarm project's services and tasks.
 func (s *Service) swarmStatus(ctx context.Context, project string) ([]api.ServiceStatus, error) {
@@ -155,14 +141,10 @@ func (s *Service) swarmStatus(ctx context.Context, project string) ([]api.Servic
 // drained, a task rescheduled), until ctx ends. A project's deploys do it
 // themselves while they run.
 func (s *Service) FollowProxies(ctx context.Context) {
-	se, err := s.swarmEngine()
+	se, _ := s.swarmEngine() // New refuses a swarm project without it
 	var wg sync.WaitGroup
 	for _, name := range s.cfg.ProjectNames() {
 		if s.cfg.Projects[name].Backend != config.BackendSwarm {
-			continue
-		}
-		if err != nil {
-			s.log.Error("a swarm project's proxies cannot be followed", "project", name, "err", err)
 			continue
 		}
 		wg.Add(1)
