@@ -1,12 +1,13 @@
 """Celery tasks of the orders app."""
 import hashlib
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 from celery import shared_task
 from celery.utils.log import get_task_logger
 from django.conf import settings
-from django.db import OperationalError, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from .models import Order
@@ -26,26 +27,50 @@ def compute_result(name):
     return "sha256:" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def order_lock(order_id):
+    """Hold PostgreSQL's session advisory lock on the order: another delivery
+    of the same order waits here until this one is done. It locks no table,
+    so the task's work never holds a lock that a migration's ALTER TABLE on
+    orders_order must wait for (and the requests queued behind that ALTER TABLE
+    with it). A worker that dies loses its connection, and the lock with it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [order_id])
+    try:
+        yield
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [order_id])
+        except DatabaseError:
+            # The connection is gone, and the lock with it.
+            logger.warning("order %s: could not release its lock; its connection is gone", order_id)
+
+
 @shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
 def process_order(order_id):
-    """Process one order, at most once: the row is locked for the whole
-    transaction, and an order that already has processed_at is left alone, so
-    a message delivered twice (a redelivery after a lost worker, a re-enqueue
-    by the sweep) does nothing the second time."""
-    with transaction.atomic():
-        order = Order.objects.select_for_update().filter(pk=order_id).first()
+    """Process one order, at most once: the order's advisory lock keeps a
+    second delivery (a redelivery after a lost worker, a re-enqueue by the
+    sweep) waiting until the first is done, and an order that already has
+    processed_at is left alone. The work runs outside any transaction; its
+    result is written in a short one."""
+    with order_lock(order_id):
+        order = Order.objects.filter(pk=order_id).first()
         if order is None:
             logger.warning("order %s does not exist", order_id)
             return None
         if order.processed_at is not None:
             logger.info("order %s was already processed at %s", order_id, order.processed_at.isoformat())
             return order.result
-        order.result = compute_result(order.name)
-        order.processed_at = timezone.now()
-        # Counted with the work, in the same transaction: a run that does not
-        # commit (a worker killed mid-task) counts nothing.
-        order.completions = (order.completions or 0) + 1
-        order.save(update_fields=["result", "processed_at", "completions"])
+        result = compute_result(order.name)
+        with transaction.atomic():
+            order = Order.objects.select_for_update().get(pk=order_id)
+            order.result = result
+            order.processed_at = timezone.now()
+            # Counted with the result, in the same transaction: a run that
+            # does not commit (a worker killed mid-task) counts nothing.
+            order.completions = (order.completions or 0) + 1
+            order.save(update_fields=["result", "processed_at", "completions"])
     logger.info("order %s processed: %s", order_id, order.result)
     return order.result
 

@@ -1,12 +1,15 @@
 """Tests of the orders app. They run under pytest (pytest-django, as in CI)
 and under Django's own runner (python3 manage.py test), against PostgreSQL
-(DATABASE_URL or POSTGRES_*): select_for_update needs a real database. The
-broker is never contacted: enqueueing and the broker check are patched."""
+(DATABASE_URL or POSTGRES_*): advisory locks and select_for_update need a
+real database. The broker is never contacted: enqueueing and the broker
+check are patched."""
 import json
+import threading
 from datetime import timedelta
 from unittest import mock
 
-from django.test import TestCase, override_settings
+from django.db import OperationalError, connection, transaction
+from django.test import TestCase, TransactionTestCase, override_settings
 from django.utils import timezone
 
 from orders.models import Order
@@ -89,6 +92,70 @@ class ProcessOrderTests(TestCase):
             summary = sweep_unprocessed_orders()
         self.assertEqual(summary, {"unprocessed": 2, "reenqueued": 1})
         delay.assert_called_once_with(stale.pk)
+
+
+def in_thread(fn):
+    """Run fn in a thread of its own, so on a database connection of its
+    own (Django's connections are per thread); return the thread, started."""
+    def run():
+        try:
+            fn()
+        finally:
+            connection.close()
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+class ProcessOrderConcurrencyTests(TransactionTestCase):
+    """Real transactions: each thread has its own connection."""
+
+    def test_the_work_holds_no_lock_a_migration_waits_for(self):
+        # While the task works, ALTER TABLE orders_order (ACCESS EXCLUSIVE)
+        # must get the table at once: with a transaction held open through
+        # the work, it waited for the task, and every read of the table
+        # queued behind it.
+        order = Order.objects.create(name="cortado")
+        outcome = []
+
+        def take_the_table():
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL lock_timeout = '2s'")
+                    cursor.execute("LOCK TABLE orders_order IN ACCESS EXCLUSIVE MODE")
+                outcome.append("locked")
+            except OperationalError as err:
+                outcome.append(str(err))
+
+        def work(name):
+            in_thread(take_the_table).join()
+            return "sha256:x"
+
+        with mock.patch("orders.tasks.compute_result", side_effect=work):
+            process_order(order.pk)
+        self.assertEqual(outcome, ["locked"])
+        order.refresh_from_db()
+        self.assertEqual((order.result, order.completions), ("sha256:x", 1))
+
+    def test_a_second_delivery_waits_then_does_nothing(self):
+        order = Order.objects.create(name="ristretto")
+        calls, second = [], []
+
+        def work(name):
+            calls.append(name)
+            second.append(in_thread(lambda: process_order(order.pk)))
+            # The second delivery waits on the order's lock while this one works.
+            second[0].join(timeout=0.5)
+            self.assertTrue(second[0].is_alive(), "the second delivery did not wait for the first")
+            return "sha256:y"
+
+        with mock.patch("orders.tasks.compute_result", side_effect=work):
+            process_order(order.pk)
+            second[0].join(timeout=10)
+        self.assertFalse(second[0].is_alive())
+        self.assertEqual(calls, ["ristretto"])
+        order.refresh_from_db()
+        self.assertEqual((order.result, order.completions), ("sha256:y", 1))
 
 
 class HealthAndVersionTests(TestCase):
