@@ -21,6 +21,20 @@
 #   5. remove the stack (containers, networks, volumes) and stop agentd.
 # Every latency figure is the median of --runs runs with min and max.
 #
+# With --probes, a run measures instead what one kind of a rollout's work
+# costs the serving stack, alone: Berth's stack of v1 under the same load,
+# --steady seconds of steady load, then each probe for about 6 s with 4 s of
+# load between two (no deploy, no docker-compose). The table gives each
+# window's p50/p90/p99/max and its p99 against the steady p99. The probes:
+#   boot          Django booting (`manage.py check`, again and again) in one
+#                 container of the web image at the boot CPU weight (2)
+#   boot-default  the same at the default weight
+#   create        the engine's work for a container and nothing else:
+#                 `docker run --rm` of `true` on the stack's network at
+#                 weight 2, again and again (create, network, start, exit,
+#                 remove)
+#   burn          two processes spinning on the CPU at weight 2
+#
 # Usage: sudo scripts/bench.sh [flags]   (after sudo scripts/setup-host.sh)
 #   --runs N          runs (3)
 #   --rate R          requests/s of the kept-alive clients, all together (150)
@@ -31,6 +45,7 @@
 #   --settle S        seconds of load after each deploy (5)
 #   --picture PATH    the latency picture, .png or .svg (docs/bench/latency.png)
 #   --out DIR         keep the measurements here (default: a temporary directory, removed)
+#   --probes LIST     comma-separated probes (above) instead of the deploys
 #   --registry-port P (5097)  --http-port P (8097)
 # Needs: docker, docker-compose (or docker compose), docker-registry, go
 # (/usr/local/go/bin), curl; python3 (or the base image's, through docker).
@@ -42,17 +57,17 @@ here=$root/examples/django
 export PATH="/usr/local/go/bin:$PATH"
 
 runs=3 rate=150 clients=16 post_every=20 close_rate=10 steady=20 settle=5
-picture=$root/docs/bench/latency.png out= registry_port=5097 http_port=8097
+picture=$root/docs/bench/latency.png out= registry_port=5097 http_port=8097 probes=
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; }
 while (($#)); do
   case $1 in
-    --runs|--rate|--clients|--post-every|--close-rate|--steady|--settle|--picture|--out|--registry-port|--http-port)
+    --runs|--rate|--clients|--post-every|--close-rate|--steady|--settle|--picture|--out|--registry-port|--http-port|--probes)
       [[ $# -ge 2 && -n $2 ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }
       v=$2
       case $1 in
         --runs) runs=$v ;; --rate) rate=$v ;; --clients) clients=$v ;; --post-every) post_every=$v ;;
         --close-rate) close_rate=$v ;; --steady) steady=$v ;; --settle) settle=$v ;; --picture) picture=$v ;;
-        --out) out=$v ;; --registry-port) registry_port=$v ;; --http-port) http_port=$v ;;
+        --out) out=$v ;; --registry-port) registry_port=$v ;; --http-port) http_port=$v ;; --probes) probes=$v ;;
       esac
       shift ;;
     -h|--help) usage; exit 0 ;;
@@ -67,6 +82,14 @@ for n in "$rate" "$close_rate"; do
   [[ $n =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "bench.sh: $n is not a number" >&2; exit 2; }
 done
 ((runs >= 1 && clients >= 1 && steady >= 3)) || { echo "bench.sh: --runs and --clients must be at least 1, --steady 3" >&2; exit 2; }
+probe_list=()
+if [[ -n $probes ]]; then
+  IFS=, read -ra probe_list <<<"$probes"
+  for p in "${probe_list[@]}"; do
+    case $p in boot|boot-default|create|burn) ;; *) echo "bench.sh: unknown probe: $p (boot, boot-default, create, burn)" >&2; exit 2 ;; esac
+  done
+  [[ $(printf '%s\n' "${probe_list[@]}" | sort | uniq -d) == "" ]] || { echo "bench.sh: a probe is named twice in --probes" >&2; exit 2; }
+fi
 [[ $picture == /* ]] || picture=$PWD/$picture
 [[ -z $out || $out == /* ]] || out=$PWD/$out
 
@@ -141,6 +164,7 @@ cleanup() {
     tail -n 30 "$work/agentd.log"
   fi
   remove_stack $cproject
+  docker rm -f $bproject-probe >/dev/null 2>&1
   remove_stack $bproject
   if [[ -n $shop_registry_pid ]]; then kill "$shop_registry_pid" 2>/dev/null; wait "$shop_registry_pid" 2>/dev/null; fi
   shop_remove_images
@@ -261,11 +285,61 @@ berth_deploy() {
     --wait 1m --timeout 10m --json >"$2"
 }
 
+# probe NAME: one probe (--probes) beside the steady stack, marked
+# NAME_start and NAME_end. A probe's container is created before its
+# window, except create's, whose whole point is the engine's work.
+probe() {
+  local env=() name=$bproject-probe
+  mapfile -t env < <(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$bproject-web-1" | grep -E '^(SECRET_KEY|DEBUG|ALLOWED_HOSTS|POSTGRES_|CELERY_)' | sed 's/^/--env=/')
+  # shellcheck disable=SC2016 # expanded by the probe's shell
+  local loop='end=$(($(date +%s) + 6)); while [ "$(date +%s)" -lt "$end" ]; do python3 manage.py check >/dev/null 2>&1; done'
+  case $1 in
+    boot) docker create --name "$name" --cpu-shares 2 --network none "${env[@]}" "$web_v1" sh -c "$loop" >/dev/null ;;
+    boot-default) docker create --name "$name" --network none "${env[@]}" "$web_v1" sh -c "$loop" >/dev/null ;;
+    burn) docker create --name "$name" --cpu-shares 2 --network none "$web_v1" \
+      sh -c 'python3 -c "while 1: pass" & python3 -c "while 1: pass" & sleep 6; kill %1 %2' >/dev/null ;;
+  esac
+  mark "$1_start"
+  if [[ $1 == create ]]; then
+    local end=$((SECONDS + 6))
+    while ((SECONDS < end)); do
+      docker run --rm --cpu-shares 2 --network "${bproject}_default" "$web_v1" true || die "probe create: docker run failed"
+    done
+  else
+    docker start "$name" >/dev/null
+    docker wait "$name" >/dev/null
+  fi
+  mark "$1_end"
+  docker rm -f "$name" >/dev/null 2>&1 || true
+}
+
 loads=()
 for i in $(seq "$runs"); do
   dir=$data/run$i
   mkdir -p "$dir"
   loads+=("$(cut -d' ' -f1-3 /proc/loadavg)")
+
+  if ((${#probe_list[@]})); then
+    step "run $i of $runs: probes ${probe_list[*]} beside Berth's stack"
+    phases=$dir/probes.phases
+    : >"$phases"
+    agentd_start "$i"
+    berth_deploy "$web_v1" "$dir/berth-v1.jsonl" || die "the v1 deploy failed: $(tail -n 3 "$dir/berth-v1.jsonl")"
+    serving v1
+    load_start "$dir/probes"
+    mark load_start
+    interruptible sleep "$steady"
+    mark steady_end
+    for p in "${probe_list[@]}"; do
+      probe "$p"
+      note "probe $p: $(awk -v p="$p" '$1==p"_start"{a=$2} $1==p"_end"{b=$2} END {printf "%.1f", b-a}' "$phases")s"
+      interruptible sleep 4
+    done
+    load_stop
+    agentd_stop
+    remove_stack $bproject
+    continue
+  fi
 
   step "run $i of $runs: docker-compose ($("${compose_cmd[@]}" version --short 2>/dev/null || echo ?))"
   phases=$dir/compose.phases
@@ -343,5 +417,6 @@ step "results ($runs run(s), $(since "$started")s in all)"
 note "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); docker $(docker version -f '{{.Server.Version}}'); $("${compose_cmd[@]}" version --short 2>/dev/null || echo compose)"
 note "load average (1/5/15 min) at the start: $load1; at each run's start: ${loads[*]}; at the end: $load2"
 note "load: $rate req/s kept-alive ($clients clients, 1 in $post_every a POST), $close_rate req/s a connection per request; steady ${steady}s, settle ${settle}s"
+((${#probe_list[@]} == 0)) || picture=
 (cd "$root" && go run ./scripts/bench -dir "$data" -compose "$here/compose.yaml" -picture "$picture")
 [[ -z $out ]] || note "measurements kept in $out"

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -401,5 +403,69 @@ func TestJudge(t *testing.T) {
 		if v, met, _, _ := judge(tg, c.runs); v != c.want || met != c.met {
 			t.Errorf("judge = %s, met %d; want %s, %d", v, met, c.want, c.met)
 		}
+	}
+}
+
+func TestProbes(t *testing.T) {
+	dir := t.TempDir()
+	sec := func(s float64) string { return ftoa(float64(t0.Unix()) + s) }
+	for i, slow := range []string{"40.000ms", "80.000ms"} {
+		run := filepath.Join(dir, fmt.Sprintf("run%d", i+1))
+		if err := os.MkdirAll(run, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// 10 requests a second; steady answers in 5 ms, the create probe's
+		// window (20-26 s) in slow, the boot probe's (30-36 s) in 10 ms.
+		var b strings.Builder
+		for x := 0.0; x < 40; x += 0.1 {
+			lat := "5.000ms"
+			switch {
+			case x >= 20 && x < 26:
+				lat = slow
+			case x >= 30 && x < 36:
+				lat = "10.000ms"
+			}
+			b.WriteString(at(x).Format(logTime) + "\tGET /version\t200\t" + lat + "\tok\n")
+		}
+		files := map[string]string{
+			"probes.phases": "load_start " + sec(0) + "\nsteady_end " + sec(18) + "\ncreate_start " + sec(20) + "\ncreate_end " + sec(26) +
+				"\nboot_start " + sec(30) + "\nboot_end " + sec(36) + "\n",
+			"probes.req": b.String(),
+		}
+		for name, s := range files {
+			if err := os.WriteFile(filepath.Join(run, name), []byte(s), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !isProbes(dir) {
+		t.Fatal("isProbes: false")
+	}
+	var runs []*ProbeRun
+	for _, r := range []string{"run1", "run2"} {
+		pr, err := loadProbeRun(filepath.Join(dir, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, pr)
+	}
+	if got := strings.Join(runs[0].Names, ","); got != "steady,create,boot" {
+		t.Errorf("names %s, want steady,create,boot (in the order they ran)", got)
+	}
+	if w := runs[0].Windows["steady"]; w.Sent < 159 || w.Sent > 161 || w.P99 != 5*time.Millisecond {
+		t.Errorf("steady window (after the 2 s warm-up): %+v", w)
+	}
+	var out strings.Builder
+	if err := probeReport(&out, runs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"create   60 ", "60 (40-80) / 60 (40-80) / 60 (40-80) ms", "12.00 x (8.00-16.00)", "boot ", "2.00 x"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	delete(runs[1].Windows, "boot")
+	if err := probeReport(io.Discard, runs); err == nil {
+		t.Error("a run without a window of the first run: no error")
 	}
 }

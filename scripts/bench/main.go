@@ -1,7 +1,8 @@
 // Command bench reads what scripts/bench.sh measured (one directory per
 // run: run1, run2, ...), prints the side-by-side table (docker-compose
 // against Berth) with issue 13's targets and whether each was met, and draws
-// latency over time with the deploy's steps marked (the first run).
+// latency over time with the deploy's steps marked (the first run). Runs of
+// bench.sh --probes get the probes' table instead (probes.go).
 //
 //	go run ./scripts/bench -dir /tmp/bench -compose examples/django/compose.yaml -picture docs/bench/latency.png
 //
@@ -33,6 +34,9 @@ func main() {
 }
 
 func run(dir, composeFile, picture string) error {
+	if isProbes(dir) {
+		return probes(dir)
+	}
 	deps, err := readComposeDeps(composeFile)
 	if err != nil {
 		return err
@@ -51,8 +55,25 @@ func run(dir, composeFile, picture string) error {
 	return nil
 }
 
-// loadRuns reads DIR/run*/ in order.
-func loadRuns(dir string, deps map[string][]string) ([]*Run, error) {
+// probes prints the report of probes runs (bench.sh --probes).
+func probes(dir string) error {
+	dirs, err := runDirs(dir)
+	if err != nil {
+		return err
+	}
+	var runs []*ProbeRun
+	for _, d := range dirs {
+		r, err := loadProbeRun(d)
+		if err != nil {
+			return err
+		}
+		runs = append(runs, r)
+	}
+	return probeReport(os.Stdout, runs)
+}
+
+// runDirs lists DIR/run*/ in order.
+func runDirs(dir string) ([]string, error) {
 	dirs, err := filepath.Glob(filepath.Join(dir, "run[0-9]*"))
 	if err != nil {
 		return nil, err
@@ -65,6 +86,15 @@ func loadRuns(dir string, deps map[string][]string) ([]*Run, error) {
 	})
 	if len(dirs) == 0 {
 		return nil, fmt.Errorf("no run directories in %s", dir)
+	}
+	return dirs, nil
+}
+
+// loadRuns reads DIR/run*/ in order.
+func loadRuns(dir string, deps map[string][]string) ([]*Run, error) {
+	dirs, err := runDirs(dir)
+	if err != nil {
+		return nil, err
 	}
 	var runs []*Run
 	for _, d := range dirs {

@@ -8,9 +8,9 @@ import (
 
 // Window is what the requests started in [From, To) saw.
 type Window struct {
-	Sent, Failed  int
-	P50, P99, Max time.Duration
-	Over1s        int // requests that took over a second
+	Sent, Failed       int
+	P50, P90, P99, Max time.Duration
+	Over1s             int // requests that took over a second
 }
 
 // window summarizes the requests that started in [from, to). Failed
@@ -32,7 +32,7 @@ func window(reqs []Request, from, to time.Time) Window {
 		lat = append(lat, q.Latency)
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	w.P50, w.P99 = percentile(lat, 50), percentile(lat, 99)
+	w.P50, w.P90, w.P99 = percentile(lat, 50), percentile(lat, 90), percentile(lat, 99)
 	if len(lat) > 0 {
 		w.Max = lat[len(lat)-1]
 	}
