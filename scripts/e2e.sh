@@ -36,6 +36,8 @@
 #      release 1's recorded compose file (2 web replicas, no SHIPPED_BY);
 #   5. prints a table: requests sent and failed, tasks sent and completed
 #      exactly once, deploy and rollback times, per step.
+# Before step 1, the example's own tests (examples/django/tests) run in web
+# v1 against a PostgreSQL of the postgres image: any failure fails the run.
 # After every step, `agentctl status shop --json` and `history shop --json`
 # are checked against the engine (the live release, its outcome, the image
 # every web/worker/beat container runs, by digest and image ID, the replicas,
@@ -120,6 +122,8 @@ cleanup() {
   [[ -z ${shop_registry_pid:-} ]] || { kill "$shop_registry_pid" 2>/dev/null; wait "$shop_registry_pid" 2>/dev/null; }
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  docker rm -f "$project-tests-db" >/dev/null 2>&1
+  docker network rm "$project-tests" >/dev/null 2>&1
   docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker rm -f >/dev/null
   docker network ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker network rm >/dev/null
   docker volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker volume rm >/dev/null
@@ -150,6 +154,27 @@ note "web v1 $web_v1"
 note "web v2 $web_v2"
 note "web v3 $web_v3"
 note "built and pushed in $(since "$t")s"
+
+step "0. the example's own tests (examples/django/tests): python3 manage.py test in web v1, against the postgres image"
+t=$EPOCHREALTIME
+docker network create "$project-tests" >/dev/null
+docker run -d --name "$project-tests-db" --network "$project-tests" --network-alias db \
+  -e POSTGRES_DB=shop -e POSTGRES_USER=shop -e POSTGRES_PASSWORD=tests-only "$registry/shop/postgres:v1" >/dev/null
+deadline=$((SECONDS + 60))
+until docker exec "$project-tests-db" pg_isready -q -h 127.0.0.1 -U shop -d shop; do
+  ((SECONDS < deadline)) || die "the tests' PostgreSQL is not ready after 60s"
+  sleep 0.5
+done
+if docker run --rm --network "$project-tests" -e POSTGRES_HOST=db -e POSTGRES_DB=shop -e POSTGRES_USER=shop \
+  -e POSTGRES_PASSWORD=tests-only -e SECRET_KEY=tests-only -e CELERY_BROKER_URL=amqp://tests@broker.invalid// \
+  "$web_v1" python3 manage.py test >"$work/django-tests.log" 2>&1; then
+  note "$(grep -E '^Ran [0-9]+ tests' "$work/django-tests.log"), OK, in $(since "$t")s"
+else
+  fail "the example's Django tests failed: $(grep -E '^(FAIL|ERROR|Ran|FAILED)' "$work/django-tests.log" | tr '\n' ' ')"
+  tail -n 30 "$work/django-tests.log" >&2
+fi
+docker rm -f "$project-tests-db" >/dev/null
+docker network rm "$project-tests" >/dev/null
 
 step "agentd: unix socket, SSH on 127.0.0.1:$ssh_port for ci/deploy.sh"
 ssh-keygen -q -t ed25519 -N "" -C "ci shop" -f "$work/ci_key"
