@@ -81,8 +81,8 @@ func TestSwarmThreeNodesShop(t *testing.T) {
 	time.Sleep(3 * time.Second) // and after it
 	r := l.stop(loadBegan)
 	t.Logf("phase 3: web updated v1 -> v2 in %s under load: %s", took.Round(100*time.Millisecond), r)
-	if r.Failed != 0 {
-		t.Errorf("web's update failed %d of %d requests: %v", r.Failed, r.Sent, r.Errors)
+	if f := r.failures(); f != "" {
+		t.Errorf("web's update: %s", f)
 	}
 	if r.Versions["v2"] == 0 {
 		t.Errorf("no request saw v2 during the update: %v", r.Versions)
@@ -160,8 +160,8 @@ func TestSwarmThreeNodesShop(t *testing.T) {
 	}
 	after := nodesOf()
 	t.Logf("phase 5: %s drained; its tasks moved in %s; web's tasks per node %v; load: %s", drained.Name, moved.Round(100*time.Millisecond), after, r)
-	if r.Failed != 0 {
-		t.Errorf("draining %s failed %d of %d requests: %v", drained.Name, r.Failed, r.Sent, r.Errors)
+	if f := r.failures(); f != "" {
+		t.Errorf("draining %s: %s", drained.Name, f)
 	}
 	if after[drained.Name] != 0 {
 		t.Errorf("web still runs on the drained node: %v", after)
