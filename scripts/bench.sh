@@ -98,7 +98,7 @@ url=http://127.0.0.1:$http_port
 cproject=benchcompose   # docker-compose's project
 bproject=benchberth     # Berth's
 started=$EPOCHREALTIME
-agentd_pid= shop_registry_pid= load_pids=() work= fg_pid=
+agentd_pid= shop_registry_pid= load_pids=() work= fg_pid= probe_env=()
 
 # interruptible COMMAND...: run it and wait for it, in a way a signal interrupts (bash
 # runs a trap only once the foreground command is done; `wait` it breaks).
@@ -287,15 +287,15 @@ berth_deploy() {
 
 # probe NAME: one probe (--probes) beside the steady stack, marked
 # NAME_start and NAME_end. A probe's container is created before its
-# window, except create's, whose whole point is the engine's work.
+# window, except create's, whose whole point is the engine's work. The
+# boot probes run with web's settings, $probe_env (--env=... each).
 probe() {
-  local env=() name=$bproject-probe
-  mapfile -t env < <(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$bproject-web-1" | grep -E '^(SECRET_KEY|DEBUG|ALLOWED_HOSTS|POSTGRES_|CELERY_)' | sed 's/^/--env=/')
+  local name=$bproject-probe
   # shellcheck disable=SC2016 # expanded by the probe's shell
-  local loop='end=$(($(date +%s) + 6)); while [ "$(date +%s)" -lt "$end" ]; do python3 manage.py check >/dev/null 2>&1; done'
+  local loop='end=$(($(date +%s) + 6)); while [ "$(date +%s)" -lt "$end" ]; do python3 manage.py check >/dev/null || exit 1; done'
   case $1 in
-    boot) docker create --name "$name" --cpu-shares 2 --network none "${env[@]}" "$web_v1" sh -c "$loop" >/dev/null ;;
-    boot-default) docker create --name "$name" --network none "${env[@]}" "$web_v1" sh -c "$loop" >/dev/null ;;
+    boot) docker create --name "$name" --cpu-shares 2 --network none "${probe_env[@]}" "$web_v1" sh -c "$loop" >/dev/null ;;
+    boot-default) docker create --name "$name" --network none "${probe_env[@]}" "$web_v1" sh -c "$loop" >/dev/null ;;
     burn) docker create --name "$name" --cpu-shares 2 --network none "$web_v1" \
       sh -c 'python3 -c "while 1: pass" & python3 -c "while 1: pass" & sleep 6; kill %1 %2' >/dev/null ;;
   esac
@@ -307,7 +307,9 @@ probe() {
     done
   else
     docker start "$name" >/dev/null
-    docker wait "$name" >/dev/null
+    local code
+    code=$(docker wait "$name")
+    [[ $code == 0 || $1 == burn ]] || die "probe $1: its container exited $code: $(docker logs --tail 5 "$name" 2>&1)"
   fi
   mark "$1_end"
   docker rm -f "$name" >/dev/null 2>&1 || true
@@ -326,6 +328,8 @@ for i in $(seq "$runs"); do
     agentd_start "$i"
     berth_deploy "$web_v1" "$dir/berth-v1.jsonl" || die "the v1 deploy failed: $(tail -n 3 "$dir/berth-v1.jsonl")"
     serving v1
+    mapfile -t probe_env < <(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$bproject-web-1" |
+      grep -E '^(SECRET_KEY|DEBUG|ALLOWED_HOSTS|POSTGRES_|CELERY_)' | sed 's/^/--env=/')
     load_start "$dir/probes"
     mark load_start
     interruptible sleep "$steady"

@@ -1,18 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 )
 
 // A probes run (scripts/bench.sh --probes) holds probes.phases (load_start,
-// steady_end, then NAME_start and NAME_end of each probe in the order they
-// ran) and probes.req, the kept-alive clients' requests.
+// steady_end, then NAME_start and NAME_end of each probe) and probes.req,
+// the kept-alive clients' requests.
 
 // ProbeRun is one run's windows: the steady one first, then each probe's.
 type ProbeRun struct {
@@ -26,14 +26,10 @@ func isProbes(dir string) bool {
 	return err == nil
 }
 
-// loadProbeRun reads one probes run.
+// loadProbeRun reads one probes run. Its probes are the phases marked
+// NAME_start but load_start, in the order they began.
 func loadProbeRun(dir string) (*ProbeRun, error) {
-	path := filepath.Join(dir, "probes.phases")
-	p, err := readPhases(path)
-	if err != nil {
-		return nil, err
-	}
-	names, err := probeNames(path)
+	p, err := readPhases(filepath.Join(dir, "probes.phases"))
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +41,13 @@ func loadProbeRun(dir string) (*ProbeRun, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
+	var names []string
+	for mark := range p {
+		if n, ok := strings.CutSuffix(mark, "_start"); ok && n != "load" {
+			names = append(names, n)
+		}
+	}
+	sort.Slice(names, func(i, j int) bool { return p[names[i]+"_start"].Before(p[names[j]+"_start"]) })
 	r := &ProbeRun{Names: []string{"steady"}, Windows: map[string]Window{"steady": window(reqs, ls.Add(warmup), se)}}
 	for _, n := range names {
 		a, b, err := p.span(n+"_start", n+"_end")
@@ -55,24 +58,6 @@ func loadProbeRun(dir string) (*ProbeRun, error) {
 		r.Windows[n] = window(reqs, a, b)
 	}
 	return r, nil
-}
-
-// probeNames lists the probes of a probes.phases file in the order they ran.
-func probeNames(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var names []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		name, _, _ := strings.Cut(sc.Text(), " ")
-		if n, ok := strings.CutSuffix(name, "_start"); ok && n != "load" {
-			names = append(names, n)
-		}
-	}
-	return names, sc.Err()
 }
 
 // probeReport prints each window's latencies, median of the runs (min-max),
@@ -90,24 +75,14 @@ func probeReport(w io.Writer, runs []*ProbeRun) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "window\trequests\tp50 / p90 / p99 / max (kept-alive)\tp99 / steady p99\t")
 	for _, n := range runs[0].Names {
-		pr := func(f func(Window) float64) Spread {
-			v := make([]float64, len(runs))
-			for i, r := range runs {
-				v[i] = f(r.Windows[n])
-			}
-			return spread(v)
+		fig := func(f func(Window) float64) Spread {
+			return collect(runs, func(r *ProbeRun) float64 { return f(r.Windows[n]) })
 		}
-		sent := pr(func(x Window) float64 { return float64(x.Sent) })
-		p50 := pr(func(x Window) float64 { return ms(x.P50) })
-		p90 := pr(func(x Window) float64 { return ms(x.P90) })
-		p99 := pr(func(x Window) float64 { return ms(x.P99) })
-		mx := pr(func(x Window) float64 { return ms(x.Max) })
-		v := make([]float64, len(runs))
-		for i, r := range runs {
-			v[i] = ms(r.Windows[n].P99) / ms(r.Windows["steady"].P99)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s / %s / %s / %s ms\t%s\t\n", n, sent.format(0, ""),
-			p50.format(1, ""), p90.format(0, ""), p99.format(0, ""), mx.format(0, ""), spread(v).format(2, " x"))
+		ratio := collect(runs, func(r *ProbeRun) float64 { return ms(r.Windows[n].P99) / ms(r.Windows["steady"].P99) })
+		fmt.Fprintf(tw, "%s\t%s\t%s / %s / %s / %s ms\t%s\t\n", n, fig(func(x Window) float64 { return float64(x.Sent) }).format(0, ""),
+			fig(func(x Window) float64 { return ms(x.P50) }).format(1, ""), fig(func(x Window) float64 { return ms(x.P90) }).format(0, ""),
+			fig(func(x Window) float64 { return ms(x.P99) }).format(0, ""), fig(func(x Window) float64 { return ms(x.Max) }).format(0, ""),
+			ratio.format(2, " x"))
 	}
 	return tw.Flush()
 }

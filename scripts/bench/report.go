@@ -10,8 +10,8 @@ import (
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// collect: one figure of every run.
-func collect(runs []*Run, f func(*Run) float64) Spread {
+// collect: one figure of every run (a deploy's Run, a probes' ProbeRun).
+func collect[R any](runs []R, f func(R) float64) Spread {
 	v := make([]float64, len(runs))
 	for i, r := range runs {
 		v[i] = f(r)
