@@ -24,6 +24,7 @@ import (
 	"github.com/berth-deploy/berth/agent/config"
 	"github.com/berth-deploy/berth/agent/registry"
 	"github.com/berth-deploy/berth/compose"
+	"github.com/berth-deploy/berth/compose/cgroup"
 	"github.com/berth-deploy/berth/compose/life"
 	"github.com/berth-deploy/berth/compose/swarm"
 	"github.com/berth-deploy/berth/healthcheck"
@@ -84,6 +85,15 @@ func (s *Service) SetEngineInfo(info system.Info) {
 	if info.CgroupVersion == "2" {
 		s.log.Info("cgroup v2: a container that booted at the boot CPU weight gets the default weight 100 back", "cpu_shares", s.defaultShares)
 	}
+}
+
+// idler puts new containers in the idle CPU class as they boot
+// (rollout.boot_cpu_idle); nil when the config turns it off.
+func (s *Service) idler() compose.Idler {
+	if !s.cfg.Rollout.Idle() {
+		return nil
+	}
+	return cgroup.Host{}
 }
 
 // Observer is told when a deploy or rollback request ends (metrics,
@@ -567,6 +577,7 @@ func (r *releaseRun) engineLife(release string) *life.Life {
 		Release:          release,
 		BootCPUShares:    r.svc.cfg.Rollout.BootCPUShares,
 		DefaultCPUShares: r.svc.defaultShares,
+		Idle:             r.svc.idler(),
 		Progress:         func(svc, msg string) { r.progress(svc, "%s", msg) },
 		OnPlan:           func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
 		OnStep:           r.stepEnded,

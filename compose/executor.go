@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-deploy/berth/healthcheck"
@@ -59,6 +60,11 @@ type Executor struct {
 	// container created without shares keeps the cgroup's default weight
 	// 100, which is CGroupV2DefaultShares, not 1024 (weight 39).
 	DefaultCPUShares int64
+	// Idle, when set, also puts a container that boots at BootCPUShares
+	// in the kernel's idle CPU class until its gate passes: a weight,
+	// however low, still takes turns with the containers that serve, an
+	// idle group runs only on what they leave.
+	Idle Idler
 	// OnStep, when set, is told of every step that ends (done, failed or
 	// skipped).
 	OnStep func(StepResult)
@@ -72,6 +78,9 @@ type Executor struct {
 	// rolling out at once may front the same proxy.
 	proxyMu map[string]*sync.Mutex
 	killed  []Killed
+	// idleFailed: the host refused the idle class once; new containers
+	// boot by their weight alone from then on.
+	idleFailed atomic.Bool
 	// clock is time.Now unless a test sets it.
 	clock func() time.Time
 	// upstreams is what each proxy container's upstreams file holds, as
@@ -659,8 +668,12 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 		}
 	}
 	host := spec.Host
-	e.shield(&host)
-	return e.create(ctx, name, &cfg, host, spec.Networks, prepare)
+	shielded := e.shield(&host)
+	id, err = e.create(ctx, name, &cfg, host, spec.Networks, prepare)
+	if err == nil && shielded {
+		e.idle(ctx, spec.Name, name, id)
+	}
+	return id, err
 }
 
 // create creates a container, joins its other networks, runs prepare (if

@@ -355,3 +355,107 @@ func TestGraphString(t *testing.T) {
 		t.Errorf("graph:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// fakeIdler records which processes are in the idle CPU class, and the
+// CPU weight each container had when it was taken out (the kernel takes
+// no weight for an idle group, so it must come out first).
+type fakeIdler struct {
+	eng      *fakeEngine
+	err      error
+	idle     map[int]bool
+	everIdle map[string]bool  // container names ever put there
+	outAt    map[string]int64 // name: its CPU shares when taken out
+}
+
+func (f *fakeIdler) SetIdle(pid int, idle bool) error {
+	if f.err != nil && idle {
+		return f.err // as cgroup.Host: taking a group not idle out writes nothing
+	}
+	for name, id := range f.eng.ids() {
+		if c, ok := f.eng.Container(id); ok && c.State.Pid == pid {
+			if idle {
+				f.everIdle[name] = true
+			} else if f.idle[pid] {
+				f.outAt[name] = c.HostConfig.CPUShares
+			}
+		}
+	}
+	f.idle[pid] = idle
+	return nil
+}
+
+// TestBootIdle: what boots shielded (new containers, hooks) boots in the
+// idle CPU class too, and comes out of it before it gets its weight back;
+// a service with its own cpu_shares is never put there.
+func TestBootIdle(t *testing.T) {
+	eng := newFakeEngine()
+	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
+	p := load(t, map[string]string{"web": "registry.test/web:v2", "worker": "registry.test/worker:v2"})
+	worker := p.Services["worker"]
+	worker.CPUShares = 512
+	p.Services["worker"] = worker
+	idler := &fakeIdler{eng: eng, idle: map[int]bool{}, everIdle: map[string]bool{}, outAt: map[string]int64{}}
+	var idleAtGate []bool
+	gater := &funcGater{eng: eng, gate: func(_ context.Context, id, name string) error {
+		if c, ok := eng.Container(id); ok && strings.HasPrefix(name, "shop-web-") {
+			idleAtGate = append(idleAtGate, idler.idle[c.State.Pid])
+		}
+		return nil
+	}}
+	exec := &Executor{Engine: eng, Health: gater, Release: "2", KeepRetired: true, BootCPUShares: 2, Idle: idler}
+	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	if len(idleAtGate) != 2 || !idleAtGate[0] || !idleAtGate[1] {
+		t.Errorf("web's new containers were idle at their gate: %v, want true twice", idleAtGate)
+	}
+	for _, n := range []string{"shop-web-1", "shop-web-2"} {
+		if !idler.everIdle[n] {
+			t.Errorf("%s never booted idle", n)
+		}
+		if shares, ok := idler.outAt[n]; !ok || shares != 2 {
+			t.Errorf("%s taken out of the idle class: %v, at CPU shares %d; want before its weight came back (2)", n, ok, shares)
+		}
+	}
+	for name, id := range eng.ids() {
+		if c, ok := eng.Container(id); ok && c.State.Running && idler.idle[c.State.Pid] {
+			t.Errorf("%s is still idle after the rollout", name)
+		}
+	}
+	hook := false
+	for n := range idler.everIdle {
+		if strings.HasPrefix(n, "shop-worker-") {
+			t.Errorf("%s (cpu_shares 512) was put in the idle class", n)
+		}
+		hook = hook || strings.Contains(n, "predeploy")
+	}
+	if !hook {
+		t.Errorf("no hook booted idle: %v", idler.everIdle)
+	}
+}
+
+// TestBootIdleRefused: a host that refuses the idle class is said once;
+// the rollout goes on by the weight alone.
+func TestBootIdleRefused(t *testing.T) {
+	eng := newFakeEngine()
+	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
+	var said []string
+	idler := &fakeIdler{eng: eng, err: errors.New("no such file"), idle: map[int]bool{}, everIdle: map[string]bool{}, outAt: map[string]int64{}}
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, BootCPUShares: 2, Idle: idler,
+		Progress: func(_, msg string) { said = append(said, msg) }}
+	if err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web"))); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, s := range said {
+		if strings.Contains(s, "idle CPU class") {
+			n++
+			if !strings.Contains(s, "no such file") {
+				t.Errorf("the refusal does not say why: %q", s)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("the refusal was said %d times, want once: %q", n, said)
+	}
+}

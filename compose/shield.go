@@ -80,13 +80,39 @@ func (e *Executor) defaultShares() int64 {
 	return CGroupV1DefaultShares
 }
 
+// Idler puts the CPU cgroup of a container's process in the kernel's idle
+// class or takes it out (cgroup.Host).
+type Idler interface {
+	SetIdle(pid int, idle bool) error
+}
+
 // shield lowers the CPU weight a new container boots with, so that its
 // boot (imports, forks, migrations' checks) takes the CPU the serving
-// containers leave rather than theirs. A service that sets cpu_shares
-// itself keeps it.
-func (e *Executor) shield(host *container.HostConfig) {
+// containers leave rather than theirs, and says whether it did. A service
+// that sets cpu_shares itself keeps it.
+func (e *Executor) shield(host *container.HostConfig) bool {
 	if e.BootCPUShares > 0 && host.CPUShares == 0 {
 		host.CPUShares = e.BootCPUShares
+		return true
+	}
+	return false
+}
+
+// idle puts a container just started shielded in the idle CPU class
+// (Executor.Idle). A host that refuses it (a kernel before 5.15, a cgroup
+// agentd may not write) is said once; containers then boot by their
+// weight alone, as they would without Idle. A container that is no
+// longer running has nothing to put there.
+func (e *Executor) idle(ctx context.Context, service, name, id string) {
+	if e.Idle == nil || e.idleFailed.Load() {
+		return
+	}
+	in, err := e.Engine.ContainerInspect(ctx, id)
+	if err != nil || in.State == nil || in.State.Pid == 0 {
+		return
+	}
+	if err := e.Idle.SetIdle(in.State.Pid, true); err != nil && e.idleFailed.CompareAndSwap(false, true) {
+		e.say(service, "%s boots by its CPU weight alone, not in the idle CPU class: %v", name, err)
 	}
 }
 
@@ -110,6 +136,13 @@ func (e *Executor) unshield(ctx context.Context, s ServicePlan, ids []string) er
 		}
 		if in.HostConfig == nil || in.HostConfig.CPUShares != e.BootCPUShares {
 			continue // started again, not created: it never booted shielded
+		}
+		// Out of the idle class first: the kernel takes no weight for an
+		// idle group.
+		if e.Idle != nil && in.State != nil && in.State.Pid > 0 {
+			if err := e.Idle.SetIdle(in.State.Pid, false); err != nil {
+				return fmt.Errorf("take %s out of the idle CPU class: %w", in.Name, err)
+			}
 		}
 		if _, err := e.Engine.ContainerUpdate(ctx, id, container.UpdateConfig{Resources: container.Resources{CPUShares: e.defaultShares()}}); err != nil {
 			return fmt.Errorf("restore the CPU weight of %s: %w", in.Name, err)

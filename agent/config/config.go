@@ -92,7 +92,14 @@ type Rollout struct {
 	// weight back once it passes its gate. 1024 (the engine's default)
 	// turns it off; a service that sets cpu_shares keeps its own.
 	BootCPUShares int64 `yaml:"boot_cpu_shares"`
+	// BootCPUIdle also puts what boots at BootCPUShares in the kernel's
+	// idle CPU class (cpu.idle) until its gate passes, where agentd may
+	// write the container's cgroup (true when absent).
+	BootCPUIdle *bool `yaml:"boot_cpu_idle"`
 }
+
+// Idle says whether new containers boot in the idle CPU class.
+func (r Rollout) Idle() bool { return r.BootCPUIdle == nil || *r.BootCPUIdle }
 
 // DefaultBootCPUShares is the weight new containers boot with: the least
 // the engine accepts, so the containers that serve come first.

@@ -220,6 +220,26 @@ func TestRecoverySettle(t *testing.T) {
 	}
 }
 
+// TestRolloutBootIdle: new containers boot in the idle CPU class unless
+// rollout.boot_cpu_idle says false.
+func TestRolloutBootIdle(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "compose.yaml", "services: {}\n")
+	for body, want := range map[string]bool{
+		"":                                   true,
+		"rollout:\n  boot_cpu_idle: true\n":  true,
+		"rollout:\n  boot_cpu_idle: false\n": false,
+	} {
+		c, err := Load(write(t, dir, "agentd.yaml", body+"projects:\n  shop:\n    compose_file: compose.yaml\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Rollout.Idle(); got != want || c.Rollout.BootCPUShares != DefaultBootCPUShares {
+			t.Errorf("%q: idle %v, shares %d; want %v, %d", body, got, c.Rollout.BootCPUShares, want, DefaultBootCPUShares)
+		}
+	}
+}
+
 // TestShipOnlyProject: a project may go without a compose file on the host
 // when every deploy ships one, and then names the images a shipped file may
 // run; ship_compose is off unless an identity says so, and the limits of a

@@ -74,6 +74,8 @@ type Life struct {
 	BootCPUShares int64
 	// DefaultCPUShares: see compose.Executor.
 	DefaultCPUShares int64
+	// Idle: see compose.Executor; nil boots by the weight alone.
+	Idle compose.Idler
 	// Progress receives a line per thing done; may be nil.
 	Progress compose.Progress
 	// OnPlan is shown every plan made (the rollback's too); may be nil.
@@ -103,6 +105,7 @@ func (l *Life) executor(rollback bool) *compose.Executor {
 		Rollback:         rollback,
 		BootCPUShares:    l.BootCPUShares,
 		DefaultCPUShares: l.DefaultCPUShares,
+		Idle:             l.Idle,
 	}
 }
 

@@ -80,6 +80,7 @@ type Output struct {
 type Engine struct {
 	mu         sync.Mutex
 	next       int
+	lastPid    int      // a started container's process is 1000 + the count of starts
 	order      []string // container IDs, oldest first (ContainerList's order)
 	containers map[string]*container.InspectResponse
 	unfound    map[string]bool
@@ -299,6 +300,7 @@ func (e *Engine) Exit(id string, code int) {
 		in.State.Running = false
 		in.State.Status = container.StateExited
 		in.State.ExitCode = code
+		in.State.Pid = 0
 	})
 }
 
@@ -565,6 +567,8 @@ func (e *Engine) ContainerStart(_ context.Context, id string, _ container.StartO
 	c.State.Running = true
 	c.State.Status = container.StateRunning
 	c.State.ExitCode = 0
+	e.lastPid++
+	c.State.Pid = 1000 + e.lastPid
 	return nil
 }
 
@@ -600,6 +604,7 @@ func (e *Engine) ContainerStop(_ context.Context, id string, o container.StopOpt
 	}
 	c.State.Running = false
 	c.State.Status = container.StateExited
+	c.State.Pid = 0
 	return nil
 }
 
@@ -682,6 +687,7 @@ func (e *Engine) ContainerWait(_ context.Context, id string, _ container.WaitCon
 		c.State.Running = false
 		c.State.Status = container.StateExited
 		c.State.ExitCode = int(e.waitExit)
+		c.State.Pid = 0
 	}
 	waitc <- container.WaitResponse{StatusCode: e.waitExit}
 	return waitc, make(chan error)

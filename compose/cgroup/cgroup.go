@@ -1,0 +1,104 @@
+// Package cgroup puts a process's CPU cgroup on this host in or out of
+// the kernel's idle class (cpu.idle, Linux 5.15 and later, cgroup v1 and
+// v2): the tasks of an idle group run on CPU time no other task wants, and
+// any other task that wakes takes the CPU from them at once. The Docker
+// Engine has no setting for it, so the group's file is written directly.
+package cgroup
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Host reads /proc and writes cgroup files under its roots.
+type Host struct {
+	// Proc is where the processes are (/proc when empty).
+	Proc string
+	// Root is where the cgroup file systems are mounted (/sys/fs/cgroup
+	// when empty).
+	Root string
+}
+
+// CPUDir returns the directory of a process's CPU cgroup, from its
+// /proc/PID/cgroup and the cgroup root: the cgroup v1 hierarchy that holds
+// the cpu controller (mounted under its controllers' names, as Docker and
+// systemd mount them), else the cgroup v2 unified hierarchy.
+func CPUDir(procCgroup []byte, root string) (string, error) {
+	unified, found := "", false
+	sc := bufio.NewScanner(bytes.NewReader(procCgroup))
+	for sc.Scan() {
+		id, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		ctrls, path, ok := strings.Cut(rest, ":")
+		if !ok {
+			continue
+		}
+		if id == "0" && ctrls == "" {
+			unified, found = path, true
+			continue
+		}
+		for c := range strings.SplitSeq(ctrls, ",") {
+			if c == "cpu" {
+				return filepath.Join(root, ctrls, path), nil
+			}
+		}
+	}
+	if !found {
+		return "", errors.New("the process is in no CPU cgroup")
+	}
+	return filepath.Join(root, unified), nil
+}
+
+// SetIdle puts pid's CPU cgroup in the idle class (idle) or takes it out.
+// A group already so is left alone (nothing is written, so a group this
+// process may not write is no error then). Taking a group out of the idle
+// class on a kernel without it is no error: nothing is idle there. The
+// kernel sets the weight of a group it takes out of the idle class to the
+// default (1024 shares, cpu.weight 100).
+func (h Host) SetIdle(pid int, idle bool) error {
+	proc, root := h.Proc, h.Root
+	if proc == "" {
+		proc = "/proc"
+	}
+	if root == "" {
+		root = "/sys/fs/cgroup"
+	}
+	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return fmt.Errorf("the cgroups of process %d: %w", pid, err)
+	}
+	dir, err := CPUDir(b, root)
+	if err != nil {
+		return fmt.Errorf("process %d: %w", pid, err)
+	}
+	file := filepath.Join(dir, "cpu.idle")
+	cur, err := os.ReadFile(file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && !idle:
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s: no such file (the kernel's idle class needs Linux 5.15 or later)", file)
+	case err != nil:
+		return err
+	}
+	want := "0"
+	if idle {
+		want = "1"
+	}
+	if strings.TrimSpace(string(cur)) == want {
+		return nil
+	}
+	if err := os.WriteFile(file, []byte(want), 0o644); err != nil {
+		return fmt.Errorf("write %s to %s: %w", want, file, err)
+	}
+	return nil
+}
