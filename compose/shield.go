@@ -112,7 +112,7 @@ func (e *Executor) idle(ctx context.Context, service, name, id string) {
 		return
 	}
 	if err := e.Idle.SetIdle(in.State.Pid, true); err != nil && e.idleFailed.CompareAndSwap(false, true) {
-		e.say(service, "%s boots by its CPU weight alone, not in the idle CPU class: %v", name, err)
+		e.say(service, "%s boots by its CPU weight alone, not in the idle CPU class (agentd's rollout.boot_cpu_idle): %v", name, err)
 	}
 }
 
