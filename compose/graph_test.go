@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-deploy/berth/healthcheck"
+	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
 )
 
@@ -223,16 +224,24 @@ func TestFailureCancelsStepsUnderWay(t *testing.T) {
 	}
 }
 
-// TestBootShield: a new container and a hook boot at the boot CPU weight;
-// the container gets the default weight back once it passes its gate; a
-// service with its own cpu_shares keeps them.
-func TestBootShield(t *testing.T) {
+// webAndWorkerV2 runs the stack, then loads v2 of web and worker, worker
+// with its own cpu_shares (512).
+func webAndWorkerV2(t *testing.T) (*fakeEngine, *types.Project) {
+	t.Helper()
 	eng := newFakeEngine()
 	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
 	p := load(t, map[string]string{"web": "registry.test/web:v2", "worker": "registry.test/worker:v2"})
 	worker := p.Services["worker"]
 	worker.CPUShares = 512
 	p.Services["worker"] = worker
+	return eng, p
+}
+
+// TestBootShield: a new container and a hook boot at the boot CPU weight;
+// the container gets the default weight back once it passes its gate; a
+// service with its own cpu_shares keeps them.
+func TestBootShield(t *testing.T) {
+	eng, p := webAndWorkerV2(t)
 	var atGate []int64
 	gater := &funcGater{eng: eng, gate: func(_ context.Context, id, name string) error {
 		if c, ok := eng.Container(id); ok && strings.HasPrefix(name, "shop-web-") {
@@ -388,12 +397,7 @@ func (f *fakeIdler) SetIdle(pid int, idle bool) error {
 // idle CPU class too, and comes out of it before it gets its weight back;
 // a service with its own cpu_shares is never put there.
 func TestBootIdle(t *testing.T) {
-	eng := newFakeEngine()
-	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
-	p := load(t, map[string]string{"web": "registry.test/web:v2", "worker": "registry.test/worker:v2"})
-	worker := p.Services["worker"]
-	worker.CPUShares = 512
-	p.Services["worker"] = worker
+	eng, p := webAndWorkerV2(t)
 	idler := &fakeIdler{eng: eng, idle: map[int]bool{}, everIdle: map[string]bool{}, outAt: map[string]int64{}}
 	var idleAtGate []bool
 	gater := &funcGater{eng: eng, gate: func(_ context.Context, id, name string) error {
