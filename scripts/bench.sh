@@ -98,7 +98,15 @@ url=http://127.0.0.1:$http_port
 cproject=benchcompose   # docker-compose's project
 bproject=benchberth     # Berth's
 started=$EPOCHREALTIME
-agentd_pid= shop_registry_pid= load_pids=() work= fg_pid= probe_env=()
+agentd_pid= shop_registry_pid= load_pids=() work= fg_pid= probe_env=() layout=
+
+# cpu_cgroup PID: the CPU cgroup of a process (cgroup v1's cpu hierarchy, else v2's).
+cpu_cgroup() { grep -E '^[0-9]+:([^:]*,)?cpu(,[^:]*)?:|^0::' "/proc/$1/cgroup" | head -1 | cut -d: -f3; }
+# record_layout: once, where dockerd and Berth's web container get their CPU.
+record_layout() {
+  [[ -z $layout ]] || return 0
+  layout="dockerd in $(cpu_cgroup "$(pgrep -xo dockerd)"), web in $(cpu_cgroup "$(docker inspect -f '{{.State.Pid}}' $bproject-web-1)") (cgroup v$(docker info -f '{{.CgroupVersion}}'))"
+}
 
 # interruptible COMMAND...: run it and wait for it, in a way a signal interrupts (bash
 # runs a trap only once the foreground command is done; `wait` it breaks).
@@ -328,6 +336,7 @@ for i in $(seq "$runs"); do
     agentd_start "$i"
     berth_deploy "$web_v1" "$dir/berth-v1.jsonl" || die "the v1 deploy failed: $(tail -n 3 "$dir/berth-v1.jsonl")"
     serving v1
+    record_layout
     mapfile -t probe_env < <(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$bproject-web-1" |
       grep -E '^(SECRET_KEY|DEBUG|ALLOWED_HOSTS|POSTGRES_|CELERY_)' | sed 's/^/--env=/')
     load_start "$dir/probes"
@@ -382,6 +391,7 @@ for i in $(seq "$runs"); do
   berth_deploy "$web_v1" "$dir/berth-v1.jsonl" || die "the v1 deploy failed: $(tail -n 3 "$dir/berth-v1.jsonl")"
   serving v1
   note "v1 up in $(since "$t")s"
+  record_layout
   load_start "$dir/berth"
   mark load_start
   interruptible sleep "$steady"
@@ -418,6 +428,7 @@ done
 load2=$(cut -d' ' -f1-3 /proc/loadavg)
 
 step "results ($runs run(s), $(since "$started")s in all)"
+note "CPU cgroups (scripts/setup-host.sh): $layout"
 note "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); docker $(docker version -f '{{.Server.Version}}'); $("${compose_cmd[@]}" version --short 2>/dev/null || echo compose)"
 note "load average (1/5/15 min) at the start: $load1; at each run's start: ${loads[*]}; at the end: $load2"
 note "load: $rate req/s kept-alive ($clients clients, 1 in $post_every a POST), $close_rate req/s a connection per request; steady ${steady}s, settle ${settle}s"

@@ -34,6 +34,15 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# engine_cgroup: creates and prints the cgroup dockerd starts in: berth-dockerd
+# in the cpu hierarchy (cgroup v1) or the unified one (v2).
+engine_cgroup() {
+  local d=/sys/fs/cgroup/berth-dockerd
+  [[ -d /sys/fs/cgroup/cpu ]] && d=/sys/fs/cgroup/cpu/berth-dockerd
+  mkdir -p "$d"
+  echo "$d"
+}
+
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ]; then
     log "no Docker engine answers and I am not root: start dockerd (sudo systemctl start docker)"
@@ -43,8 +52,18 @@ if ! docker info >/dev/null 2>&1; then
     log "starting docker.service"
     systemctl start docker
   else
-    log "starting dockerd (log: /var/log/berth-dockerd.log)"
-    nohup dockerd >/var/log/berth-dockerd.log 2>&1 &
+    # Without systemd, dockerd would run in the root cgroup, where each of
+    # its threads (and containerd's, runc's, docker-proxy's) weighs as much
+    # for the CPU as all the containers together. Start it in a cgroup of
+    # its own, as systemd starts docker.service, and give each container a
+    # cgroup of its own beside it (--cgroup-parent /), as the systemd cgroup
+    # driver does on cgroup v2 (Debian 12, Ubuntu 22.04 and newer), so that
+    # the benchmark and the tests meet the CPU arbitration of a user's host.
+    log "starting dockerd in cgroup $(engine_cgroup) (log: /var/log/berth-dockerd.log)"
+    (
+      echo "$BASHPID" >"$(engine_cgroup)/cgroup.procs"
+      exec nohup dockerd --cgroup-parent=/ >/var/log/berth-dockerd.log 2>&1
+    ) &
   fi
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
