@@ -48,7 +48,10 @@ if ! docker info >/dev/null 2>&1; then
     log "no Docker engine answers and I am not root: start dockerd (sudo systemctl start docker)"
     exit 2
   fi
-  if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+  # is-system-running exits non-zero when systemd runs "degraded" (a unit
+  # failed): systemd still starts Docker then.
+  sd_state=$(systemctl is-system-running 2>/dev/null || true)
+  if command -v systemctl >/dev/null && [[ $sd_state == running || $sd_state == degraded ]]; then
     log "starting docker.service"
     systemctl start docker
   else
@@ -59,9 +62,12 @@ if ! docker info >/dev/null 2>&1; then
     # cgroup of its own beside it (--cgroup-parent /), as the systemd cgroup
     # driver does on cgroup v2 (Debian 12, Ubuntu 22.04 and newer), so that
     # the benchmark and the tests meet the CPU arbitration of a user's host.
-    log "starting dockerd in cgroup $(engine_cgroup) (log: /var/log/berth-dockerd.log)"
     (
-      echo "$BASHPID" >"$(engine_cgroup)/cgroup.procs"
+      if cg=$(engine_cgroup 2>/dev/null) && echo "$BASHPID" 2>/dev/null >"$cg/cgroup.procs"; then
+        log "starting dockerd in cgroup $cg (log: /var/log/berth-dockerd.log)"
+      else
+        log "starting dockerd in the root cgroup: no cgroup of its own could be made (log: /var/log/berth-dockerd.log)"
+      fi
       exec nohup dockerd --cgroup-parent=/ >/var/log/berth-dockerd.log 2>&1
     ) &
   fi
