@@ -667,13 +667,7 @@ func (e *Executor) createAndStart(ctx context.Context, project string, spec *Ser
 			return err
 		}
 	}
-	host := spec.Host
-	shielded := e.shield(&host)
-	id, err = e.create(ctx, name, &cfg, host, spec.Networks, prepare)
-	if err == nil && shielded {
-		e.idle(ctx, spec.Name, name, id)
-	}
-	return id, err
+	return e.createShielded(ctx, spec, name, &cfg, spec.Host, prepare)
 }
 
 // create creates a container, joins its other networks, runs prepare (if

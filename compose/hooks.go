@@ -54,13 +54,9 @@ func (e *Executor) runHook(ctx context.Context, project string, spec *ServiceSpe
 	defer cancel()
 	e.say(spec.Name, "running %s", what)
 	start := time.Now()
-	shielded := e.shield(&host)
-	id, err := e.create(ctx, name, &cfg, host, spec.Networks, nil)
+	id, err := e.createShielded(ctx, spec, name, &cfg, host, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	if shielded {
-		e.idle(ctx, spec.Name, name, id)
 	}
 	defer func() {
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)

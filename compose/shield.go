@@ -98,6 +98,18 @@ func (e *Executor) shield(host *container.HostConfig) bool {
 	return false
 }
 
+// createShielded creates and starts a container of spec's service (a
+// replica or a hook) with host, shielded as it boots: at the boot CPU
+// weight (shield) and in the idle CPU class (idle).
+func (e *Executor) createShielded(ctx context.Context, spec *ServiceSpec, name string, cfg *container.Config, host container.HostConfig, prepare func(id string) error) (string, error) {
+	shielded := e.shield(&host)
+	id, err := e.create(ctx, name, cfg, host, spec.Networks, prepare)
+	if err == nil && shielded {
+		e.idle(ctx, spec.Name, name, id)
+	}
+	return id, err
+}
+
 // idle puts a container just started shielded in the idle CPU class
 // (Executor.Idle). A host that refuses it (a kernel before 5.15, a cgroup
 // agentd may not write) is said once; containers then boot by their
