@@ -3,7 +3,8 @@
 # Installs what is missing from Debian's packages (Docker Engine, the
 # registry, docker-compose for compatibility checks, the OpenSSH client and
 # server the SSH front-door tests drive, systemd-analyze for the unit
-# checks, rsync and npm for the local GitLab runner of scripts/e2e.sh),
+# checks, rsync and npm for the local GitLab runner of scripts/e2e.sh,
+# iproute2 for the benchmark's clients),
 # starts dockerd
 # if no engine answers, and waits until it does. Safe to run again.
 # Usage: sudo scripts/setup-host.sh
@@ -21,6 +22,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v rsync >/dev/null || need+=(rsync)
+command -v ip >/dev/null || need+=(iproute2)
 command -v npm >/dev/null || need+=(npm)
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
@@ -43,15 +45,61 @@ engine_cgroup() {
   echo "$d"
 }
 
+# The engine's CPU weight: about a sixteenth of a container's at Docker's
+# default (cpu.shares 1024 on cgroup v1, cpu.weight 100 on v2). The engine's
+# work for a rollout (creating, starting, stopping and removing containers,
+# their networks and mounts, health-check execs) then waits while the
+# serving containers want the CPU, as a new container's boot does
+# (docs/agentd.md, "The engine's CPU weight"); it takes what they leave.
+engine_weight_v1=64 engine_weight_v2=6
+# The same through systemd: CPUWeight 6 is cpu.weight 6 on v2 and
+# cpu.shares 61 on v1 (CPUWeight x 1024 / 100).
+engine_cpuweight=6
+
+# weigh_engine: gives the engine that weight where this script can: the
+# cgroup berth-dockerd it started dockerd in, or, with systemd, docker.service
+# and containerd.service (systemctl set-property: kept across boots). Says
+# what it did; a refusal is said and is no error.
+weigh_engine() {
+  if [[ ${1:-} == systemd ]]; then
+    local w=$engine_cpuweight unit
+    for unit in docker.service containerd.service; do
+      systemctl cat "$unit" >/dev/null 2>&1 || continue
+      if systemctl set-property "$unit" "CPUWeight=$w" 2>/dev/null; then
+        log "$unit: CPUWeight=$w (the engine's work waits for the serving containers)"
+      else
+        log "could not set CPUWeight=$w on $unit: the engine weighs as much as a service"
+      fi
+    done
+    return 0
+  fi
+  local pid cg file=cpu.weight w=$engine_weight_v2
+  [[ -d /sys/fs/cgroup/cpu ]] && file=cpu.shares w=$engine_weight_v1
+  pid=$(pgrep -xo dockerd) || return 0
+  cg=$(grep -E '^[0-9]+:([^:]*,)?cpu(,[^:]*)?:|^0::' "/proc/$pid/cgroup" | head -1 | cut -d: -f3) || return 0
+  [[ $cg == /berth-dockerd ]] || return 0
+  cg=$(engine_cgroup)
+  if [[ $(cat "$cg/$file" 2>/dev/null) == "$w" ]]; then
+    return 0
+  elif echo "$w" 2>/dev/null >"$cg/$file"; then
+    log "dockerd's cgroup: $file $w (the engine's work waits for the serving containers)"
+  else
+    log "could not set $file in $cg: the engine weighs as much as a container"
+  fi
+}
+
+# is-system-running exits non-zero when systemd runs "degraded" (a unit
+# failed): systemd still starts Docker then.
+systemd=false
+sd_state=$(systemctl is-system-running 2>/dev/null || true)
+command -v systemctl >/dev/null && [[ $sd_state == running || $sd_state == degraded ]] && systemd=true
+
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ]; then
     log "no Docker engine answers and I am not root: start dockerd (sudo systemctl start docker)"
     exit 2
   fi
-  # is-system-running exits non-zero when systemd runs "degraded" (a unit
-  # failed): systemd still starts Docker then.
-  sd_state=$(systemctl is-system-running 2>/dev/null || true)
-  if command -v systemctl >/dev/null && [[ $sd_state == running || $sd_state == degraded ]]; then
+  if $systemd; then
     log "starting docker.service"
     systemctl start docker
   else
@@ -77,4 +125,7 @@ if ! docker info >/dev/null 2>&1; then
   done
 fi
 docker info >/dev/null 2>&1 || { log "the Docker engine did not come up"; exit 1; }
+if [ "$(id -u)" = 0 ]; then
+  if $systemd; then weigh_engine systemd; else weigh_engine; fi
+fi
 log "Docker Engine $(docker info --format '{{.ServerVersion}}') is ready"
