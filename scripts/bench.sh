@@ -21,6 +21,12 @@
 #   5. remove the stack (containers, networks, volumes) and stop agentd.
 # Every latency figure is the median of --runs runs with min and max.
 #
+# The load generators run in a network namespace of their own (berth-bench,
+# 10.231.0.2, a veth pair to the host's 10.231.0.1, where nginx publishes
+# its port): their requests reach nginx as a remote client's do, through the
+# kernel's forwarding (DNAT), not docker-proxy, the engine's process that
+# carries only connections made from the host itself (docs/testing.md).
+#
 # With --probes, a run measures instead what one kind of a rollout's work
 # costs the serving stack, alone: Berth's stack of v1 under the same load,
 # --steady seconds of steady load, then each probe for about 6 s with 4 s of
@@ -48,7 +54,8 @@
 #   --probes LIST     comma-separated probes (above) instead of the deploys
 #   --registry-port P (5097)  --http-port P (8097)
 # Needs: docker, docker-compose (or docker compose), docker-registry, go
-# (/usr/local/go/bin), curl; python3 (or the base image's, through docker).
+# (/usr/local/go/bin), curl, ip (iproute2); python3 (or the base image's,
+# through docker).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/shop-stack.sh
@@ -94,7 +101,9 @@ fi
 [[ -z $out || $out == /* ]] || out=$PWD/$out
 
 registry=127.0.0.1:$registry_port
-url=http://127.0.0.1:$http_port
+# The clients' network namespace and the veth pair's addresses.
+client_ns=berth-bench host_veth=berth-bench0 host_ip=10.231.0.1 client_ip=10.231.0.2
+url=http://$host_ip:$http_port
 cproject=benchcompose   # docker-compose's project
 bproject=benchberth     # Berth's
 started=$EPOCHREALTIME
@@ -102,10 +111,18 @@ agentd_pid= shop_registry_pid= load_pids=() work= fg_pid= probe_env=() layout=
 
 # cpu_cgroup PID: the CPU cgroup of a process (cgroup v1's cpu hierarchy, else v2's).
 cpu_cgroup() { grep -E '^[0-9]+:([^:]*,)?cpu(,[^:]*)?:|^0::' "/proc/$1/cgroup" | head -1 | cut -d: -f3; }
+# cpu_weight CGROUP: its cpu.shares (v1) or cpu.weight (v2).
+cpu_weight() {
+  if [[ -d /sys/fs/cgroup/cpu ]]; then echo "cpu.shares $(cat "/sys/fs/cgroup/cpu$1/cpu.shares" 2>/dev/null || echo ?)"
+  else echo "cpu.weight $(cat "/sys/fs/cgroup$1/cpu.weight" 2>/dev/null || echo ?)"; fi
+}
 # record_layout: once, where dockerd and Berth's web container get their CPU.
 record_layout() {
   [[ -z $layout ]] || return 0
-  layout="dockerd in $(cpu_cgroup "$(pgrep -xo dockerd)"), web in $(cpu_cgroup "$(docker inspect -f '{{.State.Pid}}' $bproject-web-1)") (cgroup v$(docker info -f '{{.CgroupVersion}}'))"
+  local d w
+  d=$(cpu_cgroup "$(pgrep -xo dockerd)")
+  w=$(cpu_cgroup "$(docker inspect -f '{{.State.Pid}}' $bproject-web-1)")
+  layout="dockerd in $d ($(cpu_weight "$d")), web in $w ($(cpu_weight "$w")) (cgroup v$(docker info -f '{{.CgroupVersion}}'))"
 }
 
 # interruptible COMMAND...: run it and wait for it, in a way a signal interrupts (bash
@@ -124,7 +141,7 @@ note() { echo "bench: $*"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 [[ $(id -u) == 0 ]] || die "run me as root: sudo $0"
-for c in docker docker-registry go curl; do
+for c in docker docker-registry go curl ip; do
   command -v "$c" >/dev/null || die "$c is missing: run sudo scripts/setup-host.sh"
 done
 if command -v docker-compose >/dev/null; then compose_cmd=(docker-compose)
@@ -135,6 +152,20 @@ for p in $cproject $bproject; do
   [[ -z $(docker ps -aq --filter "label=com.docker.compose.project=$p") ]] ||
     die "containers of a compose project named $p exist already (another run?); remove them first"
 done
+# clients_net: the clients' namespace, its veth pair and addresses (a
+# leftover of an interrupted run is removed first).
+clients_net() {
+  ip netns del $client_ns 2>/dev/null || true
+  ip link del $host_veth 2>/dev/null || true
+  ip netns add $client_ns
+  ip link add $host_veth type veth peer name eth0 netns $client_ns
+  ip addr add $host_ip/30 dev $host_veth
+  ip link set $host_veth up
+  ip -n $client_ns addr add $client_ip/30 dev eth0
+  ip -n $client_ns link set eth0 up
+  ip -n $client_ns link set lo up
+  ip -n $client_ns route add default via $host_ip
+}
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
 data=${out:-$work/data}
 mkdir -p "$data"
@@ -176,6 +207,8 @@ cleanup() {
   remove_stack $bproject
   if [[ -n $shop_registry_pid ]]; then kill "$shop_registry_pid" 2>/dev/null; wait "$shop_registry_pid" 2>/dev/null; fi
   shop_remove_images
+  ip netns del $client_ns 2>/dev/null
+  ip link del $host_veth 2>/dev/null
   rm -rf "$work"
   exit "$status"
 }
@@ -185,6 +218,7 @@ trap 'exit 143' TERM
 
 
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
+clients_net || die "could not make the clients' network namespace $client_ns ($client_ip, the host $host_ip on $host_veth)"
 step "base image; agentd, agentctl and the load generator"
 t=$EPOCHREALTIME
 base=$("$root/scripts/base-image.sh" | tail -n 1)
@@ -205,9 +239,9 @@ REGISTRY=$registry
 DJANGO_SECRET_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 POSTGRES_PASSWORD=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 RABBITMQ_PASSWORD=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-ALLOWED_HOSTS=localhost,127.0.0.1
+ALLOWED_HOSTS=localhost,127.0.0.1,$host_ip
 HEALTH_HOST=localhost
-HTTP_PORT=127.0.0.1:$http_port
+HTTP_PORT=$host_ip:$http_port
 ORDER_PROCESSING_SECONDS=1
 SWEEP_INTERVAL=10
 ENV
@@ -242,11 +276,11 @@ mark() { echo "$1 $EPOCHREALTIME" >>"$phases"; }
 # load_start FILE_PREFIX: the kept-alive clients (PREFIX.req) and the
 # connection-per-request clients (PREFIX-close.req), in the background.
 load_start() {
-  "$work/bin/loadgen" -url "$url" -rate "$rate" -clients "$clients" -post-every "$post_every" -keepalive \
+  ip netns exec $client_ns "$work/bin/loadgen" -url "$url" -rate "$rate" -clients "$clients" -post-every "$post_every" -keepalive \
     -timeout 10s -prefix "bench-$(basename "$1")" -log "$1.req" -summary "$1.json" 2>>"$work/loadgen.log" &
   load_pids=($!)
   if [[ $close_rate != 0 && $close_rate != 0.0 ]]; then
-    "$work/bin/loadgen" -url "$url" -rate "$close_rate" -clients 4 -post-every "$post_every" \
+    ip netns exec $client_ns "$work/bin/loadgen" -url "$url" -rate "$close_rate" -clients 4 -post-every "$post_every" \
       -timeout 10s -prefix "bench-$(basename "$1")-close" -log "$1-close.req" -summary "$1-close.json" 2>>"$work/loadgen.log" &
     load_pids+=($!)
   else
@@ -431,6 +465,7 @@ step "results ($runs run(s), $(since "$started")s in all)"
 note "CPU cgroups (scripts/setup-host.sh): $layout"
 note "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); docker $(docker version -f '{{.Server.Version}}'); $("${compose_cmd[@]}" version --short 2>/dev/null || echo compose)"
 note "load average (1/5/15 min) at the start: $load1; at each run's start: ${loads[*]}; at the end: $load2"
+note "clients: in the network namespace $client_ns ($client_ip), to nginx's port on $host_ip:$http_port (the kernel's DNAT)"
 note "load: $rate req/s kept-alive ($clients clients, 1 in $post_every a POST), $close_rate req/s a connection per request; steady ${steady}s, settle ${settle}s"
 ((${#probe_list[@]} == 0)) || picture=
 (cd "$root" && go run ./scripts/bench -dir "$data" -compose "$here/compose.yaml" -picture "$picture")
