@@ -60,6 +60,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/shop-stack.sh
 . "$root/scripts/lib/shop-stack.sh"
+# shellcheck source=lib/cgroup.sh
+. "$root/scripts/lib/cgroup.sh"
 here=$root/examples/django
 export PATH="/usr/local/go/bin:$PATH"
 
@@ -109,12 +111,11 @@ bproject=benchberth     # Berth's
 started=$EPOCHREALTIME
 agentd_pid= shop_registry_pid= load_pids=() work= fg_pid= probe_env=() layout=
 
-# cpu_cgroup PID: the CPU cgroup of a process (cgroup v1's cpu hierarchy, else v2's).
-cpu_cgroup() { grep -E '^[0-9]+:([^:]*,)?cpu(,[^:]*)?:|^0::' "/proc/$1/cgroup" | head -1 | cut -d: -f3; }
-# cpu_weight CGROUP: its cpu.shares (v1) or cpu.weight (v2).
+# cpu_weight CGROUP: its cpu.shares (v1) or cpu.weight (v2), named.
 cpu_weight() {
-  if [[ -d /sys/fs/cgroup/cpu ]]; then echo "cpu.shares $(cat "/sys/fs/cgroup/cpu$1/cpu.shares" 2>/dev/null || echo ?)"
-  else echo "cpu.weight $(cat "/sys/fs/cgroup$1/cpu.weight" 2>/dev/null || echo ?)"; fi
+  local f
+  f=$(cpu_weight_file)
+  echo "$f $(cat "$(cpu_root)$1/$f" 2>/dev/null || echo ?)"
 }
 # record_layout: once, where dockerd and Berth's web container get their CPU.
 record_layout() {
@@ -154,17 +155,18 @@ for p in $cproject $bproject; do
 done
 # clients_net: the clients' namespace, its veth pair and addresses (a
 # leftover of an interrupted run is removed first).
+# Its caller tests it (errexit is off inside): every step is chained.
 clients_net() {
   ip netns del $client_ns 2>/dev/null || true
   ip link del $host_veth 2>/dev/null || true
-  ip netns add $client_ns
-  ip link add $host_veth type veth peer name eth0 netns $client_ns
-  ip addr add $host_ip/30 dev $host_veth
-  ip link set $host_veth up
-  ip -n $client_ns addr add $client_ip/30 dev eth0
-  ip -n $client_ns link set eth0 up
-  ip -n $client_ns link set lo up
-  ip -n $client_ns route add default via $host_ip
+  ip netns add $client_ns &&
+    ip link add $host_veth type veth peer name eth0 netns $client_ns &&
+    ip addr add $host_ip/30 dev $host_veth &&
+    ip link set $host_veth up &&
+    ip -n $client_ns addr add $client_ip/30 dev eth0 &&
+    ip -n $client_ns link set eth0 up &&
+    ip -n $client_ns link set lo up &&
+    ip -n $client_ns route add default via $host_ip
 }
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
 data=${out:-$work/data}

@@ -9,6 +9,8 @@
 # if no engine answers, and waits until it does. Safe to run again.
 # Usage: sudo scripts/setup-host.sh
 set -euo pipefail
+# shellcheck source=lib/cgroup.sh
+. "$(dirname "$0")/lib/cgroup.sh"
 
 log() { echo "setup-host: $*" >&2; }
 
@@ -39,8 +41,8 @@ fi
 # engine_cgroup: creates and prints the cgroup dockerd starts in: berth-dockerd
 # in the cpu hierarchy (cgroup v1) or the unified one (v2).
 engine_cgroup() {
-  local d=/sys/fs/cgroup/berth-dockerd
-  [[ -d /sys/fs/cgroup/cpu ]] && d=/sys/fs/cgroup/cpu/berth-dockerd
+  local d
+  d=$(cpu_root)/berth-dockerd
   mkdir -p "$d"
   echo "$d"
 }
@@ -56,27 +58,30 @@ engine_weight_v1=64 engine_weight_v2=6
 # cpu.shares 61 on v1 (CPUWeight x 1024 / 100).
 engine_cpuweight=6
 
-# weigh_engine: gives the engine that weight where this script can: the
-# cgroup berth-dockerd it started dockerd in, or, with systemd, docker.service
-# and containerd.service (systemctl set-property: kept across boots). Says
-# what it did; a refusal is said and is no error.
-weigh_engine() {
-  if [[ ${1:-} == systemd ]]; then
-    local w=$engine_cpuweight unit
-    for unit in docker.service containerd.service; do
-      systemctl cat "$unit" >/dev/null 2>&1 || continue
-      if systemctl set-property "$unit" "CPUWeight=$w" 2>/dev/null; then
-        log "$unit: CPUWeight=$w (the engine's work waits for the serving containers)"
-      else
-        log "could not set CPUWeight=$w on $unit: the engine weighs as much as a service"
-      fi
-    done
-    return 0
-  fi
-  local pid cg file=cpu.weight w=$engine_weight_v2
-  [[ -d /sys/fs/cgroup/cpu ]] && file=cpu.shares w=$engine_weight_v1
+# weigh_units: gives the engine that weight through systemd, on
+# docker.service and containerd.service (systemctl set-property: kept across
+# boots). Says what it did; a refusal is said and is no error.
+weigh_units() {
+  local unit
+  for unit in docker.service containerd.service; do
+    systemctl cat "$unit" >/dev/null 2>&1 || continue
+    if systemctl set-property "$unit" "CPUWeight=$engine_cpuweight" 2>/dev/null; then
+      log "$unit: CPUWeight=$engine_cpuweight (the engine's work waits for the serving containers)"
+    else
+      log "could not set CPUWeight=$engine_cpuweight on $unit: the engine weighs as much as a service"
+    fi
+  done
+}
+
+# weigh_cgroup: gives the engine that weight in the cgroup berth-dockerd, if
+# dockerd runs there (this script started it). Says it when it writes; a
+# refusal is said and is no error.
+weigh_cgroup() {
+  local pid cg file w=$engine_weight_v2
+  file=$(cpu_weight_file)
+  [[ $file == cpu.shares ]] && w=$engine_weight_v1
   pid=$(pgrep -xo dockerd) || return 0
-  cg=$(grep -E '^[0-9]+:([^:]*,)?cpu(,[^:]*)?:|^0::' "/proc/$pid/cgroup" | head -1 | cut -d: -f3) || return 0
+  cg=$(cpu_cgroup "$pid") || return 0
   [[ $cg == /berth-dockerd ]] || return 0
   cg=$(engine_cgroup)
   if [[ $(cat "$cg/$file" 2>/dev/null) == "$w" ]]; then
@@ -91,8 +96,10 @@ weigh_engine() {
 # is-system-running exits non-zero when systemd runs "degraded" (a unit
 # failed): systemd still starts Docker then.
 systemd=false
-sd_state=$(systemctl is-system-running 2>/dev/null || true)
-command -v systemctl >/dev/null && [[ $sd_state == running || $sd_state == degraded ]] && systemd=true
+if command -v systemctl >/dev/null; then
+  sd_state=$(systemctl is-system-running 2>/dev/null || true)
+  [[ $sd_state == running || $sd_state == degraded ]] && systemd=true
+fi
 
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ]; then
@@ -126,6 +133,6 @@ if ! docker info >/dev/null 2>&1; then
 fi
 docker info >/dev/null 2>&1 || { log "the Docker engine did not come up"; exit 1; }
 if [ "$(id -u)" = 0 ]; then
-  if $systemd; then weigh_engine systemd; else weigh_engine; fi
+  if $systemd; then weigh_units; else weigh_cgroup; fi
 fi
 log "Docker Engine $(docker info --format '{{.ServerVersion}}') is ready"
