@@ -96,6 +96,15 @@ func (s *Service) idler() compose.Idler {
 	return cgroup.Host{}
 }
 
+// pinner keeps new containers on half the CPUs as they boot
+// (rollout.boot_cpus); nil when the config turns it off.
+func (s *Service) pinner() compose.Pinner {
+	if !s.cfg.Rollout.Pin() {
+		return nil
+	}
+	return cgroup.Host{}
+}
+
 // Observer is told when a deploy or rollback request ends (metrics,
 // notifications). It must not block: the request's caller is waiting.
 type Observer interface {
@@ -578,6 +587,7 @@ func (r *releaseRun) engineLife(release string) *life.Life {
 		BootCPUShares:    r.svc.cfg.Rollout.BootCPUShares,
 		DefaultCPUShares: r.svc.defaultShares,
 		Idle:             r.svc.idler(),
+		Pin:              r.svc.pinner(),
 		Progress:         func(svc, msg string) { r.progress(svc, "%s", msg) },
 		OnPlan:           func(p *compose.Plan) { r.event(api.Event{Type: api.EventPlan, Message: p.String()}) },
 		OnStep:           r.stepEnded,

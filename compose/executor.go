@@ -65,6 +65,14 @@ type Executor struct {
 	// however low, still takes turns with the containers that serve, an
 	// idle group runs only on what they leave.
 	Idle Idler
+	// Pin, when set, also keeps a container that boots at BootCPUShares
+	// on the upper half of the host's CPUs until its gate passes, so the
+	// lower half runs no boot at all. The idle class yields the CPU to a
+	// serving task that wakes, but a boot spends long stretches in the
+	// kernel (forks, exec, page faults, mounts), which a kernel built
+	// without full preemption does not interrupt: a serving task that
+	// wakes on that CPU waits for the stretch to end.
+	Pin Pinner
 	// OnStep, when set, is told of every step that ends (done, failed or
 	// skipped).
 	OnStep func(StepResult)
@@ -81,6 +89,9 @@ type Executor struct {
 	// idleFailed: the host refused the idle class once; new containers
 	// boot by their weight alone from then on.
 	idleFailed atomic.Bool
+	// pinFailed: the host refused a cpuset once; new containers boot on
+	// every CPU from then on.
+	pinFailed atomic.Bool
 	// clock is time.Now unless a test sets it.
 	clock func() time.Time
 	// upstreams is what each proxy container's upstreams file holds, as

@@ -463,3 +463,125 @@ func TestBootIdleRefused(t *testing.T) {
 		t.Errorf("the refusal was said %d times, want once: %q", n, said)
 	}
 }
+
+// fakePinner records which processes are kept to half the CPUs, and
+// whether each was still idle when it got every CPU back.
+type fakePinner struct {
+	eng       *fakeEngine
+	err       error
+	pinned    map[int]bool
+	everPin   map[string]bool // container names ever pinned
+	unpinIdle map[string]bool // name: still in the idle class when unpinned
+	idler     *fakeIdler
+}
+
+func (f *fakePinner) name(pid int) string {
+	for name, id := range f.eng.ids() {
+		if c, ok := f.eng.Container(id); ok && c.State.Pid == pid {
+			return name
+		}
+	}
+	return ""
+}
+
+func (f *fakePinner) PinBoot(pid int) (string, error) {
+	if f.err != nil {
+		return "", f.err
+	}
+	f.everPin[f.name(pid)] = true
+	f.pinned[pid] = true
+	return "1", nil
+}
+
+func (f *fakePinner) Unpin(pid int) error {
+	if f.pinned[pid] {
+		f.unpinIdle[f.name(pid)] = f.idler.idle[pid]
+	}
+	f.pinned[pid] = false
+	return nil
+}
+
+// TestBootPinned: what boots shielded (new containers, hooks) boots on
+// half the CPUs and gets them all back at its gate, before it leaves the
+// idle class; a service with its own cpu_shares or cpuset is never pinned.
+func TestBootPinned(t *testing.T) {
+	eng, p := webAndWorkerV2(t)
+	idler := &fakeIdler{eng: eng, idle: map[int]bool{}, everIdle: map[string]bool{}, outAt: map[string]int64{}}
+	pinner := &fakePinner{eng: eng, pinned: map[int]bool{}, everPin: map[string]bool{}, unpinIdle: map[string]bool{}, idler: idler}
+	var pinnedAtGate []bool
+	gater := &funcGater{eng: eng, gate: func(_ context.Context, id, name string) error {
+		if c, ok := eng.Container(id); ok && strings.HasPrefix(name, "shop-web-") {
+			pinnedAtGate = append(pinnedAtGate, pinner.pinned[c.State.Pid])
+		}
+		return nil
+	}}
+	exec := &Executor{Engine: eng, Health: gater, Release: "2", KeepRetired: true, BootCPUShares: 2, Idle: idler, Pin: pinner}
+	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	if len(pinnedAtGate) != 2 || !pinnedAtGate[0] || !pinnedAtGate[1] {
+		t.Errorf("web's new containers were pinned at their gate: %v, want true twice", pinnedAtGate)
+	}
+	for _, n := range []string{"shop-web-1", "shop-web-2"} {
+		if idle, ok := pinner.unpinIdle[n]; !ok || !idle {
+			t.Errorf("%s unpinned: %v, while idle: %v; want unpinned at its gate, before it left the idle class", n, ok, idle)
+		}
+	}
+	for name, id := range eng.ids() {
+		if c, ok := eng.Container(id); ok && c.State.Running && pinner.pinned[c.State.Pid] {
+			t.Errorf("%s is still pinned after the rollout", name)
+		}
+	}
+	hook := false
+	for n := range pinner.everPin {
+		if strings.HasPrefix(n, "shop-worker-") {
+			t.Errorf("%s (cpu_shares 512) was pinned", n)
+		}
+		hook = hook || strings.Contains(n, "predeploy")
+	}
+	if !hook {
+		t.Errorf("no hook booted pinned: %v", pinner.everPin)
+	}
+
+	// web with a cpuset of its own: shielded by weight, never pinned.
+	p = load(t, map[string]string{"web": "registry.test/web:v3"})
+	web := p.Services["web"]
+	web.CPUSet = "0"
+	p.Services["web"] = web
+	pinner.everPin = map[string]bool{}
+	exec = &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "3", KeepRetired: true, BootCPUShares: 2, Idle: idler, Pin: pinner}
+	if err := exec.Apply(t.Context(), plan(t, eng, desired(t, p))); err != nil {
+		t.Fatal(err)
+	}
+	for n := range pinner.everPin {
+		if strings.HasPrefix(n, "shop-web-") {
+			t.Errorf("%s (cpuset 0) was pinned", n)
+		}
+	}
+}
+
+// TestBootPinRefused: a host that refuses the cpuset is said once; the
+// rollout goes on, on every CPU.
+func TestBootPinRefused(t *testing.T) {
+	eng := newFakeEngine()
+	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
+	var said []string
+	pinner := &fakePinner{eng: eng, err: errors.New("no cpuset.cpus"), pinned: map[int]bool{}, everPin: map[string]bool{}}
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, BootCPUShares: 2, Pin: pinner,
+		Progress: func(_, msg string) { said = append(said, msg) }}
+	if err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web"))); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, s := range said {
+		if strings.Contains(s, "on every CPU") {
+			n++
+			if !strings.Contains(s, "no cpuset.cpus") {
+				t.Errorf("the refusal does not say why: %q", s)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("the refusal was said %d times, want once: %q", n, said)
+	}
+}

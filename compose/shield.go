@@ -86,6 +86,17 @@ type Idler interface {
 	SetIdle(pid int, idle bool) error
 }
 
+// Pinner keeps the cpuset cgroup of a container's process off part of the
+// host's CPUs and gives them back (cgroup.Host).
+type Pinner interface {
+	// PinBoot keeps pid's group to the upper half of the CPUs and returns
+	// them; "" when there are none to spare or the group has a cpuset of
+	// its own.
+	PinBoot(pid int) (string, error)
+	// Unpin gives pid's group every CPU back.
+	Unpin(pid int) error
+}
+
 // shield lowers the CPU weight a new container boots with, so that its
 // boot (imports, forks, migrations' checks) takes the CPU the serving
 // containers leave rather than theirs, and says whether it did. A service
@@ -100,31 +111,42 @@ func (e *Executor) shield(host *container.HostConfig) bool {
 
 // createShielded creates and starts a container of spec's service (a
 // replica or a hook) with host, shielded as it boots: at the boot CPU
-// weight (shield) and in the idle CPU class (idle).
+// weight (shield), in the idle CPU class and on half the CPUs (boot).
 func (e *Executor) createShielded(ctx context.Context, spec *ServiceSpec, name string, cfg *container.Config, host container.HostConfig, prepare func(id string) error) (string, error) {
 	shielded := e.shield(&host)
 	id, err := e.create(ctx, name, cfg, host, spec.Networks, prepare)
 	if err == nil && shielded {
-		e.idle(ctx, spec.Name, name, id)
+		e.boot(ctx, spec, name, id)
 	}
 	return id, err
 }
 
-// idle puts a container just started shielded in the idle CPU class
-// (Executor.Idle). A host that refuses it (a kernel before 5.15, a cgroup
-// agentd may not write) is said once; containers then boot by their
-// weight alone, as they would without Idle. A container that is no
-// longer running has nothing to put there.
-func (e *Executor) idle(ctx context.Context, service, name, id string) {
-	if e.Idle == nil || e.idleFailed.Load() {
+// boot puts a container just started shielded in the idle CPU class
+// (Executor.Idle) and on the upper half of the CPUs (Executor.Pin). A host
+// that refuses either (a kernel before 5.15, a cgroup agentd may not
+// write, no cpuset controller) is said once; containers then boot without
+// it, as they would without Idle or Pin. A service that sets a cpuset
+// keeps it. A container that is no longer running has nothing to put
+// anywhere.
+func (e *Executor) boot(ctx context.Context, spec *ServiceSpec, name string, id string) {
+	idle := e.Idle != nil && !e.idleFailed.Load()
+	pin := e.Pin != nil && !e.pinFailed.Load() && spec.Host.CpusetCpus == ""
+	if !idle && !pin {
 		return
 	}
 	in, err := e.Engine.ContainerInspect(ctx, id)
 	if err != nil || in.State == nil || in.State.Pid == 0 {
 		return
 	}
-	if err := e.Idle.SetIdle(in.State.Pid, true); err != nil && e.idleFailed.CompareAndSwap(false, true) {
-		e.say(service, "%s boots by its CPU weight alone, not in the idle CPU class (agentd's rollout.boot_cpu_idle): %v", name, err)
+	if idle {
+		if err := e.Idle.SetIdle(in.State.Pid, true); err != nil && e.idleFailed.CompareAndSwap(false, true) {
+			e.say(spec.Name, "%s boots by its CPU weight alone, not in the idle CPU class (agentd's rollout.boot_cpu_idle): %v", name, err)
+		}
+	}
+	if pin {
+		if _, err := e.Pin.PinBoot(in.State.Pid); err != nil && e.pinFailed.CompareAndSwap(false, true) {
+			e.say(spec.Name, "%s boots on every CPU, not on half of them (agentd's rollout.boot_cpus): %v", name, err)
+		}
 	}
 }
 
@@ -149,8 +171,14 @@ func (e *Executor) unshield(ctx context.Context, s ServicePlan, ids []string) er
 		if in.HostConfig == nil || in.HostConfig.CPUShares != e.BootCPUShares {
 			continue // started again, not created: it never booted shielded
 		}
-		// Out of the idle class first: the kernel takes no weight for an
-		// idle group.
+		// Every CPU back (a cpuset of the service's own was never
+		// pinned). Then out of the idle class: the kernel takes no weight
+		// for an idle group.
+		if e.Pin != nil && in.State != nil && in.State.Pid > 0 && in.HostConfig.CpusetCpus == "" {
+			if err := e.Pin.Unpin(in.State.Pid); err != nil {
+				return fmt.Errorf("give %s every CPU back: %w", in.Name, err)
+			}
+		}
 		if e.Idle != nil && in.State != nil && in.State.Pid > 0 {
 			if err := e.Idle.SetIdle(in.State.Pid, false); err != nil {
 				return fmt.Errorf("take %s out of the idle CPU class: %w", in.Name, err)

@@ -96,7 +96,21 @@ type Rollout struct {
 	// idle CPU class (cpu.idle) until its gate passes, where agentd may
 	// write the container's cgroup (true when absent).
 	BootCPUIdle *bool `yaml:"boot_cpu_idle"`
+	// BootCPUs is where what boots at BootCPUShares may run until its
+	// gate passes: "half" (when empty) keeps it to the upper half of the
+	// CPUs (cpuset.cpus of the container's cgroup), so the lower half runs
+	// only what serves; "all" lets it run on every CPU.
+	BootCPUs string `yaml:"boot_cpus"`
 }
+
+// The values of rollout.boot_cpus.
+const (
+	BootCPUsHalf = "half"
+	BootCPUsAll  = "all"
+)
+
+// Pin says whether new containers boot on half the CPUs.
+func (r Rollout) Pin() bool { return r.BootCPUs != BootCPUsAll }
 
 // Idle says whether new containers boot in the idle CPU class.
 func (r Rollout) Idle() bool { return r.BootCPUIdle == nil || *r.BootCPUIdle }
@@ -819,6 +833,9 @@ func (c *Config) validateFrontDoors() []error {
 	}
 	if w := c.Rollout.BootCPUShares; w < 2 || w > 262144 {
 		bad("rollout.boot_cpu_shares %d: the engine takes 2 to 262144 (1024 is its default weight: no shielding)", w)
+	}
+	if b := c.Rollout.BootCPUs; b != "" && b != BootCPUsHalf && b != BootCPUsAll {
+		bad("rollout.boot_cpus %q: %q or %q", b, BootCPUsHalf, BootCPUsAll)
 	}
 	if s := c.SSH; s != nil {
 		if _, _, err := net.SplitHostPort(s.Listen); err != nil {

@@ -240,6 +240,33 @@ func TestRolloutBootIdle(t *testing.T) {
 	}
 }
 
+// TestRolloutBootCPUs: new containers boot on half the CPUs unless
+// rollout.boot_cpus says all; anything else is refused.
+func TestRolloutBootCPUs(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "compose.yaml", "services: {}\n")
+	for body, want := range map[string]bool{
+		"":                              true,
+		"rollout:\n  boot_cpus: half\n": true,
+		"rollout:\n  boot_cpus: all\n":  false,
+	} {
+		c, err := Load(write(t, dir, "agentd.yaml", body+"projects:\n  shop:\n    compose_file: compose.yaml\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Rollout.Pin(); got != want {
+			t.Errorf("%q: pin %v; want %v", body, got, want)
+		}
+	}
+	c, err := Load(write(t, dir, "agentd.yaml", "rollout:\n  boot_cpus: \"1\"\nprojects:\n  shop:\n    compose_file: compose.yaml\n"))
+	if err == nil {
+		err = c.Validate()
+	}
+	if err == nil || !strings.Contains(err.Error(), `rollout.boot_cpus "1"`) {
+		t.Fatalf("boot_cpus 1: %v; want it refused", err)
+	}
+}
+
 // TestShipOnlyProject: a project may go without a compose file on the host
 // when every deploy ships one, and then names the images a shipped file may
 // run; ship_compose is off unless an identity says so, and the limits of a

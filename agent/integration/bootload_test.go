@@ -89,9 +89,10 @@ func (l *latencies) between(from, to time.Time) (n int, p99, most time.Duration)
 // computes 4 ms per request under 200 requests/s (0.8 of a core); the
 // deploy replaces two workers whose boot computes on 4 threads each for
 // 4 s. With the boot shield (new containers at CPU weight 2 and in the
-// kernel's idle CPU class until their gate), the engine shows the new
-// workers at weight 2 while they boot, then 1024, and their cgroups'
-// cpu.idle 1, then 0; web's p99 while they boot (from their create to their gate,
+// kernel's idle CPU class and on the upper half of the CPUs until their
+// gate), the engine shows the new workers at weight 2 while they boot,
+// then 1024, their cgroups' cpu.idle 1, then 0, and their cpusets half
+// the CPUs, then all; web's p99 while they boot (from their create to their gate,
 // as the step events say) stays within 3x its steady p99 + 50 ms (the
 // steady p99 of this small load alone varies from 13 to 60 ms between
 // runs here, with the engine's health-check execs), and no request takes
@@ -108,7 +109,7 @@ func TestBootLoadLeavesServingFast(t *testing.T) {
 		shares string
 		shield bool
 	}{
-		{"unshielded", "rollout:\n  boot_cpu_shares: 1024\n  boot_cpu_idle: false\n", false},
+		{"unshielded", "rollout:\n  boot_cpu_shares: 1024\n  boot_cpu_idle: false\n  boot_cpus: all\n", false},
 		{"shielded", "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +159,8 @@ services:
 			// boot and after.
 			weights := map[int64]bool{}
 			idle := map[string]bool{} // "weight idle": what cpu.idle said at each weight
+			cpus := map[string]bool{} // "weight half|all": the CPUs of its cpuset at each weight
+			spare := false            // the engine's cgroups have CPUs to spare (2 or more)
 			watched := make(chan struct{})
 			go func() {
 				defer close(watched)
@@ -173,6 +176,14 @@ services:
 							if in.State != nil && in.State.Pid > 0 {
 								if v, ok := cpuIdle(in.State.Pid); ok {
 									idle[fmt.Sprintf("%d %s", in.HostConfig.CPUShares, v)] = true
+								}
+								if own, parent, ok := cpusetOf(in.State.Pid); ok {
+									spare = spare || len(parent) >= 2
+									v := "all"
+									if len(own) < len(parent) {
+										v = "half"
+									}
+									cpus[fmt.Sprintf("%d %s", in.HostConfig.CPUShares, v)] = true
 								}
 							}
 						}
@@ -228,13 +239,16 @@ services:
 			if failed > 0 {
 				t.Errorf("%d requests failed", failed)
 			}
-			t.Logf("%s: CPU weights the new workers had: %v; weight and cpu.idle seen: %v", tc.name, weights, idle)
+			t.Logf("%s: CPU weights the new workers had: %v; weight and cpu.idle seen: %v; weight and CPUs seen: %v", tc.name, weights, idle, cpus)
 			if !tc.shield {
 				if weights[2] {
 					t.Errorf("a new worker booted at weight 2 with rollout.boot_cpu_shares: 1024")
 				}
 				if idle["1024 1"] {
 					t.Errorf("a new worker booted in the idle CPU class with rollout.boot_cpu_idle: false")
+				}
+				if cpus["1024 half"] {
+					t.Errorf("a new worker booted on half the CPUs with rollout.boot_cpus: all")
 				}
 				unshielded = p99During
 				return
@@ -249,6 +263,10 @@ services:
 			if !idle["2 1"] || !idle["1024 0"] || idle["1024 1"] {
 				t.Errorf("the new workers' (weight cpu.idle) pairs: %v; want 2 1 while they booted, then 1024 0", idle)
 			}
+			// On half the CPUs while they booted, on all of them after.
+			if spare && (!cpus["2 half"] || !cpus["1024 all"] || cpus["1024 half"]) {
+				t.Errorf("the new workers' (weight CPUs) pairs: %v; want 2 half while they booted, then 1024 all", cpus)
+			}
 			// What the shield is worth on this machine: the same boot,
 			// unshielded, just before (a figure, not a check: the two
 			// runs' steady p99 alone differ up to 4x here).
@@ -261,6 +279,31 @@ services:
 			}
 		})
 	}
+}
+
+// cpusetOf reads the CPUs a process's cpuset cgroup and its parent may
+// use; false when the process or the files are gone.
+func cpusetOf(pid int) (own, parent []int, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return nil, nil, false
+	}
+	dir, err := cgroup.CPUSetDir(b, "/sys/fs/cgroup")
+	if err != nil {
+		return nil, nil, false
+	}
+	read := func(d string) ([]int, bool) {
+		for _, f := range []string{"cpuset.effective_cpus", "cpuset.cpus.effective"} {
+			if v, err := os.ReadFile(filepath.Join(d, f)); err == nil {
+				cpus, err := cgroup.ParseCPUList(string(v))
+				return cpus, err == nil
+			}
+		}
+		return nil, false
+	}
+	own, ok1 := read(dir)
+	parent, ok2 := read(filepath.Dir(dir))
+	return own, parent, ok1 && ok2
 }
 
 // cpuIdle reads cpu.idle of a process's CPU cgroup; false when the

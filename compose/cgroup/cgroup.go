@@ -1,8 +1,11 @@
 // Package cgroup puts a process's CPU cgroup on this host in or out of
 // the kernel's idle class (cpu.idle, Linux 5.15 and later, cgroup v1 and
 // v2): the tasks of an idle group run on CPU time no other task wants, and
-// any other task that wakes takes the CPU from them at once. The Docker
-// Engine has no setting for it, so the group's file is written directly.
+// any other task that wakes takes the CPU from them at once. It also keeps
+// a process's cpuset cgroup to part of the host's CPUs and gives them all
+// back (cpuset.go). The Docker Engine has no setting for the idle class,
+// and changing a container's cpuset through it would be recorded as the
+// container's own, so the group's files are written directly.
 package cgroup
 
 import (
@@ -26,11 +29,29 @@ type Host struct {
 	Root string
 }
 
+// dirs returns where the processes and the cgroup file systems are.
+func (h Host) dirs() (proc, root string) {
+	proc, root = h.Proc, h.Root
+	if proc == "" {
+		proc = "/proc"
+	}
+	if root == "" {
+		root = "/sys/fs/cgroup"
+	}
+	return proc, root
+}
+
 // CPUDir returns the directory of a process's CPU cgroup, from its
 // /proc/PID/cgroup and the cgroup root: the cgroup v1 hierarchy that holds
 // the cpu controller (mounted under its controllers' names, as Docker and
 // systemd mount them), else the cgroup v2 unified hierarchy.
 func CPUDir(procCgroup []byte, root string) (string, error) {
+	return controllerDir(procCgroup, root, "cpu")
+}
+
+// controllerDir returns the directory of a process's cgroup in the cgroup
+// v1 hierarchy that holds controller, else in the v2 unified hierarchy.
+func controllerDir(procCgroup []byte, root, controller string) (string, error) {
 	unified, found := "", false
 	sc := bufio.NewScanner(bytes.NewReader(procCgroup))
 	for sc.Scan() {
@@ -47,13 +68,17 @@ func CPUDir(procCgroup []byte, root string) (string, error) {
 			continue
 		}
 		for c := range strings.SplitSeq(ctrls, ",") {
-			if c == "cpu" {
+			if c == controller {
 				return filepath.Join(root, ctrls, path), nil
 			}
 		}
 	}
 	if !found {
-		return "", errors.New("the process is in no CPU cgroup")
+		name := controller
+		if name == "cpu" {
+			name = "CPU"
+		}
+		return "", fmt.Errorf("the process is in no %s cgroup", name)
 	}
 	return filepath.Join(root, unified), nil
 }
@@ -65,13 +90,7 @@ func CPUDir(procCgroup []byte, root string) (string, error) {
 // kernel sets the weight of a group it takes out of the idle class to the
 // default (1024 shares, cpu.weight 100).
 func (h Host) SetIdle(pid int, idle bool) error {
-	proc, root := h.Proc, h.Root
-	if proc == "" {
-		proc = "/proc"
-	}
-	if root == "" {
-		root = "/sys/fs/cgroup"
-	}
+	proc, root := h.dirs()
 	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "cgroup"))
 	if err != nil {
 		return fmt.Errorf("the cgroups of process %d: %w", pid, err)

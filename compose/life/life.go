@@ -76,6 +76,8 @@ type Life struct {
 	DefaultCPUShares int64
 	// Idle: see compose.Executor; nil boots by the weight alone.
 	Idle compose.Idler
+	// Pin: see compose.Executor; nil boots on every CPU.
+	Pin compose.Pinner
 	// Progress receives a line per thing done; may be nil.
 	Progress compose.Progress
 	// OnPlan is shown every plan made (the rollback's too); may be nil.
@@ -106,6 +108,7 @@ func (l *Life) executor(rollback bool) *compose.Executor {
 		BootCPUShares:    l.BootCPUShares,
 		DefaultCPUShares: l.DefaultCPUShares,
 		Idle:             l.Idle,
+		Pin:              l.Pin,
 	}
 }
 
