@@ -41,6 +41,28 @@ func (h Host) dirs() (proc, root string) {
 	return proc, root
 }
 
+// groupDir returns the directory of pid's cgroup that dirOf finds in its
+// /proc/PID/cgroup; "" and no error when the process or that directory is
+// gone (a container that exited: nothing to change).
+func (h Host) groupDir(pid int, dirOf func(procCgroup []byte, root string) (string, error)) (string, error) {
+	proc, root := h.dirs()
+	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "cgroup"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("the cgroups of process %d: %w", pid, err)
+	}
+	dir, err := dirOf(b, root)
+	if err != nil {
+		return "", fmt.Errorf("process %d: %w", pid, err)
+	}
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	return dir, nil
+}
+
 // CPUDir returns the directory of a process's CPU cgroup, from its
 // /proc/PID/cgroup and the cgroup root: the cgroup v1 hierarchy that holds
 // the cpu controller (mounted under its controllers' names, as Docker and
@@ -83,21 +105,17 @@ func controllerDir(procCgroup []byte, root, controller string) (string, error) {
 	return filepath.Join(root, unified), nil
 }
 
-// SetIdle puts pid's CPU cgroup in the idle class (idle) or takes it out.
+// SetIdle puts pid's CPU cgroup in the idle class (idle) or takes it out;
+// a process that is gone has nothing to change.
 // A group already so is left alone (nothing is written, so a group this
 // process may not write is no error then). Taking a group out of the idle
 // class on a kernel without it is no error: nothing is idle there. The
 // kernel sets the weight of a group it takes out of the idle class to the
 // default (1024 shares, cpu.weight 100).
 func (h Host) SetIdle(pid int, idle bool) error {
-	proc, root := h.dirs()
-	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "cgroup"))
-	if err != nil {
-		return fmt.Errorf("the cgroups of process %d: %w", pid, err)
-	}
-	dir, err := CPUDir(b, root)
-	if err != nil {
-		return fmt.Errorf("process %d: %w", pid, err)
+	dir, err := h.groupDir(pid, CPUDir)
+	if dir == "" || err != nil {
+		return err
 	}
 	file := filepath.Join(dir, "cpu.idle")
 	cur, err := os.ReadFile(file)

@@ -67,8 +67,12 @@ func TestSetIdle(t *testing.T) {
 	if b, _ := os.ReadFile(file); string(b) != "0" {
 		t.Errorf("cpu.idle holds %q after SetIdle(false), want 0", b)
 	}
-	if err := h.SetIdle(7, true); err == nil || !strings.Contains(err.Error(), "process 7") {
-		t.Errorf("SetIdle of a process that is not there: %v", err)
+	if err := h.SetIdle(7, true); err != nil {
+		t.Errorf("SetIdle of a process that is gone: %v; want nil (nothing to change)", err)
+	}
+	must(t, os.WriteFile(filepath.Join(h.Proc, "42", "cgroup"), []byte("4:memory:/docker/abc\n"), 0o644))
+	if err := h.SetIdle(42, true); err == nil || !strings.Contains(err.Error(), "process 42") {
+		t.Errorf("SetIdle of a process in no CPU cgroup: %v; want an error naming it", err)
 	}
 }
 

@@ -21,11 +21,12 @@ func CPUSetDir(procCgroup []byte, root string) (string, error) {
 // parent group may use (of 2: the second; of 3: the last two; of 4: the
 // last two), so that the lower half runs no task of that group, and
 // returns the CPUs it wrote. It writes nothing and returns "" when the
-// parent has fewer than two CPUs (none to spare) or when the group already
-// has a cpuset of its own (set by its owner: it is left as it is).
+// parent has fewer than two CPUs (none to spare), when the group already
+// has a cpuset of its own (set by its owner: it is left as it is), or when
+// the process is gone.
 func (h Host) PinBoot(pid int) (string, error) {
-	dir, err := h.cpusetDir(pid)
-	if err != nil {
+	dir, err := h.groupDir(pid, CPUSetDir)
+	if dir == "" || err != nil {
 		return "", err
 	}
 	cur, err := os.ReadFile(filepath.Join(dir, "cpuset.cpus"))
@@ -59,8 +60,8 @@ func (h Host) PinBoot(pid int) (string, error) {
 // A group that has them already is left alone; so is one without a
 // cpuset.cpus file (nothing can have been pinned there).
 func (h Host) Unpin(pid int) error {
-	dir, err := h.cpusetDir(pid)
-	if err != nil {
+	dir, err := h.groupDir(pid, CPUSetDir)
+	if dir == "" || err != nil {
 		return err
 	}
 	file := filepath.Join(dir, "cpuset.cpus")
@@ -87,19 +88,6 @@ func (h Host) Unpin(pid int) error {
 		return fmt.Errorf("write %q to %s: %w", want, file, err)
 	}
 	return nil
-}
-
-func (h Host) cpusetDir(pid int) (string, error) {
-	proc, root := h.dirs()
-	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "cgroup"))
-	if err != nil {
-		return "", fmt.Errorf("the cgroups of process %d: %w", pid, err)
-	}
-	dir, err := CPUSetDir(b, root)
-	if err != nil {
-		return "", fmt.Errorf("process %d: %w", pid, err)
-	}
-	return dir, nil
 }
 
 // effectiveCPUs reads the CPUs a group may use: cpuset.effective_cpus on

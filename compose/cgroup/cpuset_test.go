@@ -112,15 +112,24 @@ func TestPinBootAndUnpin(t *testing.T) {
 	}
 }
 
+// TestPinBootWithoutCPUSet: no cpuset.cpus is an error for PinBoot (said
+// once by the executor) and nothing for Unpin; a process or cgroup that is
+// gone (the container exited) is nothing to do for either.
 func TestPinBootWithoutCPUSet(t *testing.T) {
-	h, _ := fakeCPUSet(t, true, "0-1", "-")
-	if got, err := h.PinBoot(42); err == nil || !strings.Contains(err.Error(), "cpuset controller is not enabled") {
+	h0, _ := fakeCPUSet(t, true, "0-1", "-")
+	if got, err := h0.PinBoot(42); err == nil || !strings.Contains(err.Error(), "cpuset controller is not enabled") {
 		t.Fatalf("PinBoot = %q, %v; want an error about the controller", got, err)
 	}
-	if err := h.Unpin(42); err != nil {
+	if err := h0.Unpin(42); err != nil {
 		t.Fatalf("Unpin without cpuset.cpus: %v; want nil", err)
 	}
-	if _, err := (Host{Proc: t.TempDir()}).PinBoot(7); err == nil {
-		t.Fatal("PinBoot of a process that is not there: want an error")
+	h, file := fakeCPUSet(t, false, "0-1", "0-1")
+	must(t, os.RemoveAll(filepath.Dir(file))) // the container exited, its cgroup removed
+	if got, err := h.PinBoot(42); got != "" || err != nil {
+		t.Fatalf("PinBoot of a process whose cgroup is gone = %q, %v; want nothing done", got, err)
+	}
+	must(t, h.Unpin(42))
+	if got, err := (Host{Proc: t.TempDir()}).PinBoot(7); got != "" || err != nil {
+		t.Fatalf("PinBoot of a process that is gone = %q, %v; want nothing done", got, err)
 	}
 }
