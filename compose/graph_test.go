@@ -3,6 +3,8 @@ package compose
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 	"testing"
@@ -583,5 +585,46 @@ func TestBootPinRefused(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("the refusal was said %d times, want once: %q", n, said)
+	}
+}
+
+// unseen is an Idler and a Pinner that cannot see any process, as agentd
+// under systemd's ProtectProc=invisible: every call fails with
+// fs.ErrNotExist.
+type unseen struct{ calls int }
+
+func (u *unseen) SetIdle(pid int, _ bool) error {
+	u.calls++
+	return fmt.Errorf("the cgroups of process %d: %w", pid, fs.ErrNotExist)
+}
+
+func (u *unseen) PinBoot(pid int) (string, error) { return "", u.SetIdle(pid, true) }
+
+func (u *unseen) Unpin(pid int) error { return u.SetIdle(pid, false) }
+
+// TestBootUnseen: where agentd cannot see the containers' processes, what
+// boots is said once to boot without the idle class and the pin, and the
+// gates still pass: there is nothing to take back.
+func TestBootUnseen(t *testing.T) {
+	eng := newFakeEngine()
+	apply(t, eng, plan(t, eng, desired(t, load(t, nil))))
+	var said []string
+	u := &unseen{}
+	exec := &Executor{Engine: eng, Health: &fakeGater{eng: eng}, Release: "2", KeepRetired: true, BootCPUShares: 2, Idle: u, Pin: u,
+		Progress: func(_, msg string) { said = append(said, msg) }}
+	if err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web"))); err != nil {
+		t.Fatalf("the rollout failed where agentd cannot see its containers' processes: %v", err)
+	}
+	idle, pin := 0, 0
+	for _, s := range said {
+		if strings.Contains(s, "idle CPU class") {
+			idle++
+		}
+		if strings.Contains(s, "on every CPU") {
+			pin++
+		}
+	}
+	if idle != 1 || pin != 1 || u.calls < 4 {
+		t.Errorf("said the idle class %d and the pin %d times, want once each; %d calls: %q", idle, pin, u.calls, said)
 	}
 }

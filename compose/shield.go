@@ -2,7 +2,9 @@ package compose
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -139,15 +141,27 @@ func (e *Executor) boot(ctx context.Context, spec *ServiceSpec, name string, id 
 		return
 	}
 	if idle {
-		if err := e.Idle.SetIdle(in.State.Pid, true); err != nil && e.idleFailed.CompareAndSwap(false, true) {
+		if err := e.Idle.SetIdle(in.State.Pid, true); err != nil && !e.exited(ctx, id, err) && e.idleFailed.CompareAndSwap(false, true) {
 			e.say(spec.Name, "%s boots by its CPU weight alone, not in the idle CPU class (agentd's rollout.boot_cpu_idle): %v", name, err)
 		}
 	}
 	if pin {
-		if _, err := e.Pin.PinBoot(in.State.Pid); err != nil && e.pinFailed.CompareAndSwap(false, true) {
+		if _, err := e.Pin.PinBoot(in.State.Pid); err != nil && !e.exited(ctx, id, err) && e.pinFailed.CompareAndSwap(false, true) {
 			e.say(spec.Name, "%s boots on every CPU, not on half of them (agentd's rollout.boot_cpus): %v", name, err)
 		}
 	}
+}
+
+// exited says whether err, from the host's cgroup files, is only that the
+// container's process is no longer there: it exited (a short hook, a crash),
+// which is no refusal. A process that runs but cannot be seen (systemd's
+// ProtectProc=invisible) is one.
+func (e *Executor) exited(ctx context.Context, id string, err error) bool {
+	if !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	in, ierr := e.Engine.ContainerInspect(ctx, id)
+	return ierr != nil || in.State == nil || !in.State.Running
 }
 
 // Unshield gives running containers of a service that were created at the
@@ -174,13 +188,16 @@ func (e *Executor) unshield(ctx context.Context, s ServicePlan, ids []string) er
 		// Every CPU back (a cpuset of the service's own was never
 		// pinned). Then out of the idle class: the kernel takes no weight
 		// for an idle group.
+		// A process that is not there (fs.ErrNotExist) has nothing to give
+		// back: it exited, or agentd cannot see it (ProtectProc=invisible)
+		// and so never put it anywhere.
 		if e.Pin != nil && in.State != nil && in.State.Pid > 0 && in.HostConfig.CpusetCpus == "" {
-			if err := e.Pin.Unpin(in.State.Pid); err != nil {
+			if err := e.Pin.Unpin(in.State.Pid); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("give %s every CPU back: %w", in.Name, err)
 			}
 		}
 		if e.Idle != nil && in.State != nil && in.State.Pid > 0 {
-			if err := e.Idle.SetIdle(in.State.Pid, false); err != nil {
+			if err := e.Idle.SetIdle(in.State.Pid, false); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("take %s out of the idle CPU class: %w", in.Name, err)
 			}
 		}

@@ -42,14 +42,12 @@ func (h Host) dirs() (proc, root string) {
 }
 
 // groupDir returns the directory of pid's cgroup that dirOf finds in its
-// /proc/PID/cgroup; "" and no error when the process or that directory is
-// gone (a container that exited: nothing to change).
+// /proc/PID/cgroup. The error wraps fs.ErrNotExist when the process or
+// that directory is not there: a container that exited, or a process this
+// one may not see (systemd's ProtectProc=invisible hides other users').
 func (h Host) groupDir(pid int, dirOf func(procCgroup []byte, root string) (string, error)) (string, error) {
 	proc, root := h.dirs()
 	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "cgroup"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
-	}
 	if err != nil {
 		return "", fmt.Errorf("the cgroups of process %d: %w", pid, err)
 	}
@@ -57,8 +55,8 @@ func (h Host) groupDir(pid int, dirOf func(procCgroup []byte, root string) (stri
 	if err != nil {
 		return "", fmt.Errorf("process %d: %w", pid, err)
 	}
-	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-		return "", nil
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("process %d: %w", pid, err)
 	}
 	return dir, nil
 }
@@ -105,8 +103,7 @@ func controllerDir(procCgroup []byte, root, controller string) (string, error) {
 	return filepath.Join(root, unified), nil
 }
 
-// SetIdle puts pid's CPU cgroup in the idle class (idle) or takes it out;
-// a process that is gone has nothing to change.
+// SetIdle puts pid's CPU cgroup in the idle class (idle) or takes it out.
 // A group already so is left alone (nothing is written, so a group this
 // process may not write is no error then). Taking a group out of the idle
 // class on a kernel without it is no error: nothing is idle there. The
@@ -114,7 +111,7 @@ func controllerDir(procCgroup []byte, root, controller string) (string, error) {
 // default (1024 shares, cpu.weight 100).
 func (h Host) SetIdle(pid int, idle bool) error {
 	dir, err := h.groupDir(pid, CPUDir)
-	if dir == "" || err != nil {
+	if err != nil {
 		return err
 	}
 	file := filepath.Join(dir, "cpu.idle")

@@ -1,6 +1,8 @@
 package cgroup
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,8 +69,8 @@ func TestSetIdle(t *testing.T) {
 	if b, _ := os.ReadFile(file); string(b) != "0" {
 		t.Errorf("cpu.idle holds %q after SetIdle(false), want 0", b)
 	}
-	if err := h.SetIdle(7, true); err != nil {
-		t.Errorf("SetIdle of a process that is gone: %v; want nil (nothing to change)", err)
+	if err := h.SetIdle(7, true); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "process 7") {
+		t.Errorf("SetIdle of a process that is not there: %v; want an error naming it, fs.ErrNotExist", err)
 	}
 	must(t, os.WriteFile(filepath.Join(h.Proc, "42", "cgroup"), []byte("4:memory:/docker/abc\n"), 0o644))
 	if err := h.SetIdle(42, true); err == nil || !strings.Contains(err.Error(), "process 42") {

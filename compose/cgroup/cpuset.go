@@ -22,11 +22,11 @@ func CPUSetDir(procCgroup []byte, root string) (string, error) {
 // last two), so that the lower half runs no task of that group, and
 // returns the CPUs it wrote. It writes nothing and returns "" when the
 // parent has fewer than two CPUs (none to spare), when the group already
-// has a cpuset of its own (set by its owner: it is left as it is), or when
-// the process is gone.
+// has a cpuset of its own (set by its owner: it is left as it is). Its
+// error wraps fs.ErrNotExist when the process or its group is not there.
 func (h Host) PinBoot(pid int) (string, error) {
 	dir, err := h.groupDir(pid, CPUSetDir)
-	if dir == "" || err != nil {
+	if err != nil {
 		return "", err
 	}
 	cur, err := os.ReadFile(filepath.Join(dir, "cpuset.cpus"))
@@ -61,7 +61,7 @@ func (h Host) PinBoot(pid int) (string, error) {
 // cpuset.cpus file (nothing can have been pinned there).
 func (h Host) Unpin(pid int) error {
 	dir, err := h.groupDir(pid, CPUSetDir)
-	if dir == "" || err != nil {
+	if err != nil {
 		return err
 	}
 	file := filepath.Join(dir, "cpuset.cpus")

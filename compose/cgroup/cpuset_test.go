@@ -1,6 +1,8 @@
 package cgroup
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -114,7 +116,8 @@ func TestPinBootAndUnpin(t *testing.T) {
 
 // TestPinBootWithoutCPUSet: no cpuset.cpus is an error for PinBoot (said
 // once by the executor) and nothing for Unpin; a process or cgroup that is
-// gone (the container exited) is nothing to do for either.
+// not there is an error that says so (fs.ErrNotExist), for the executor to
+// tell a container that exited from one it may not see.
 func TestPinBootWithoutCPUSet(t *testing.T) {
 	h0, _ := fakeCPUSet(t, true, "0-1", "-")
 	if got, err := h0.PinBoot(42); err == nil || !strings.Contains(err.Error(), "cpuset controller is not enabled") {
@@ -125,11 +128,13 @@ func TestPinBootWithoutCPUSet(t *testing.T) {
 	}
 	h, file := fakeCPUSet(t, false, "0-1", "0-1")
 	must(t, os.RemoveAll(filepath.Dir(file))) // the container exited, its cgroup removed
-	if got, err := h.PinBoot(42); got != "" || err != nil {
-		t.Fatalf("PinBoot of a process whose cgroup is gone = %q, %v; want nothing done", got, err)
+	if got, err := h.PinBoot(42); got != "" || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("PinBoot of a process whose cgroup is gone = %q, %v; want fs.ErrNotExist", got, err)
 	}
-	must(t, h.Unpin(42))
-	if got, err := (Host{Proc: t.TempDir()}).PinBoot(7); got != "" || err != nil {
-		t.Fatalf("PinBoot of a process that is gone = %q, %v; want nothing done", got, err)
+	if err := h.Unpin(42); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Unpin of a process whose cgroup is gone: %v; want fs.ErrNotExist", err)
+	}
+	if got, err := (Host{Proc: t.TempDir()}).PinBoot(7); got != "" || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("PinBoot of a process that is not there = %q, %v; want fs.ErrNotExist", got, err)
 	}
 }
