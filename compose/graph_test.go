@@ -395,6 +395,28 @@ func (f *fakeIdler) SetIdle(pid int, idle bool) error {
 	return nil
 }
 
+// bootedOnlyShielded requires, after webAndWorkerV2's rollout, that no
+// running container is still marked (now, by pid), that the worker (its own
+// cpu_shares) was never marked (ever, by name) and that a hook was.
+func bootedOnlyShielded(t *testing.T, eng *fakeEngine, mark string, now map[int]bool, ever map[string]bool) {
+	t.Helper()
+	for name, id := range eng.ids() {
+		if c, ok := eng.Container(id); ok && c.State.Running && now[c.State.Pid] {
+			t.Errorf("%s is still %s after the rollout", name, mark)
+		}
+	}
+	hook := false
+	for n := range ever {
+		if strings.HasPrefix(n, "shop-worker-") {
+			t.Errorf("%s (cpu_shares 512) was %s", n, mark)
+		}
+		hook = hook || strings.Contains(n, "predeploy")
+	}
+	if !hook {
+		t.Errorf("no hook booted %s: %v", mark, ever)
+	}
+}
+
 // TestBootIdle: what boots shielded (new containers, hooks) boots in the
 // idle CPU class too, and comes out of it before it gets its weight back;
 // a service with its own cpu_shares is never put there.
@@ -423,21 +445,7 @@ func TestBootIdle(t *testing.T) {
 			t.Errorf("%s taken out of the idle class: %v, at CPU shares %d; want before its weight came back (2)", n, ok, shares)
 		}
 	}
-	for name, id := range eng.ids() {
-		if c, ok := eng.Container(id); ok && c.State.Running && idler.idle[c.State.Pid] {
-			t.Errorf("%s is still idle after the rollout", name)
-		}
-	}
-	hook := false
-	for n := range idler.everIdle {
-		if strings.HasPrefix(n, "shop-worker-") {
-			t.Errorf("%s (cpu_shares 512) was put in the idle class", n)
-		}
-		hook = hook || strings.Contains(n, "predeploy")
-	}
-	if !hook {
-		t.Errorf("no hook booted idle: %v", idler.everIdle)
-	}
+	bootedOnlyShielded(t, eng, "idle", idler.idle, idler.everIdle)
 }
 
 // TestBootIdleRefused: a host that refuses the idle class is said once;
@@ -452,17 +460,24 @@ func TestBootIdleRefused(t *testing.T) {
 	if err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web"))); err != nil {
 		t.Fatal(err)
 	}
+	saidOnce(t, said, "idle CPU class", "no such file")
+}
+
+// saidOnce requires that exactly one of the lines said tells of what (a
+// refusal) and that it says why.
+func saidOnce(t *testing.T, said []string, what, why string) {
+	t.Helper()
 	n := 0
 	for _, s := range said {
-		if strings.Contains(s, "idle CPU class") {
+		if strings.Contains(s, what) {
 			n++
-			if !strings.Contains(s, "no such file") {
-				t.Errorf("the refusal does not say why: %q", s)
+			if !strings.Contains(s, why) {
+				t.Errorf("the refusal does not say why (%q): %q", why, s)
 			}
 		}
 	}
 	if n != 1 {
-		t.Errorf("the refusal was said %d times, want once: %q", n, said)
+		t.Errorf("%q was said %d times, want once: %q", what, n, said)
 	}
 }
 
@@ -529,21 +544,7 @@ func TestBootPinned(t *testing.T) {
 			t.Errorf("%s unpinned: %v, while idle: %v; want unpinned at its gate, before it left the idle class", n, ok, idle)
 		}
 	}
-	for name, id := range eng.ids() {
-		if c, ok := eng.Container(id); ok && c.State.Running && pinner.pinned[c.State.Pid] {
-			t.Errorf("%s is still pinned after the rollout", name)
-		}
-	}
-	hook := false
-	for n := range pinner.everPin {
-		if strings.HasPrefix(n, "shop-worker-") {
-			t.Errorf("%s (cpu_shares 512) was pinned", n)
-		}
-		hook = hook || strings.Contains(n, "predeploy")
-	}
-	if !hook {
-		t.Errorf("no hook booted pinned: %v", pinner.everPin)
-	}
+	bootedOnlyShielded(t, eng, "pinned", pinner.pinned, pinner.everPin)
 
 	// web with a cpuset of its own: shielded by weight, never pinned.
 	p = load(t, map[string]string{"web": "registry.test/web:v3"})
@@ -574,18 +575,7 @@ func TestBootPinRefused(t *testing.T) {
 	if err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web"))); err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, s := range said {
-		if strings.Contains(s, "on every CPU") {
-			n++
-			if !strings.Contains(s, "no cpuset.cpus") {
-				t.Errorf("the refusal does not say why: %q", s)
-			}
-		}
-	}
-	if n != 1 {
-		t.Errorf("the refusal was said %d times, want once: %q", n, said)
-	}
+	saidOnce(t, said, "on every CPU", "no cpuset.cpus")
 }
 
 // unseen is an Idler and a Pinner that cannot see any process, as agentd
@@ -615,16 +605,9 @@ func TestBootUnseen(t *testing.T) {
 	if err := exec.Apply(t.Context(), plan(t, eng, v2(t, "web"))); err != nil {
 		t.Fatalf("the rollout failed where agentd cannot see its containers' processes: %v", err)
 	}
-	idle, pin := 0, 0
-	for _, s := range said {
-		if strings.Contains(s, "idle CPU class") {
-			idle++
-		}
-		if strings.Contains(s, "on every CPU") {
-			pin++
-		}
-	}
-	if idle != 1 || pin != 1 || u.calls < 4 {
-		t.Errorf("said the idle class %d and the pin %d times, want once each; %d calls: %q", idle, pin, u.calls, said)
+	saidOnce(t, said, "idle CPU class", "file does not exist")
+	saidOnce(t, said, "on every CPU", "file does not exist")
+	if u.calls < 4 {
+		t.Errorf("%d calls to the cgroup files; want the boot's and the gate's for each new container", u.calls)
 	}
 }

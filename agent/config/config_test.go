@@ -220,42 +220,28 @@ func TestRecoverySettle(t *testing.T) {
 	}
 }
 
-// TestRolloutBootIdle: new containers boot in the idle CPU class unless
-// rollout.boot_cpu_idle says false.
-func TestRolloutBootIdle(t *testing.T) {
+// TestRolloutBoot: new containers boot at the default boot weight, in the
+// idle CPU class unless rollout.boot_cpu_idle says false, and on half the
+// CPUs unless rollout.boot_cpus says all; any other boot_cpus is refused.
+func TestRolloutBoot(t *testing.T) {
 	dir := t.TempDir()
 	write(t, dir, "compose.yaml", "services: {}\n")
-	for body, want := range map[string]bool{
-		"":                                   true,
-		"rollout:\n  boot_cpu_idle: true\n":  true,
-		"rollout:\n  boot_cpu_idle: false\n": false,
+	for _, tc := range []struct {
+		body      string
+		idle, pin bool
+	}{
+		{"", true, true},
+		{"rollout:\n  boot_cpu_idle: true\n", true, true},
+		{"rollout:\n  boot_cpu_idle: false\n", false, true},
+		{"rollout:\n  boot_cpus: half\n", true, true},
+		{"rollout:\n  boot_cpus: all\n  boot_cpu_idle: false\n", false, false},
 	} {
-		c, err := Load(write(t, dir, "agentd.yaml", body+"projects:\n  shop:\n    compose_file: compose.yaml\n"))
+		c, err := Load(write(t, dir, "agentd.yaml", tc.body+"projects:\n  shop:\n    compose_file: compose.yaml\n"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := c.Rollout.Idle(); got != want || c.Rollout.BootCPUShares != DefaultBootCPUShares {
-			t.Errorf("%q: idle %v, shares %d; want %v, %d", body, got, c.Rollout.BootCPUShares, want, DefaultBootCPUShares)
-		}
-	}
-}
-
-// TestRolloutBootCPUs: new containers boot on half the CPUs unless
-// rollout.boot_cpus says all; anything else is refused.
-func TestRolloutBootCPUs(t *testing.T) {
-	dir := t.TempDir()
-	write(t, dir, "compose.yaml", "services: {}\n")
-	for body, want := range map[string]bool{
-		"":                              true,
-		"rollout:\n  boot_cpus: half\n": true,
-		"rollout:\n  boot_cpus: all\n":  false,
-	} {
-		c, err := Load(write(t, dir, "agentd.yaml", body+"projects:\n  shop:\n    compose_file: compose.yaml\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := c.Rollout.Pin(); got != want {
-			t.Errorf("%q: pin %v; want %v", body, got, want)
+		if idle, pin := c.Rollout.Idle(), c.Rollout.Pin(); idle != tc.idle || pin != tc.pin || c.Rollout.BootCPUShares != DefaultBootCPUShares {
+			t.Errorf("%q: idle %v, pin %v, shares %d; want %v, %v, %d", tc.body, idle, pin, c.Rollout.BootCPUShares, tc.idle, tc.pin, DefaultBootCPUShares)
 		}
 	}
 	c, err := Load(write(t, dir, "agentd.yaml", "rollout:\n  boot_cpus: \"1\"\nprojects:\n  shop:\n    compose_file: compose.yaml\n"))
