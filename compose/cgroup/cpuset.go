@@ -21,7 +21,7 @@ func CPUSetDir(procCgroup []byte, root string) (string, error) {
 // parent group may use (of 2: the second; of 3: the last two; of 4: the
 // last two), so that the lower half runs no task of that group, and
 // returns the CPUs it wrote. It writes nothing and returns "" when the
-// parent has fewer than two CPUs (none to spare), when the group already
+// parent has fewer than two CPUs (none to spare) or when the group already
 // has a cpuset of its own (set by its owner: it is left as it is). Its
 // error wraps fs.ErrNotExist when the process or its group is not there.
 func (h Host) PinBoot(pid int) (string, error) {
