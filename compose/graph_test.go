@@ -382,17 +382,25 @@ func (f *fakeIdler) SetIdle(pid int, idle bool) error {
 	if f.err != nil && idle {
 		return f.err // as cgroup.Host: taking a group not idle out writes nothing
 	}
-	for name, id := range f.eng.ids() {
-		if c, ok := f.eng.Container(id); ok && c.State.Pid == pid {
-			if idle {
-				f.everIdle[name] = true
-			} else if f.idle[pid] {
-				f.outAt[name] = c.HostConfig.CPUShares
-			}
+	if name, c, ok := byPid(f.eng, pid); ok {
+		if idle {
+			f.everIdle[name] = true
+		} else if f.idle[pid] {
+			f.outAt[name] = c.HostConfig.CPUShares
 		}
 	}
 	f.idle[pid] = idle
 	return nil
+}
+
+// byPid finds the container whose process is pid, and its name.
+func byPid(eng *fakeEngine, pid int) (string, container.InspectResponse, bool) {
+	for name, id := range eng.ids() {
+		if c, ok := eng.Container(id); ok && c.State.Pid == pid {
+			return name, c, true
+		}
+	}
+	return "", container.InspectResponse{}, false
 }
 
 // bootedOnlyShielded requires, after webAndWorkerV2's rollout, that no
@@ -493,12 +501,8 @@ type fakePinner struct {
 }
 
 func (f *fakePinner) name(pid int) string {
-	for name, id := range f.eng.ids() {
-		if c, ok := f.eng.Container(id); ok && c.State.Pid == pid {
-			return name
-		}
-	}
-	return ""
+	name, _, _ := byPid(f.eng, pid)
+	return name
 }
 
 func (f *fakePinner) PinBoot(pid int) (string, error) {

@@ -292,18 +292,9 @@ func cpusetOf(pid int) (own, parent []int, ok bool) {
 	if err != nil {
 		return nil, nil, false
 	}
-	read := func(d string) ([]int, bool) {
-		for _, f := range []string{"cpuset.effective_cpus", "cpuset.cpus.effective"} {
-			if v, err := os.ReadFile(filepath.Join(d, f)); err == nil {
-				cpus, err := cgroup.ParseCPUList(string(v))
-				return cpus, err == nil
-			}
-		}
-		return nil, false
-	}
-	own, ok1 := read(dir)
-	parent, ok2 := read(filepath.Dir(dir))
-	return own, parent, ok1 && ok2
+	own, err1 := cgroup.EffectiveCPUs(dir)
+	parent, err2 := cgroup.EffectiveCPUs(filepath.Dir(dir))
+	return own, parent, err1 == nil && err2 == nil
 }
 
 // cpuIdle reads cpu.idle of a process's CPU cgroup; false when the

@@ -36,7 +36,7 @@ func (h Host) PinBoot(pid int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	parent, err := effectiveCPUs(filepath.Dir(dir))
+	parent, err := EffectiveCPUs(filepath.Dir(dir))
 	if err != nil {
 		return "", err
 	}
@@ -90,9 +90,9 @@ func (h Host) Unpin(pid int) error {
 	return nil
 }
 
-// effectiveCPUs reads the CPUs a group may use: cpuset.effective_cpus on
-// cgroup v1, cpuset.cpus.effective on v2.
-func effectiveCPUs(dir string) ([]int, error) {
+// EffectiveCPUs reads the CPUs the cpuset group in dir may use:
+// cpuset.effective_cpus on cgroup v1, cpuset.cpus.effective on v2.
+func EffectiveCPUs(dir string) ([]int, error) {
 	var last error
 	for _, f := range []string{"cpuset.effective_cpus", "cpuset.cpus.effective"} {
 		b, err := os.ReadFile(filepath.Join(dir, f))
